@@ -1,0 +1,55 @@
+"""Typed, frozen configuration objects. Each validates itself and names what is accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specvlm.errors import GenerationArgumentError
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """Shape of the EAGLE-2 dynamic draft tree.
+
+    depth: draft levels below the root; top_k: children kept per expansion and frontier width;
+    budget: nodes verified per round, root included (the paper uses depth 7, top-k 10, budget 60
+    on a GPU; on a CPU verification cost grows steeply with the budget, so the default is smaller).
+    """
+
+    depth: int = 5
+    top_k: int = 4
+    budget: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "top_k", "budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise GenerationArgumentError(f"tree {name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the target's next-token distribution is turned into a choice.
+
+    temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 mean no truncation.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
+            raise GenerationArgumentError(
+                f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}"
+            )
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise GenerationArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise GenerationArgumentError(
+                f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0

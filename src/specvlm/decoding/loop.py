@@ -1,0 +1,92 @@
+"""The one decoding loop: draft -> verify -> accept -> commit -> catch up.
+
+Plain autoregressive decoding is this same loop with no drafter: the "tree" is the root alone,
+so every round verifies one token and accepts none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from specvlm.config import SamplingConfig, TreeConfig
+from specvlm.decoding.sampling import sample, target_probs
+from specvlm.decoding.stats import SpecStats
+from specvlm.decoding.tree import DraftTree
+from specvlm.decoding.verify import greedy_accept, sampled_accept
+from specvlm.draft.base import Drafter
+from specvlm.target.base import Prompt, Target
+
+
+def _choose(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator | None) -> int:
+    """The target's own choice from one row of logits (V,)."""
+    if sampling.greedy:
+        return int(logits.argmax())
+    return sample(target_probs(logits[None], sampling)[0], gen)
+
+
+def decode(
+    target: Target,
+    prompt: Prompt,
+    *,
+    drafter: Drafter | None,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    tree: TreeConfig,
+    stats: SpecStats,
+    generator: torch.Generator | None = None,
+) -> Iterator[list[int]]:
+    """Yield the new tokens of each round. Stops on EOS, max_new_tokens or the context limit."""
+    start = time.perf_counter()
+    T = prompt.input_ids.shape[0]
+    budget = 1 if drafter is None else tree.budget
+    max_new = min(max_new_tokens, target.info.max_context - T)  # prompt + new <= context
+    stats.prompt_tokens = T
+
+    # 1. prefill: the target reads the image(s) and the prompt, and picks the first token
+    pre = target.prefill(prompt, capacity=T + max_new + budget)
+    root = _choose(pre.logits, sampling, generator)
+    stats.prefill_s = stats.ttft_s = time.perf_counter() - start
+    emitted = 1
+    done = root in target.info.eos_token_ids or emitted >= max_new
+    stats.new_tokens = emitted
+    yield [root]
+    if drafter is not None and not done:
+        drafter.begin(pre, root, capacity=T + max_new + tree.depth * tree.top_k + 1)
+
+    while not done:
+        remaining = max_new - emitted  # a round emits at most depth + 1 tokens
+        # 2. draft a tree rooted at the last token (or just the root, for plain decoding)
+        if drafter is None or remaining == 1:
+            draft = DraftTree.single(root)
+        else:
+            draft = drafter.propose(
+                root, depth=min(tree.depth, remaining - 1), top_k=tree.top_k, budget=budget
+            )
+        # 3. verify the whole tree in one target forward
+        out = target.verify(draft.tokens, draft.depths, draft.mask)
+        # 4. accept the longest agreeing path, plus the target's own bonus token after it
+        if sampling.greedy:
+            path, bonus = greedy_accept(draft, out.logits)
+        else:
+            path, bonus = sampled_accept(draft, target_probs(out.logits, sampling), generator)
+        # 5. commit: keep the accepted path's K/V, contiguous after the prefix
+        target.commit(path)
+        new = draft.tokens[path[1:]].tolist() + [bonus]
+        stats.accept_lengths.append(len(path))
+        stats.tree_sizes.append(draft.size)
+        for i, tok in enumerate(new):  # cut at EOS / the token limit
+            if tok in target.info.eos_token_ids or emitted + i + 1 >= max_new:
+                new, done = new[: i + 1], True
+                break
+        emitted += len(new)
+        stats.new_tokens = emitted
+        stats.decode_s = time.perf_counter() - start - stats.ttft_s
+        yield new
+        # 6. the drafter catches up on the target's real features at the accepted nodes
+        if drafter is not None and not done:
+            drafter.observe(out.features[path], torch.tensor(new, device=out.features.device))
+        root = bonus
+    stats.decode_s = time.perf_counter() - start - stats.ttft_s

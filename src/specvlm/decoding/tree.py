@@ -1,0 +1,132 @@
+"""The draft tree: typed tensors derived from a parent list, and EAGLE-2 dynamic growth.
+
+Pure torch: nothing here knows a model. A tree of N nodes, node 0 the root (the token the target
+produced last, not yet in its KV cache), parents listed before children:
+
+    tokens  (N,)    token id of each node
+    parents (N,)    parent index, -1 for the root
+    depths  (N,)    0 for the root; the target sees node i at position `cache length + depths[i]`
+    mask    (N, N)  mask[i, j] = node j is node i or one of its ancestors (who i may attend to)
+    paths   (P, D+1) root-to-leaf node indices, one row per leaf, right-padded with -1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    depths: torch.Tensor
+    mask: torch.Tensor
+    paths: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @classmethod
+    def from_parents(cls, tokens: list[int] | torch.Tensor, parents: list[int]) -> DraftTree:
+        n = len(parents)
+        if n == 0 or parents[0] != -1:
+            raise ValueError("node 0 must be the root (parent -1)")
+        if any(not 0 <= p < i for i, p in enumerate(parents[1:], start=1)):
+            raise ValueError("every parent must come before its child")
+        depths = [0] * n
+        mask = torch.eye(n, dtype=torch.bool)
+        has_child = [False] * n
+        for i in range(1, n):
+            p = parents[i]
+            depths[i] = depths[p] + 1
+            mask[i] |= mask[p]  # ancestors of the parent, plus self from eye
+            has_child[p] = True
+        leaves = [i for i in range(n) if not has_child[i]]
+        max_depth = max(depths)
+        paths = torch.full((len(leaves), max_depth + 1), -1, dtype=torch.long)
+        for row, leaf in enumerate(leaves):
+            node = leaf
+            while node != -1:
+                paths[row, depths[node]] = node
+                node = parents[node]
+        return cls(
+            tokens=torch.as_tensor(tokens, dtype=torch.long).reshape(n),
+            parents=torch.tensor(parents, dtype=torch.long),
+            depths=torch.tensor(depths, dtype=torch.long),
+            mask=mask,
+            paths=paths,
+        )
+
+    @classmethod
+    def single(cls, root: int) -> DraftTree:
+        """The tree of plain decoding: the root alone."""
+        return cls.from_parents([root], [-1])
+
+    def children(self, node: int) -> list[int]:
+        """Children of `node` in index order (the order the drafter ranked them)."""
+        return (self.parents == node).nonzero().flatten().tolist()
+
+
+# expand(tokens (k,), parent_rows (k,)) -> log-probabilities (k, V) of each node's children.
+# parent_rows index the previous frontier (all zeros for the root's children).
+ExpandFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def grow_dynamic_tree(
+    root: int,
+    root_logprobs: torch.Tensor,
+    expand: ExpandFn,
+    *,
+    top_k: int,
+    depth: int,
+    budget: int,
+) -> DraftTree:
+    """EAGLE-2: expand the top-k frontier by cumulative log-probability, then rerank to a budget.
+
+    1. depth 1: the top-k tokens of the draft's distribution at the root, value = log p;
+    2. each further depth: expand the frontier once (one draft forward for all k nodes); each node
+       proposes its top-k children, value = parent value + log p(child); keep the top-k of the
+       k*k children as the next frontier; record every candidate;
+    3. keep the budget-1 best candidates by value. A child's value never exceeds its parent's and
+       ties keep creation order, so the kept set contains every kept node's parent.
+    """
+    k = min(top_k, root_logprobs.shape[-1])
+    values, tokens = root_logprobs.topk(k)  # (k,), (k,)
+    cand_tokens, cand_parents, cand_values = [tokens], [torch.full((k,), -1)], [values]
+    parent_rows = torch.zeros(k, dtype=torch.long)  # the root's children hang from row 0
+    for level in range(1, depth):
+        logp = expand(tokens, parent_rows)  # (k, V): children of each frontier node
+        child_values, child_tokens = logp.topk(k, dim=-1)  # (k, k)
+        child_values = values[:, None] + child_values  # (k, k) cumulative log-probability
+        values, flat = child_values.flatten().topk(k)  # (k,) best k of the k*k children
+        parent_rows = flat // k  # row of each new node's parent in the frontier just expanded
+        tokens = child_tokens.flatten()[flat]  # (k,)
+        cand_tokens.append(tokens)
+        cand_parents.append(parent_rows + k * (level - 1))  # candidate index of the parent
+        cand_values.append(values)
+    return _rerank(root, cand_tokens, cand_parents, cand_values, budget)
+
+
+def _rerank(
+    root: int,
+    cand_tokens: list[torch.Tensor],
+    cand_parents: list[torch.Tensor],
+    cand_values: list[torch.Tensor],
+    budget: int,
+) -> DraftTree:
+    """Keep the budget-1 best candidates (closed under parents), root first, parents first."""
+    tokens = torch.cat(cand_tokens)  # (C,) candidates in creation order
+    parents = torch.cat(cand_parents)  # (C,) candidate index of the parent, -1 = root
+    values = torch.cat(cand_values)  # (C,)
+    keep = min(budget - 1, tokens.shape[0])
+    # stable sort: on equal values the earlier-created candidate (a parent) wins
+    order = torch.sort(-values, stable=True).indices[:keep]
+    kept = torch.sort(order).values.tolist()  # creation order: parents precede children
+    node_of = {c: i + 1 for i, c in enumerate(kept)}  # candidate index -> tree node index
+    # a KeyError here would mean the kept set is not closed under parents (a bug)
+    tree_parents = [-1] + [0 if parents[c] < 0 else node_of[int(parents[c])] for c in kept]
+    return DraftTree.from_parents([root] + tokens[kept].tolist(), tree_parents)

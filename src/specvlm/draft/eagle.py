@@ -1,0 +1,260 @@
+"""EagleVLM: an EAGLE-style draft head that reads the target's own features.
+
+Input at position i: the target's last hidden state f_i and the embedding of token i+1 (at image
+positions: the target projector's visual embedding) -> LayerNorm over [f_i; e_{i+1}] -> fc 2d->d
+-> one decoder layer -> f^_{i+1}, a prediction of the target's next feature. Logits come from the
+target's own LM head; the embedding table and LM head are the target's, frozen, never stored here.
+
+This module never imports a model family: it sees the target only through `embed` / `lm_head`
+callables and the dimensions recorded in its config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from specvlm.decoding.tree import DraftTree, grow_dynamic_tree
+from specvlm.errors import DraftMismatchError, ModelFolderError
+from specvlm.kv_cache import KVCache
+from specvlm.layers import AttentionShape, DecoderBlock, DefaultRope, decoder_block
+from specvlm.target.base import Prefill, TargetInfo
+
+ARCHITECTURE = "EagleVLMHead"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EagleConfig:
+    hidden_size: int
+    vocab_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    target: dict[str, Any] = field(default_factory=dict)  # the target's fingerprint
+    architecture: str = ARCHITECTURE
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def for_target(cls, info: TargetInfo, **overrides: Any) -> EagleConfig:
+        """A head shaped like one layer of the target (heads default to 64-wide)."""
+        d = info.hidden_size
+        heads = overrides.pop("num_attention_heads", max(1, d // 64))
+        base = dict(
+            hidden_size=d,
+            vocab_size=info.vocab_size,
+            num_attention_heads=heads,
+            num_key_value_heads=overrides.pop("num_key_value_heads", heads),
+            head_dim=d // heads,
+            intermediate_size=overrides.pop("intermediate_size", 4 * d),
+            target=dict(info.fingerprint),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> EagleConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelFolderError(f"{source}: unknown keys {unknown}; accepted: {sorted(known)}")
+        if data.get("architecture") != ARCHITECTURE:
+            raise ModelFolderError(
+                f"{source}: architecture {data.get('architecture')!r} is not a SpecVLM draft "
+                f"head; accepted: {ARCHITECTURE!r}"
+            )
+        return cls(**data)
+
+    @property
+    def attention(self) -> AttentionShape:
+        return AttentionShape(self.num_attention_heads, self.num_key_value_heads, self.head_dim)
+
+
+class EagleHead(nn.Module):
+    """The trainable part: input norm, fc, one decoder layer (names follow EAGLE checkpoints)."""
+
+    def __init__(self, config: EagleConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.input_norm = nn.LayerNorm(2 * d)
+        self.fc = nn.Linear(2 * d, d, bias=True)
+        self.midlayer = DecoderBlock(
+            d, config.attention, config.intermediate_size, config.rms_norm_eps
+        )
+        self.rope = DefaultRope(config.head_dim, config.rope_theta)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | str | None,
+        start: int | None = None,
+    ) -> torch.Tensor:
+        """features, embeds (T, d); positions (T,) -> predicted next features (T, d)."""
+        x = self.fc(self.input_norm(torch.cat([features, embeds.to(features.dtype)], dim=-1)))
+        rope = self.rope(positions, x.dtype)
+        return decoder_block(self.midlayer, x, rope, self.config.attention, cache, 0, mask, start)
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> EagleHead:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(f"draft folder not found: {folder}")
+        cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+        if not cfg_path.is_file() or not weights.is_file():
+            raise ModelFolderError(
+                f"{folder} is not a SpecVLM draft folder: expected config.json and model.safetensors"
+            )
+        try:
+            data = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelFolderError(f"cannot parse {cfg_path}: {e}") from e
+        head = cls(EagleConfig.from_dict(data, str(cfg_path)))
+        try:
+            head.load_state_dict(load_file(str(weights)))
+        except (RuntimeError, OSError) as e:
+            raise ModelFolderError(f"{weights} does not match its config.json: {e}") from e
+        return head.to(dtype).eval()
+
+
+def check_pairing(config: EagleConfig, info: TargetInfo, draft_name: str = "draft") -> None:
+    """Refuse a draft trained for another target: structure must match, weights must agree."""
+    mine, theirs = config.target, info.fingerprint
+    if config.hidden_size != info.hidden_size or config.vocab_size != info.vocab_size:
+        raise DraftMismatchError(
+            f"{draft_name} was built for hidden size {config.hidden_size} / vocab "
+            f"{config.vocab_size}, but the target has {info.hidden_size} / {info.vocab_size}; "
+            "use a draft trained for this target (specvlm train-draft)"
+        )
+    if mine.get("structure") != theirs.get("structure"):
+        raise DraftMismatchError(
+            f"{draft_name} was trained for a different target ({_describe(mine)}), not this one "
+            f"({_describe(theirs)}); use a draft trained for this target (specvlm train-draft)"
+        )
+    a = torch.tensor(mine.get("lm_head_probe", []))
+    b = torch.tensor(theirs.get("lm_head_probe", []))
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-2, atol=1e-3):
+        raise DraftMismatchError(
+            f"{draft_name} was trained for a target of the same shape but different weights "
+            f"({_describe(theirs)}); use a draft trained for this checkpoint (specvlm train-draft)"
+        )
+
+
+def _describe(fp: dict[str, Any]) -> str:
+    keys = ("text_model_type", "hidden_size", "n_layers", "vocab_size")
+    return ", ".join(f"{k}={fp.get(k)}" for k in keys)
+
+
+class EagleDrafter:
+    """Drives an EagleHead over one request: catch-up on real features, EAGLE-2 tree growth."""
+
+    def __init__(
+        self,
+        head: EagleHead,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        lm_head: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.head = head
+        self.embed = embed
+        self.lm_head = lm_head
+        self.cache: KVCache | None = None
+        self.root_logprobs: torch.Tensor | None = None  # (V,) draft distribution after the root
+        self.root_feature: torch.Tensor | None = None  # (1, d) draft's predicted root feature
+
+    def _logprobs(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lm_head(features).float(), dim=-1)
+
+    @torch.inference_mode()
+    def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
+        cfg = self.head.config
+        dtype = next(self.head.parameters()).dtype
+        device = prefill.features.device
+        self.cache = KVCache(
+            1, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype=dtype, device=device
+        )
+        T = prefill.features.shape[0]
+        root_embed = self.embed(torch.tensor([root], device=device))  # (1, d)
+        next_embeds = torch.cat([prefill.embeds[1:], root_embed])  # (T, d): input i+1 at slot i
+        out = self.head(
+            prefill.features, next_embeds, torch.arange(T, device=device), self.cache, "causal"
+        )
+        self.cache.commit(list(range(T)))
+        self._set_root(out[-1:])
+
+    def _set_root(self, feature: torch.Tensor) -> None:
+        self.root_feature = feature  # (1, d)
+        self.root_logprobs = self._logprobs(feature)[0]  # (V,)
+
+    @torch.inference_mode()
+    def observe(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        assert self.cache is not None
+        L, n = self.cache.length, features.shape[0]
+        device = features.device
+        mask = None
+        if n > 1:  # causal among the new rows, full view of the prefix
+            mask = torch.ones(n, L + n, dtype=torch.bool, device=device)
+            mask[:, L:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        positions = L + torch.arange(n, device=device)
+        out = self.head(features, self.embed(next_tokens.to(device)), positions, self.cache, mask)
+        self.cache.commit(list(range(n)))
+        self._set_root(out[-1:])
+
+    @torch.inference_mode()
+    def propose(self, root: int, depth: int, top_k: int, budget: int) -> DraftTree:
+        assert self.cache is not None and self.root_logprobs is not None
+        L = self.cache.length  # the root's children sit at position L
+        device = self.root_feature.device
+        state = {
+            "features": self.root_feature,  # (rows, d) draft outputs of the last frontier
+            "ancestors": torch.zeros(1, 0, dtype=torch.bool, device=device),  # (rows, S)
+            "level": 0,
+        }
+
+        def expand(tokens: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
+            k, S = tokens.shape[0], state["ancestors"].shape[1]
+            ancestors = torch.cat(  # (k, S + k): the parent's ancestors, then itself
+                [state["ancestors"][parent_rows], torch.eye(k, dtype=torch.bool, device=device)],
+                dim=1,
+            )
+            mask = torch.cat(  # (k, L + S + k): the whole committed prefix is visible
+                [torch.ones(k, L, dtype=torch.bool, device=device), ancestors], dim=1
+            )
+            positions = torch.full((k,), L + state["level"], device=device)
+            out = self.head(
+                state["features"][parent_rows],  # (k, d) the parent's predicted feature
+                self.embed(tokens.to(device)),
+                positions,
+                self.cache,
+                mask,
+                start=L + S,  # scratch slots past the committed prefix, never committed
+            )
+            state.update(features=out, ancestors=ancestors, level=state["level"] + 1)
+            return self._logprobs(out)  # (k, V)
+
+        return grow_dynamic_tree(
+            root, self.root_logprobs, expand, top_k=top_k, depth=depth, budget=budget
+        )

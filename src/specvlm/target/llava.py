@@ -1,0 +1,260 @@
+"""Target adapter for the LLaVA family (`LlavaForConditionalGeneration`).
+
+The checkpoint is loaded by `transformers` itself; the vision tower and projector run through
+its own modules, once per image, at prefill. The language model's decoder layers (Llama,
+Mistral, Qwen2/3 style) are driven by `specvlm.layers.decoder_block` with this project's
+preallocated KV cache, tree masks and explicit positions: the checkpoint's own Linear, norm and
+MLP modules do the arithmetic, so the numbers are the checkpoint's, without the per-token
+overhead of `transformers`' cache and mask machinery (docs/benchmarks.md has the measurement).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specvlm.errors import ImageError, ModelFolderError, PromptError, UnsupportedModelError
+from specvlm.kv_cache import KVCache
+from specvlm.layers import AttentionShape, decoder_block
+from specvlm.media import load_images
+from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
+
+SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise ModelFolderError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        raise ModelFolderError(f"not a folder: {folder} (expected a Hugging Face model folder)")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{folder} has no config.json; expected a Hugging Face model folder "
+            "(config.json, *.safetensors, tokenizer and processor files)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"cannot read {path}: {e}") from e
+
+
+class LlavaTarget:
+    """A LLaVA checkpoint as a verifier: prepare, prefill, verify a tree, commit a path."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        folder = Path(folder)
+        read_config(folder)
+        dtype = dtype or torch.float32
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # e.g. the torchvision-less image processor notice
+        hf_logging.disable_progress_bar()
+        try:
+            try:
+                self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+            except (OSError, ValueError) as e:
+                raise ModelFolderError(f"cannot load the LLaVA weights from {folder}: {e}") from e
+            try:
+                self.processor = AutoProcessor.from_pretrained(folder)
+            except (OSError, ValueError, TypeError) as e:
+                raise ModelFolderError(
+                    f"cannot load the tokenizer/processor from {folder}: {e}; a LLaVA folder needs "
+                    "tokenizer files, preprocessor_config.json and processor_config.json"
+                ) from e
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        self.model.to(device).eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.tokenizer = self.processor.tokenizer
+        cfg = self.model.config
+        text = cfg.text_config
+        if text.model_type not in SUPPORTED_TEXT_MODELS:
+            raise UnsupportedModelError(
+                f"{folder}: LLaVA with a '{text.model_type}' language model is not supported; "
+                f"supported: {', '.join(SUPPORTED_TEXT_MODELS)}"
+            )
+        lm = self.model.model.language_model
+        self._embed_tokens = lm.embed_tokens
+        self._layers = list(lm.layers)
+        self._norm = lm.norm
+        self._rotary = lm.rotary_emb
+        self._lm_head = self.model.lm_head
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.shape = AttentionShape(
+            text.num_attention_heads,
+            getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            head_dim,
+        )
+        self.image_token_id = int(cfg.image_token_id)
+        max_context = int(text.max_position_embeddings)
+        window = getattr(text, "sliding_window", None)
+        if window and getattr(text, "use_sliding_window", True):
+            max_context = min(max_context, int(window))  # beyond it the mask would differ
+        self.info = TargetInfo(
+            architecture="LlavaForConditionalGeneration",
+            text_model_type=text.model_type,
+            hidden_size=text.hidden_size,
+            vocab_size=text.vocab_size,
+            n_layers=len(self._layers),
+            max_context=max_context,
+            eos_token_ids=self._eos_ids(),
+            dtype=dtype,
+            fingerprint=self._fingerprint(),
+        )
+        self.cache: KVCache | None = None
+
+    # ---- prompt -------------------------------------------------------------------------
+    def prepare(self, prompt: str, images: list[Any]) -> Prompt:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the prompt must be a non-empty string")
+        pil = load_images(images)
+        image_token = self.processor.image_token
+        if prompt.count(image_token) not in (0, len(pil)):
+            raise ImageError(
+                f"the prompt has {prompt.count(image_token)} '{image_token}' placeholders but "
+                f"{len(pil)} images were given; give one image per placeholder, or no "
+                "placeholders and they are put before the prompt"
+            )
+        content: list[dict[str, Any]] = []
+        if image_token not in prompt:
+            content += [{"type": "image"} for _ in pil]
+        content.append({"type": "text", "text": prompt})
+        template = self.processor.chat_template or self.tokenizer.chat_template
+        if template:
+            messages = [{"role": "user", "content": content}]
+            text = self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        else:  # a base model: placeholders, then the prompt
+            text = (image_token + "\n") * (len(pil) if image_token not in prompt else 0) + prompt
+        if text.count(image_token) != len(pil):
+            raise ImageError(
+                f"this model's chat template placed {text.count(image_token)} images, but "
+                f"{len(pil)} were given; its template accepts {self._template_images()}"
+            )
+        enc = self.processor(text=text, images=pil or None, return_tensors="pt")
+        input_ids = enc["input_ids"][0]
+        if input_ids.shape[0] >= self.info.max_context:
+            raise PromptError(
+                f"the prompt is {input_ids.shape[0]} tokens (images included) but the model's "
+                f"context is {self.info.max_context}; shorten it or use fewer/smaller images"
+            )
+        pixels = enc.get("pixel_values")
+        return Prompt(
+            text=text,
+            input_ids=input_ids.to(self.device),
+            pixel_values=None if pixels is None else pixels.to(self.device, self.info.dtype),
+            n_images=len(pil),
+        )
+
+    def _template_images(self) -> str:
+        return "no images" if "image" not in str(self.processor.chat_template) else "images"
+
+    # ---- forward passes -----------------------------------------------------------------
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self._embed_tokens(token_ids)  # (T, d)
+
+    def lm_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self._lm_head(features)  # (T, V) in the model's dtype
+
+    def _prompt_embeds(self, prompt: Prompt) -> torch.Tensor:
+        embeds = self.embed(prompt.input_ids)  # (T, d)
+        if prompt.pixel_values is None:
+            return embeds
+        out = self.model.model.get_image_features(
+            pixel_values=prompt.pixel_values, return_dict=True
+        )
+        visual = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)  # (n_img * P, d)
+        slots = prompt.input_ids == self.image_token_id  # (T,)
+        if int(slots.sum()) != visual.shape[0]:
+            raise PromptError(
+                f"{int(slots.sum())} image placeholder tokens but {visual.shape[0]} visual "
+                "tokens; the processor and the model config disagree on the image size"
+            )
+        embeds = embeds.clone()
+        embeds[slots] = visual
+        return embeds
+
+    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
+        """The language model over new positions; returns the final-norm hidden states (T, d)."""
+        assert self.cache is not None
+        cos, sin = self._rotary(embeds, positions[None])  # (1, T, hd) each
+        rope = (cos[0], sin[0])
+        h = embeds
+        for i, layer in enumerate(self._layers):
+            h = decoder_block(layer, h, rope, self.shape, self.cache, i, mask)
+        return self._norm(h)
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Prompt, capacity: int) -> Prefill:
+        capacity = min(capacity, self.info.max_context)
+        self.cache = KVCache(
+            self.info.n_layers,
+            self.shape.n_kv_heads,
+            self.shape.head_dim,
+            capacity,
+            dtype=self.info.dtype,
+            device=self.device,
+        )
+        embeds = self._prompt_embeds(prompt)  # (T, d)
+        T = embeds.shape[0]
+        features = self._run(embeds, torch.arange(T, device=self.device), "causal")  # (T, d)
+        self.cache.commit(list(range(T)))
+        logits = self.lm_head(features[-1:]).float()[0]  # (V,)
+        return Prefill(logits=logits, features=features, embeds=embeds)
+
+    @torch.inference_mode()
+    def verify(
+        self, tokens: torch.Tensor, depths: torch.Tensor, tree_mask: torch.Tensor | None
+    ) -> Verified:
+        assert self.cache is not None, "prefill first"
+        L, N = self.cache.length, tokens.shape[0]
+        mask = None
+        if N > 1:
+            mask = torch.ones(N, L + N, dtype=torch.bool, device=self.device)  # prefix visible
+            mask[:, L:] = tree_mask  # (N, N) ancestors-or-self inside the tree
+        features = self._run(self.embed(tokens.to(self.device)), L + depths.to(self.device), mask)
+        return Verified(logits=self.lm_head(features).float(), features=features)
+
+    @torch.inference_mode()
+    def commit(self, path: list[int]) -> None:
+        assert self.cache is not None
+        self.cache.commit(path)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.cache is None else self.cache.length
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    # ---- identity -----------------------------------------------------------------------
+    def _eos_ids(self) -> tuple[int, ...]:
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        if eos is None:
+            eos = self.model.config.text_config.eos_token_id
+        if eos is None:
+            return ()
+        return tuple(eos) if isinstance(eos, list | tuple) else (int(eos),)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a draft head records about its target: structure (exact) and a weight probe."""
+        structure = {
+            "architecture": "LlavaForConditionalGeneration",
+            "text_model_type": self.model.config.text_config.model_type,
+            "hidden_size": self.model.config.text_config.hidden_size,
+            "vocab_size": self.model.config.text_config.vocab_size,
+            "n_layers": len(self._layers),
+        }
+        digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
+        probe = self._lm_head.weight[:4, :4].float().flatten().tolist()
+        return {"structure": digest, **structure, "lm_head_probe": [round(x, 6) for x in probe]}
