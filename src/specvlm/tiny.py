@@ -162,10 +162,30 @@ def build_tiny_llava(
     return folder
 
 
+def demo_prompts() -> list[tuple[str, list]]:
+    """A few fixed prompts with simple drawn images, shared by the stand-in demo and its draft."""
+    from PIL import Image, ImageDraw
+
+    specs = [
+        ("describe the image in detail.", "red", "ellipse"),
+        ("how many shapes are there?", "blue", "rectangle"),
+        ("what color is the circle? answer and explain.", "green", "ellipse"),
+        ("is there a star next to the square?", "orange", "rectangle"),
+    ]
+    prompts = []
+    for text, color, shape in specs:
+        img = Image.new("RGB", (64, 64), "white")
+        getattr(ImageDraw.Draw(img), shape)((14, 14, 50, 50), fill=color)
+        prompts.append((text, [img]))
+    return prompts
+
+
 def demo_pair(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     """The stand-in default pair: a tiny random LLaVA and a draft head fitted to it here.
 
-    Built once (a few seconds) and cached under ~/.cache/specvlm/ (or SPECVLM_CACHE).
+    The draft is fitted to the target's own answers to `demo_prompts()`, so on those prompts it
+    agrees with the target far more than a trained draft would on new inputs. Built once (a few
+    seconds) and cached under ~/.cache/specvlm/ (or $SPECVLM_CACHE).
     """
     from specvlm.train.quickfit import fit_head_to_target
 
@@ -173,6 +193,6 @@ def demo_pair(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     base = root / "tiny-demo-v1"
     target_dir, draft_dir = base / "target", base / "draft"
     if not (draft_dir / "model.safetensors").is_file():
-        build_tiny_llava(target_dir, seed=1, num_layers=4, hidden_size=128, intermediate_size=256)
-        fit_head_to_target(target_dir, draft_dir, steps=150, seed=0)
+        build_tiny_llava(target_dir, seed=1, num_layers=8, hidden_size=128, intermediate_size=256)
+        fit_head_to_target(target_dir, draft_dir, prompts=demo_prompts(), steps=300, seed=0)
     return target_dir, draft_dir

@@ -195,7 +195,6 @@ class LlavaTarget:
 
     @torch.inference_mode()
     def prefill(self, prompt: Prompt, capacity: int) -> Prefill:
-        capacity = min(capacity, self.info.max_context)
         self.cache = KVCache(
             self.info.n_layers,
             self.shape.n_kv_heads,

@@ -1,0 +1,127 @@
+"""`specvlm` command line: each verb is a thin call into the library.
+
+Exit codes: 0 success, 2 bad usage or bad input (one line on stderr, no traceback), 1 internal
+failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from specvlm.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention too)
+        self.exit(2, f"specvlm: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help="target model folder (Hugging Face format); default: embedded")
+    p.add_argument("--draft", help="draft head folder; default: the embedded target's draft")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _load(args: argparse.Namespace):
+    from specvlm.api import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if args.target is None:
+            print("note: no trained embedded models ship yet; using a tiny random LLaVA built "
+                  "in code (gibberish output, unrepresentative speed)", file=sys.stderr)  # fmt: skip
+        return load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    kwargs = dict(
+        images=args.image or None,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        speculative=not args.plain,
+    )
+    if args.json:
+        out = engine.generate(args.prompt, **kwargs)
+        print(
+            json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.to_dict()})
+        )
+        return 0
+    from specvlm.decoding.stats import SpecStats
+
+    stats = SpecStats()
+    for piece in engine.stream(args.prompt, stats=stats, **kwargs):
+        print(piece.text, end="", flush=True)
+    print()
+    print(
+        f"[{stats.new_tokens} tokens, tau {stats.tau:.2f}, {stats.tokens_per_s:.1f} tok/s, "
+        f"ttft {stats.ttft_s * 1000:.0f} ms]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from specvlm.demo import run_demo
+
+    return run_demo(max_new_tokens=args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="specvlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="plain vs speculative decoding side by side")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="answer a prompt about images")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--image", action="append", help="image file (repeat for several)")
+    p.add_argument("--json", action="store_true", help="print text, token ids and stats as JSON")
+    p.add_argument("--plain", action="store_true", help="plain decoding (no draft)")
+    _engine_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    try:
+        from specvlm.world.cli import register as register_world
+    except ImportError:
+        pass
+    else:
+        register_world(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InputError as e:
+        print(f"specvlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specvlm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny LLaVA checkpoints built in code (no downloads), cached per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from specvlm.tiny import build_tiny_llava
+
+# Four tiny targets covering the axes the exactness tests must cross.
+CONFIGS = {
+    "llama-mha-untied-vfl1-32px": dict(
+        text_model="llama", num_heads=4, num_kv_heads=4, tie_word_embeddings=False,
+        vision_feature_layer=-1, image_size=32, seed=0,
+    ),
+    "llama-gqa-tied-vfl2-48px": dict(
+        text_model="llama", num_heads=4, num_kv_heads=2, tie_word_embeddings=True,
+        vision_feature_layer=-2, image_size=48, seed=1,
+    ),
+    "qwen2-gqa-untied-vfl2-32px": dict(
+        text_model="qwen2", num_heads=4, num_kv_heads=1, tie_word_embeddings=False,
+        vision_feature_layer=-2, image_size=32, seed=2,
+    ),
+    "mistral-mha-tied-vfl1-48px": dict(
+        text_model="mistral", num_heads=2, num_kv_heads=2, tie_word_embeddings=True,
+        vision_feature_layer=-1, image_size=48, seed=3,
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        name: build_tiny_llava(root / name, num_layers=3, with_eos=False, **cfg)
+        for name, cfg in CONFIGS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_dirs):
+    return tiny_dirs["llama-mha-untied-vfl1-32px"]
+
+
+def noise_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 256, (size[0], size[1], 3), dtype=np.uint8))

@@ -1,0 +1,96 @@
+"""The public API and CLI on a tiny target: generate, stream, stats, draft files, --json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specvlm import api
+from specvlm.cli import main
+from specvlm.decoding.stats import SpecStats
+from specvlm.draft.eagle import EagleHead
+from specvlm.train.quickfit import fit_head_to_target
+from tests.conftest import noise_image
+
+PROMPT = "describe the image in detail."
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_dir, tmp_path_factory):
+    draft = tmp_path_factory.mktemp("draft") / "head"
+    fit_head_to_target(
+        tiny_dir, draft, prompts=[(PROMPT, [noise_image(0)])], new_tokens=64, steps=150
+    )
+    return tiny_dir, draft
+
+
+def test_load_pair_generate_and_stats(pair):
+    engine = api.load(target=pair[0], draft=pair[1])
+    plain = engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=48, speculative=False)
+    spec = engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=48)
+    assert spec.token_ids == plain.token_ids and len(spec.token_ids) == 48
+    assert spec.text == engine.target.decode(spec.token_ids)
+    s = spec.stats
+    assert s.new_tokens == 48 and s.prompt_tokens > 16  # 16 image tokens + the text
+    assert s.target_forwards < plain.stats.target_forwards == 47
+    assert s.tau == pytest.approx(47 / s.target_forwards)
+    assert sum(k * v for k, v in s.accept_histogram.items()) == 47
+    assert s.ttft_s > 0 and s.decode_s > 0 and s.tokens_per_s > 0
+    assert set(s.to_dict()) >= {"tau", "accept_histogram", "target_forwards", "prefill_s",
+                                "ttft_s", "decode_s", "tokens_per_s"}  # fmt: skip
+
+
+def test_stream_pieces_add_up_to_generate(pair):
+    engine = api.load(target=pair[0], draft=pair[1])
+    full = engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=40)
+    stats = SpecStats()
+    pieces = list(engine.stream(PROMPT, images=[noise_image(0)], max_new_tokens=40, stats=stats))
+    assert [t for p in pieces for t in p.token_ids] == full.token_ids
+    assert "".join(p.text for p in pieces) == full.text
+    assert len(pieces) == stats.target_forwards + 1  # the first token, then one piece a round
+    assert stats.tau == full.stats.tau
+
+
+def test_draft_round_trip_is_fp16_and_exact(pair, tmp_path):
+    head = EagleHead.load(pair[1])
+    from safetensors import safe_open
+
+    with safe_open(str(pair[1] / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+        names = set(f.keys())  # noqa: SIM118
+    assert dtypes == {torch.float16}
+    assert not any("embed" in n or "lm_head" in n for n in names), "shared weights are not stored"
+    head.save(tmp_path / "again")
+    again = EagleHead.load(tmp_path / "again")
+    for (n1, p1), (n2, p2) in zip(
+        head.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_cli_generate_json(pair, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    noise_image(0).save(image)
+    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
+            "--prompt", PROMPT, "--max-new-tokens", "24", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    engine = api.load(target=pair[0])
+    expected = engine.generate(PROMPT, images=[image], max_new_tokens=24, speculative=False)
+    assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
+    assert out["stats"]["new_tokens"] == 24 and out["stats"]["tau"] >= 1
+
+
+def test_cli_generate_streams_text(pair, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    noise_image(0).save(image)
+    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
+            "--prompt", PROMPT, "--max-new-tokens", "24"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    engine = api.load(target=pair[0])
+    expected = engine.generate(PROMPT, images=[image], max_new_tokens=24, speculative=False)
+    assert captured.out == expected.text + "\n"
+    assert "tau" in captured.err
