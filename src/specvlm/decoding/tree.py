@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+_MINUS_ONE, _ZERO = torch.tensor([-1]), torch.tensor([0])
+_TRUE, _ZERO_PATH = torch.tensor([[True]]), torch.tensor([[0]])
+
 
 @dataclass(frozen=True)
 class DraftTree:
@@ -64,7 +67,13 @@ class DraftTree:
     @classmethod
     def single(cls, root: int) -> DraftTree:
         """The tree of plain decoding: the root alone."""
-        return cls.from_parents([root], [-1])
+        return cls(
+            tokens=torch.tensor([root]),
+            parents=_MINUS_ONE,
+            depths=_ZERO,
+            mask=_TRUE,
+            paths=_ZERO_PATH,
+        )
 
     def children(self, node: int) -> list[int]:
         """Children of `node` in index order (the order the drafter ranked them)."""

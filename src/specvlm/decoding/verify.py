@@ -15,6 +15,8 @@ from specvlm.decoding.tree import DraftTree
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
     """Longest root-to-leaf prefix whose every token equals the target argmax at its parent."""
+    if tree.size == 1:  # plain decoding
+        return [0], int(logits[0].argmax())
     best = logits.argmax(-1)  # (N,) the target's choice after each node
     paths = tree.paths  # (P, D+1)
     child = paths[:, 1:]  # (P, D) node at each depth, -1 = padding

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from specvlm.decoding.tree import DraftTree
 from specvlm.draft.eagle import EagleConfig, EagleHead
 from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
@@ -46,6 +47,23 @@ def distill_loss(
     return loss, agree
 
 
+def target_sequence(
+    target: Target, prompt: Prompt, answer: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's features and input embeddings over prompt + answer, (S, d) each.
+
+    The prompt is prefilled (images included); the answer is read as a chain in one verify
+    forward, so answer tokens are always embedded as text, whatever their ids.
+    """
+    T, n = prompt.input_ids.shape[0], len(answer)
+    pre = target.prefill(prompt, capacity=T + n)
+    chain = DraftTree.from_parents(answer, [-1] + list(range(n - 1)))
+    out = target.verify(chain.tokens, chain.depths, chain.mask)
+    features = torch.cat([pre.features, out.features]).clone()  # (T + n, d)
+    embeds = torch.cat([pre.embeds, target.embed(chain.tokens)]).detach().clone()
+    return features, embeds
+
+
 def fit_head_to_target(
     target_dir: str | Path,
     out_dir: str | Path,
@@ -76,10 +94,8 @@ def fit_head_to_target(
     for text, images in prompts:
         prepared = target.prepare(text, images)
         out = engine.generate(text, images=images, max_new_tokens=new_tokens, speculative=False)
-        ids = torch.cat([prepared.input_ids, torch.tensor(out.token_ids)])
-        full = Prompt(text, ids, prepared.pixel_values, prepared.n_images)
-        pre = target.prefill(full, capacity=ids.shape[0])
-        sequences.append((pre.features.clone(), pre.embeds.clone(), prepared.input_ids.shape[0]))
+        features, embeds = target_sequence(target, prepared, out.token_ids)
+        sequences.append((features, embeds, prepared.input_ids.shape[0]))
     head = EagleHead(EagleConfig.for_target(target.info, num_attention_heads=2))
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
