@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import specvlm
 from specvlm.decoding.tree import DraftTree
 from specvlm.kv_cache import KVCache
 from specvlm.target import load_target
@@ -49,3 +51,26 @@ def test_tree_commit_then_forward_equals_recompute(tiny_dir):
     full = fresh.prefill(Prompt(prompt.text, ids, prompt.pixel_values, 1), capacity=200)
     torch.testing.assert_close(nxt.features[0], full.features[-1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(nxt.logits[0], full.logits, atol=1e-4, rtol=1e-5)
+
+
+def test_prefill_and_verify_return_chosen_layers_like_transformers(tiny_dir):
+    from transformers import LlavaForConditionalGeneration
+
+    target = load_target(tiny_dir)
+    target.set_aux_layers((0, 2, 3))
+    prompt = target.prepare("describe the image.", [noise_image(0)])
+    pre = target.prefill(prompt, capacity=100)
+    out = target.verify(torch.tensor([7]), torch.tensor([0]), None)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    ids = torch.cat([prompt.input_ids, torch.tensor([7])])[None]
+    with torch.no_grad():
+        hf = model(input_ids=ids, pixel_values=prompt.pixel_values, output_hidden_states=True)
+    want = torch.cat([hf.hidden_states[i][0] for i in (0, 2)], dim=-1)  # (T+1, 2d)
+    d = target.info.hidden_size
+    torch.testing.assert_close(pre.aux[:, : 2 * d], want[:-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.aux[:, : 2 * d], want[-1:], atol=1e-5, rtol=1e-5)
+    # the last hidden state after the final norm is the feature the draft reads
+    torch.testing.assert_close(out.features, hf.hidden_states[-1][0, -1:], atol=1e-5, rtol=1e-5)
+    assert pre.aux.shape == (prompt.input_ids.shape[0], 3 * d)
+    with pytest.raises(specvlm.InputError, match="accepted: 0..3"):
+        target.set_aux_layers((4,))

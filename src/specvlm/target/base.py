@@ -44,12 +44,14 @@ class Prefill:
     logits: torch.Tensor  # (V,) float32, next-token logits after the prompt
     features: torch.Tensor  # (T, d) last hidden state (post final norm) at each prompt position
     embeds: torch.Tensor  # (T, d) what the language model read: token or visual embeddings
+    aux: torch.Tensor | None = None  # (T, k*d) residual stream after the chosen layers, or None
 
 
 @dataclass
 class Verified:
     logits: torch.Tensor  # (N, V) float32, next-token logits at each tree node
     features: torch.Tensor  # (N, d) last hidden state at each tree node
+    aux: torch.Tensor | None = None  # (N, k*d) residual stream after the chosen layers, or None
 
 
 class Target(Protocol):

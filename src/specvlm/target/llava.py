@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from specvlm.errors import ImageError, ModelFolderError, PromptError, UnsupportedModelError
+from specvlm.errors import (
+    ImageError,
+    InputError,
+    ModelFolderError,
+    PromptError,
+    UnsupportedModelError,
+)
 from specvlm.kv_cache import KVCache
 from specvlm.layers import AttentionShape, decoder_block
 from specvlm.media import load_images
@@ -46,7 +52,13 @@ def read_config(folder: Path) -> dict[str, Any]:
 class LlavaTarget:
     """A LLaVA checkpoint as a verifier: prepare, prefill, verify a tree, commit a path."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        aux_layers: tuple[int, ...] = (),
+    ):
         from transformers import AutoProcessor, LlavaForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
@@ -110,6 +122,19 @@ class LlavaTarget:
             fingerprint=self._fingerprint(),
         )
         self.cache: KVCache | None = None
+        self.aux_layers: tuple[int, ...] = ()
+        self.set_aux_layers(aux_layers)
+
+    def set_aux_layers(self, layers: tuple[int, ...]) -> None:
+        """Also return the residual stream after these layers.
+
+        Index i = after i decoder layers: 0 is the input embeddings, n_layers the last layer's
+        output BEFORE the final norm (`transformers`' hidden_states[i] for i < n_layers; its last
+        entry is after the norm, which is `features`)."""
+        bad = [i for i in layers if not 0 <= i <= self.info.n_layers]
+        if bad:
+            raise InputError(f"aux layers {bad} out of range; accepted: 0..{self.info.n_layers}")
+        self.aux_layers = tuple(layers)
 
     # ---- prompt -------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list[Any]) -> Prompt:
@@ -183,15 +208,24 @@ class LlavaTarget:
         embeds[slots] = visual
         return embeds
 
-    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
-        """The language model over new positions; returns the final-norm hidden states (T, d)."""
+    def _run(
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The language model over new positions.
+
+        Returns the final-norm hidden states (T, d) and the chosen layers' residual streams
+        concatenated (T, k*d), or None when no aux layers are chosen.
+        """
         assert self.cache is not None
         cos, sin = self._rotary(embeds, positions[None])  # (1, T, hd) each
         rope = (cos[0], sin[0])
         h = embeds
+        aux = [h] if 0 in self.aux_layers else []
         for i, layer in enumerate(self._layers):
             h = decoder_block(layer, h, rope, self.shape, self.cache, i, mask)
-        return self._norm(h)
+            if i + 1 in self.aux_layers:
+                aux.append(h)
+        return self._norm(h), (torch.cat(aux, dim=-1) if aux else None)
 
     @torch.inference_mode()
     def prefill(self, prompt: Prompt, capacity: int) -> Prefill:
@@ -205,10 +239,10 @@ class LlavaTarget:
         )
         embeds = self._prompt_embeds(prompt)  # (T, d)
         T = embeds.shape[0]
-        features = self._run(embeds, torch.arange(T, device=self.device), "causal")  # (T, d)
+        features, aux = self._run(embeds, torch.arange(T, device=self.device), "causal")
         self.cache.commit(list(range(T)))
         logits = self.lm_head(features[-1:]).float()[0]  # (V,)
-        return Prefill(logits=logits, features=features, embeds=embeds)
+        return Prefill(logits=logits, features=features, embeds=embeds, aux=aux)
 
     @torch.inference_mode()
     def verify(
@@ -220,8 +254,10 @@ class LlavaTarget:
         if N > 1:
             mask = torch.ones(N, L + N, dtype=torch.bool, device=self.device)  # prefix visible
             mask[:, L:] = tree_mask  # (N, N) ancestors-or-self inside the tree
-        features = self._run(self.embed(tokens.to(self.device)), L + depths.to(self.device), mask)
-        return Verified(logits=self.lm_head(features).float(), features=features)
+        features, aux = self._run(
+            self.embed(tokens.to(self.device)), L + depths.to(self.device), mask
+        )
+        return Verified(logits=self.lm_head(features).float(), features=features, aux=aux)
 
     @torch.inference_mode()
     def commit(self, path: list[int]) -> None:
