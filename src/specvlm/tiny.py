@@ -86,7 +86,6 @@ def build_tiny_llava(
     """Write a tiny random LlavaForConditionalGeneration folder and return its path."""
     from transformers import (
         AutoConfig,
-        CLIPImageProcessor,
         CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -142,6 +141,8 @@ def build_tiny_llava(
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        from transformers import CLIPImageProcessor  # PIL fallback without torchvision: fine
+
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
