@@ -1,0 +1,102 @@
+"""`specvlm world ...`: make world data sets, look at them, train the world tokenizer.
+
+    specvlm world make --split train --n 1000 --out data/world-train [--kind image|video|events]
+                       [--families detailed conversation ...] [--resolution PX] [--seed S]
+    specvlm world show [--split train] [--n 4] [--kind image] [--out world.png]
+    specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
+
+Each handler is a thin call into the library and returns an exit code; bad arguments raise
+`specvlm.InputError`. The main CLI adds these with `register(subparsers)` and calls
+`args.func(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from specvlm.errors import InputError
+from specvlm.world.dataset import contact_sheet, make_dataset
+from specvlm.world.language import FAMILIES
+from specvlm.world.splits import KINDS, SPLITS
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `world` command (with make / show / tokenizer) to a main parser's subparsers."""
+    world = subparsers.add_parser("world", help="make and inspect the procedural world's data")
+    sub = world.add_subparsers(dest="world_command", metavar="{make,show,tokenizer}")
+    sub.required = True
+
+    make = sub.add_parser("make", help="write images / clips / event streams and a data.jsonl")
+    make.add_argument("--split", required=True, help=f"one of {', '.join(sorted(SPLITS))}")
+    make.add_argument("--n", type=int, required=True, help="number of samples (scenes or clips)")
+    make.add_argument("--out", required=True, help="output folder")
+    make.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)} (default image)")
+    make.add_argument(
+        "--families", nargs="+", default=None, help=f"any of {', '.join(FAMILIES)} (default all)"
+    )
+    make.add_argument("--resolution", type=int, default=None, help="pixels per side (default 224 for images, 128 for clips)")  # fmt: skip
+    make.add_argument("--seed", type=int, default=0, help="index of the first sample within the split (default 0)")  # fmt: skip
+    make.set_defaults(func=cmd_make)
+
+    show = sub.add_parser("show", help="draw a contact sheet of samples and their conversations")
+    show.add_argument("--split", default="train", help=f"one of {', '.join(sorted(SPLITS))}")
+    show.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
+    show.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)}")
+    show.add_argument("--resolution", type=int, default=None)
+    show.add_argument("--seed", type=int, default=0, help="index of the first sample")
+    show.add_argument("--out", default="world.png", help="PNG file to write (default world.png)")
+    show.set_defaults(func=cmd_show)
+
+    tok = sub.add_parser("tokenizer", help="train the world tokenizer (AutoTokenizer-loadable)")
+    tok.add_argument("--out", required=True, help="output folder")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="upper bound (default 4096)")
+    tok.add_argument("--samples", type=int, default=600, help="train samples in the corpus")
+    tok.add_argument("--merge-across-words", action="store_true", help="let tokens span spaces")
+    tok.set_defaults(func=cmd_tokenizer)
+    return world
+
+
+def _families(values: list[str] | None) -> list[str] | None:
+    """Accept both `--families a b` and `--families a,b`."""
+    if values is None:
+        return None
+    return [f for v in values for f in v.split(",") if f]
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    path = make_dataset(
+        args.split,
+        args.n,
+        args.out,
+        kind=args.kind,
+        families=_families(args.families),
+        resolution=args.resolution,
+        start=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out must be a .png file, got {out}")
+    if out.parent and not out.parent.exists():
+        raise InputError(f"folder {out.parent} does not exist; create it or choose another --out")
+    sheet = contact_sheet(args.split, args.n, args.kind, args.resolution, start=args.seed)
+    sheet.save(out)
+    print(f"wrote {out} ({sheet.width} x {sheet.height})")
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from specvlm.world.tokenizer import build_world_tokenizer  # transformers loads slowly
+
+    if args.samples < 1:
+        raise InputError(f"--samples must be at least 1, got {args.samples}")
+    tok = build_world_tokenizer(args.out, args.vocab_size, args.samples, merge_across_words=args.merge_across_words)  # fmt: skip
+    print(f"wrote {args.out} ({len(tok)} tokens)")
+    return 0

@@ -1,0 +1,590 @@
+"""Questions and answers about one still scene, in five task families.
+
+Each generator takes the scene's `Facts` and the sample's generator and returns a `QA` (or None
+when the scene does not support that question, e.g. 'which is closest' with two objects). Every
+answer is computed from the symbolic scene, and `QA.meta` keeps the short answer of closed
+questions so an evaluator can score a model with `grammar.check_answer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from specvlm.world.grammar import (
+    CORNERS,
+    REGIONS,
+    a,
+    cap,
+    count_phrase,
+    distance,
+    horizontal,
+    join,
+    main_relation,
+    next_to,
+    noun,
+    number,
+    pick,
+    region,
+    region_is_clear,
+    region_phrase,
+    shape_word,
+    size_word,
+    vertical,
+)
+from specvlm.world.grammar import RELATION_PHRASES as REL
+from specvlm.world.scenes import COLORS, SHAPES, Pair, Scene, SceneObject, object_mask, occlusions
+
+
+@dataclass
+class QA:
+    question: str
+    answer: str
+    meta: dict = field(default_factory=dict)  # qtype, answer (short str or None), answer_kind
+
+
+def closed(qtype: str, answer: object, kind: str, **extra: object) -> dict:
+    return {"qtype": qtype, "answer": str(answer), "answer_kind": kind, **extra}
+
+
+def is_are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+class Facts:
+    """The scene plus the derived facts the generators share (computed once, on demand)."""
+
+    def __init__(self, scene: Scene, pairs: tuple[Pair, ...]):
+        self.scene = scene
+        self.objs = scene.objects
+        self.pairs = pairs  # pairs allowed in this split: distractors never leak held-out pairs
+
+    @cached_property
+    def areas(self) -> list[int]:
+        return [int(object_mask(o).sum()) for o in self.objs]
+
+    @cached_property
+    def covers(self) -> list[tuple[SceneObject, SceneObject]]:
+        """(front, back) pairs where the front object hides at least 3% of the back one."""
+        return [(self.objs[i], self.objs[j]) for i, j in occlusions(self.scene)]
+
+    @cached_property
+    def any_overlap(self) -> bool:
+        return bool(occlusions(self.scene, min_fraction=1e-9))
+
+    def absent_pairs(self) -> list[Pair]:
+        present = {o.pair for o in self.objs}
+        return [p for p in self.pairs if p not in present]
+
+    def n_shape(self, shape: str) -> int:
+        return sum(o.shape == shape for o in self.objs)
+
+    def n_color(self, color: str) -> int:
+        return sum(o.color == color for o in self.objs)
+
+    def unique_shape(self) -> list[SceneObject]:
+        return [o for o in self.objs if self.n_shape(o.shape) == 1]
+
+    def unique_color(self) -> list[SceneObject]:
+        return [o for o in self.objs if self.n_color(o.color) == 1]
+
+    def clear(self) -> list[SceneObject]:
+        return [o for o in self.objs if region_is_clear(o.x, o.y)]
+
+    def bigger(self, p: SceneObject, q: SceneObject) -> SceneObject | None:
+        """The object covering at least 1.4x the other's area, if either does."""
+        ap, aq = self.areas[self.objs.index(p)], self.areas[self.objs.index(q)]
+        return p if ap >= 1.4 * aq else q if aq >= 1.4 * ap else None
+
+    def bg_remark(self, rng: np.random.Generator) -> str:
+        """A sentence about the background that adds to the intro's 'on a ... background'."""
+        bg = self.scene.background
+        return {
+            "plain": pick(
+                rng,
+                ("The background has no pattern at all.", "The background is a single flat tone."),
+            ),  # fmt: skip
+            "stripes": f"The stripes run {'diagonally' if bg.orientation == 'diagonal' else bg.orientation} across the whole image.",  # fmt: skip
+            "checker": "The checkerboard has eight rows and eight columns of squares.",
+            "noise": "The texture is soft and irregular, like blurred noise.",
+        }[bg.pattern]
+
+    def bg_phrase(self, rng: np.random.Generator) -> str:
+        bg = self.scene.background
+        return {
+            "plain": f"a plain {bg.tone} background",
+            "stripes": f"a {bg.tone} background with {bg.orientation} stripes",
+            "checker": f"a {bg.tone} checkerboard background",
+            "noise": f"a {bg.tone} background with a {pick(rng, ('blotchy', 'mottled', 'noisy'))} texture",  # fmt: skip
+        }[bg.pattern]
+
+
+def where(rng: np.random.Generator, o: SceneObject) -> str:
+    return region_phrase(rng, region(o.x, o.y))
+
+
+def plain_name(rng: np.random.Generator, o: SceneObject) -> str:
+    return noun(rng, o, size=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# conversation: one short question, one short answer
+# ---------------------------------------------------------------------------------------------
+
+
+def q_count_all(f: Facts, rng: np.random.Generator) -> QA:
+    n = len(f.objs)
+    thing = pick(rng, ("object", "shape"))
+    q = pick(rng, (f"How many {thing}s are there in the image?", "How many shapes can you see?",
+                   "Count the objects in this picture.", f"How many {thing}s does the image contain?"))  # fmt: skip
+    ans = pick(rng, (f"There {is_are(n)} {number(rng, n)} {thing}{'s' * (n != 1)}.",
+                     f"I can see {number(rng, n)} {thing}{'s' * (n != 1)}.", f"{cap(number(rng, n))}."))  # fmt: skip
+    return QA(q, ans, closed("count", n, "number"))
+
+
+def q_count_shape(f: Facts, rng: np.random.Generator) -> QA:
+    present = sorted({o.shape for o in f.objs})
+    shape = pick(rng, present) if rng.random() < 0.75 else pick(rng, SHAPES)
+    n, w = f.n_shape(shape), shape_word(rng, shape, 2)
+    q = pick(rng, (f"How many {w} are there?", f"How many {w} are in the picture?", f"Count the {w} in the image."))  # fmt: skip
+    if n == 0:
+        ans = pick(rng, (f"There are no {w} in the image.", f"Zero. I do not see any {w}."))
+    else:
+        ans = f"There {is_are(n)} {count_phrase(rng, n, shape)}."
+        if n > 1 and rng.random() < 0.5:
+            ans = ans[:-1] + ": " + join([a(o.color) + " one" for o in f.objs if o.shape == shape]) + "."  # fmt: skip
+    return QA(q, ans, closed("count", n, "number"))
+
+
+def q_count_color(f: Facts, rng: np.random.Generator) -> QA:
+    color = pick(rng, sorted({o.color for o in f.objs})) if rng.random() < 0.75 else pick(rng, list(COLORS))  # fmt: skip
+    n = f.n_color(color)
+    q = pick(rng, (f"How many {color} objects are there?", f"How many shapes are {color}?", f"How many {color} shapes can you see?"))  # fmt: skip
+    if n == 0:
+        ans = pick(rng, (f"There are no {color} objects.", f"Zero. None of the shapes is {color}."))
+    else:
+        ans = f"There {is_are(n)} {number(rng, n)} {color} {'object' if n == 1 else 'objects'}."
+        if rng.random() < 0.5:
+            ans = ans[:-1] + ": " + join([a(shape_word(rng, o.shape)) for o in f.objs if o.color == color]) + "."  # fmt: skip
+    return QA(q, ans, closed("count", n, "number"))
+
+
+def q_color(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.unique_shape():
+        return None
+    o = pick(rng, f.unique_shape())
+    w = shape_word(rng, o.shape)
+    q = pick(rng, (f"What color is the {w}?", f"What is the color of the {w}?", f"Which color does the {w} have?"))  # fmt: skip
+    ans = pick(rng, (f"The {w} is {o.color}.", f"It is {o.color}.", f"{cap(o.color)}."))
+    return QA(q, ans, closed("color", o.color, "color"))
+
+
+def q_shape(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.unique_color():
+        return None
+    o = pick(rng, f.unique_color())
+    w = shape_word(rng, o.shape)
+    q = pick(rng, (f"What shape is the {o.color} object?", f"What is the {o.color} shape?", f"Which shape is {o.color}?"))  # fmt: skip
+    ans = pick(rng, (f"The {o.color} object is {a(w)}.", f"It is {a(w)}.", f"{cap(a(w))}."))
+    return QA(q, ans, closed("shape", o.shape, "shape"))
+
+
+def q_position(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.clear():
+        return None
+    o = pick(rng, f.clear())
+    name, reg = noun(rng, o), region(o.x, o.y)
+    q = pick(rng, (f"Where is the {name}?", f"Where is the {name} located?", f"In which part of the image is the {name}?"))  # fmt: skip
+    ph = region_phrase(rng, reg)
+    ans = pick(rng, (f"The {name} is {ph}.", f"It is {ph}.", f"{cap(ph)}."))
+    return QA(q, ans, closed("position", reg, "region"))
+
+
+def q_exists(f: Facts, rng: np.random.Generator) -> QA | None:
+    absent = f.absent_pairs()
+    if rng.random() < 0.5 or not absent:
+        o = pick(rng, f.objs)
+        name = plain_name(rng, o)
+        q = pick(rng, (f"Is there {a(name)} in the image?", f"Can you see {a(name)}?", f"Does the picture contain {a(name)}?"))  # fmt: skip
+        ans = pick(rng, (f"Yes, there is {a(name)} {where(rng, o)}.", "Yes.", f"Yes, {a(name)} is visible."))  # fmt: skip
+        return QA(q, ans, closed("exists", "yes", "yesno"))
+    color, shape = pick(rng, absent)
+    name = f"{color} {shape_word(rng, shape)}"
+    q = pick(rng, (f"Is there {a(name)} in the image?", f"Can you see {a(name)}?", f"Does the picture contain {a(name)}?"))  # fmt: skip
+    ans = pick(rng, (f"No, there is no {name} in the image.", "No.", f"No, I do not see {a(name)}."))  # fmt: skip
+    return QA(q, ans, closed("exists", "no", "yesno"))
+
+
+def q_relation(f: Facts, rng: np.random.Generator) -> QA | None:
+    opts = []
+    for p in f.objs:
+        for o in f.objs:
+            if p is not o:
+                opts += [(p, o, r) for r in (horizontal(p, o), vertical(p, o)) if r]
+    if not opts:
+        return None
+    p, o, true_rel = pick(rng, opts)
+    opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    asked = true_rel if rng.random() < 0.5 else opposite[true_rel]
+    n1, n2 = plain_name(rng, p), plain_name(rng, o)
+    q = f"Is the {n1} {pick(rng, REL[asked])} the {n2}?"
+    if asked == true_rel:
+        return QA(q, f"Yes, the {n1} is {pick(rng, REL[true_rel])} the {n2}.", closed("relation", "yes", "yesno"))  # fmt: skip
+    return QA(q, f"No, the {n1} is {pick(rng, REL[true_rel])} the {n2}.", closed("relation", "no", "yesno"))  # fmt: skip
+
+
+def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
+    corner = pick(rng, CORNERS)
+    inside = [o for o in f.objs if region(o.x, o.y) == corner]
+    if any(not region_is_clear(o.x, o.y) for o in inside):
+        return None
+    if rng.random() < 0.5:
+        q = pick(rng, (f"Is there anything in the {corner} corner?", f"Is any object in the {corner} corner of the image?"))  # fmt: skip
+        ans = f"Yes, there is {a(plain_name(rng, inside[0]))} there." if inside else f"No, the {corner} corner is empty."  # fmt: skip
+        return QA(q, ans, closed("corner", "yes" if inside else "no", "yesno"))
+    q = f"Is the {corner} corner of the image empty?"
+    ans = f"No, {a(plain_name(rng, inside[0]))} is there." if inside else f"Yes, nothing is in the {corner} corner."  # fmt: skip
+    return QA(q, ans, closed("corner", "no" if inside else "yes", "yesno"))
+
+
+CONVERSATION: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
+    q_count_all, q_count_shape, q_count_color, q_color, q_shape, q_position, q_exists, q_relation, q_corner,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# reasoning: a question that needs a comparison or a cause, answered with an explanation
+# ---------------------------------------------------------------------------------------------
+
+
+def r_bigger(f: Facts, rng: np.random.Generator) -> QA | None:
+    pairs = [(p, o) for p in f.objs for o in f.objs if p is not o and f.bigger(p, o) is p]
+    if not pairs:
+        return None
+    big, small = pick(rng, pairs)
+    first, second = (big, small) if rng.random() < 0.5 else (small, big)
+    n1, n2, nb, ns = (plain_name(rng, o) for o in (first, second, big, small))
+    ask_small = rng.random() < 0.3
+    word = "smaller" if ask_small else pick(rng, ("larger", "bigger"))
+    q = pick(rng, (f"Which is {word}, the {n1} or the {n2}?", f"Which of the two is {word}: the {n1} or the {n2}?"))  # fmt: skip
+    win, lose = (ns, nb) if ask_small else (nb, ns)
+    why = f"It covers clearly {'less' if ask_small else 'more'} of the image than the {lose}"
+    if big.size != small.size:
+        why += f": the {nb} is {size_word(rng, big.size)}, while the {ns} is {size_word(rng, small.size)}"  # fmt: skip
+    ans = f"The {win} is {word}. {why}."
+    return QA(q, ans, closed("compare_size", (small if ask_small else big).name, "object"))
+
+
+def r_closest(f: Facts, rng: np.random.Generator) -> QA | None:
+    if len(f.objs) < 3:
+        return None
+    ref = pick(rng, f.objs)
+    others = sorted((o for o in f.objs if o is not ref), key=lambda o: distance(o, ref))
+    d1, d2 = distance(others[0], ref), distance(others[1], ref)
+    if d1 >= 0.8 * d2:
+        return None
+    near, rn = others[0], plain_name(rng, ref)
+    nn = plain_name(rng, near)
+    q = pick(
+        rng, (f"Which object is closest to the {rn}?", f"What is the nearest shape to the {rn}?")
+    )
+    rel = main_relation(near, ref)
+    detail = f" It is {pick(rng, REL[rel])} the {rn}" if rel else f" It sits close to the {rn}"
+    detail += ", right next to it" if next_to(near, ref) else ""
+    far = [f"the {plain_name(rng, o)} {where(rng, o)}" for o in others[1:4]]
+    ans = f"The {nn} is closest to the {rn}.{detail}, while {join(far)} {is_are(len(far))} farther away."  # fmt: skip
+    return QA(q, ans, closed("closest", near.name, "object"))
+
+
+EXTREME_QUESTIONS = {
+    "left": ("Which object is furthest to the left?", "Which shape is closest to the left edge?"),
+    "right": (
+        "Which object is furthest to the right?",
+        "Which shape is closest to the right edge?",
+    ),
+    "top": ("Which object is the highest in the image?", "Which shape is closest to the top edge?"),
+    "bottom": (
+        "Which object is the lowest in the image?",
+        "Which shape is closest to the bottom edge?",
+    ),
+}
+
+
+def r_extreme(f: Facts, rng: np.random.Generator) -> QA | None:
+    if len(f.objs) < 2:
+        return None
+    side = pick(rng, ("left", "right", "top", "bottom"))
+    key = {"left": lambda o: o.x, "right": lambda o: -o.x, "top": lambda o: o.y, "bottom": lambda o: -o.y}[side]  # fmt: skip
+    ranked = sorted(f.objs, key=key)
+    if key(ranked[1]) - key(ranked[0]) < 0.05:
+        return None
+    win, runner = ranked[0], ranked[1]
+    q = pick(rng, EXTREME_QUESTIONS[side])
+    wn = plain_name(rng, win)
+    ans = (f"The {wn}. It is {where(rng, win)}, and its centre is nearer to the {side} edge than that of any "
+           f"other object; the next closest is the {plain_name(rng, runner)}.")  # fmt: skip
+    return QA(q, ans, closed("extreme", win.name, "object"))
+
+
+def r_occluded(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.covers:
+        return None
+    front, back = pick(rng, f.covers)
+    fn, bn = plain_name(rng, front), plain_name(rng, back)
+    q = pick(rng, (f"Why is part of the {bn} hidden?", f"Why can't we see the whole {bn}?", f"Why does the {bn} look incomplete?"))  # fmt: skip
+    ans = pick(
+        rng,
+        (
+            f"Because the {fn} is in front of it. The {fn} overlaps the {bn} and is drawn on top, so it covers part of the {bn}.",  # fmt: skip
+            f"Because the {fn} lies on top of it: the two shapes overlap, and the {fn} is closer to the viewer, hiding a piece of the {bn}.",  # fmt: skip
+        ),
+    )
+    return QA(q, ans, closed("occlusion", front.name, "object"))
+
+
+def r_more(f: Facts, rng: np.random.Generator) -> QA:
+    # One of the two is always present (which one comes first is random).
+    if rng.random() < 0.5:
+        s1 = pick(rng, [o.shape for o in f.objs])
+        s2 = pick(rng, [s for s in SHAPES if s != s1])
+        s1, s2 = (s1, s2) if rng.random() < 0.5 else (s2, s1)
+        w1, w2 = shape_word(rng, s1, 2), shape_word(rng, s2, 2)
+        n1, n2 = f.n_shape(s1), f.n_shape(s2)
+        c1, c2 = count_phrase(rng, n1, s1), count_phrase(rng, n2, s2)
+    else:
+        k1 = pick(rng, [o.color for o in f.objs])
+        k2 = pick(rng, [c for c in COLORS if c != k1])
+        k1, k2 = (k1, k2) if rng.random() < 0.5 else (k2, k1)
+        w1, w2 = f"{k1} objects", f"{k2} objects"
+        n1, n2 = f.n_color(k1), f.n_color(k2)
+        c1, c2 = f"{number(rng, n1)} {k1}", f"{number(rng, n2)} {k2}"
+    q = pick(rng, (f"Are there more {w1} than {w2}?", f"Does the image have more {w1} than {w2}?"))
+    verdict = "more " + w1 if n1 > n2 else "more " + w2 if n2 > n1 else "the same number of each"
+    ans = f"{'Yes' if n1 > n2 else 'No'}. There are {c1} and {c2}, so there are {verdict}."
+    return QA(q, ans, closed("compare_count", "yes" if n1 > n2 else "no", "yesno"))
+
+
+def r_arithmetic(f: Facts, rng: np.random.Generator) -> QA:
+    if rng.random() < 0.5 or len(f.objs) < 2:
+        shape = pick(rng, [o.shape for o in f.objs])
+        n = f.n_shape(shape)
+        w1, wn = shape_word(rng, shape), shape_word(rng, shape, n + 1)
+        q = f"If one more {w1} were added, how many {shape_word(rng, shape, 2)} would there be?"
+        have = join([f"the {o.color} one" for o in f.objs if o.shape == shape])
+        ans = f"There would be {number(rng, n + 1)} {wn}. The image already has {count_phrase(rng, n, shape)} ({have}), and adding one more makes {number(rng, n + 1)}."  # fmt: skip
+        return QA(q, ans, closed("arithmetic", n + 1, "number"))
+    o, n = pick(rng, f.objs), len(f.objs)
+    name = plain_name(rng, o)
+    q = f"If the {name} were removed, how many objects would be left?"
+    ans = f"There would be {number(rng, n - 1)} {'object' if n == 2 else 'objects'} left. The image has {number(rng, n)} objects now, and taking away the {name} leaves {number(rng, n - 1)}."  # fmt: skip
+    return QA(q, ans, closed("arithmetic", n - 1, "number"))
+
+
+def r_edge(f: Facts, rng: np.random.Generator) -> QA | None:
+    o = pick(rng, f.objs)
+    name = plain_name(rng, o)
+    if abs(o.x - 0.5) > 0.06 and (rng.random() < 0.5 or abs(o.y - 0.5) <= 0.06):
+        side, other = ("left", "right") if o.x < 0.5 else ("right", "left")
+    elif abs(o.y - 0.5) > 0.06:
+        side, other = ("top", "bottom") if o.y < 0.5 else ("bottom", "top")
+    else:
+        return None
+    pair = ("left", "right") if side in ("left", "right") else ("top", "bottom")
+    q = f"Is the {name} closer to the {pair[0]} edge or to the {pair[1]} edge of the image?"
+    half = {"left": "left", "right": "right", "top": "upper", "bottom": "lower"}[side]
+    ans = f"The {name} is closer to the {side} edge. Its centre lies in the {half} half of the image, so the distance to the {side} edge is the shorter one."  # fmt: skip
+    return QA(q, ans, closed("edge", side, "word", alternatives=[other]))
+
+
+REASONING = (r_bigger, r_closest, r_extreme, r_occluded, r_more, r_arithmetic, r_edge)
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple_choice: options A-D; the answer is the letter, then why
+# ---------------------------------------------------------------------------------------------
+
+MC_INSTRUCTIONS = (
+    "Answer with the option's letter from the given choices and explain your answer.",
+    "Choose the correct option (A, B, C or D) and explain why.",
+    "Select the best answer and justify it.",
+)
+
+
+def _options(rng: np.random.Generator, correct: str, wrong: list[str]) -> tuple[list[str], int]:
+    distract = [wrong[i] for i in rng.permutation(len(wrong))[:3]]
+    options = [correct, *distract]
+    order = rng.permutation(len(options))
+    options = [options[i] for i in order]
+    return options, options.index(correct)
+
+
+def _mc(rng: np.random.Generator, qtype: str, stem: str, correct: str, wrong: list[str], why: str, short: str) -> QA | None:  # fmt: skip
+    if len(wrong) < 3:
+        return None
+    options, k = _options(rng, correct, wrong)
+    letter = "ABCD"[k]
+    if rng.random() < 0.7:
+        body = "\n".join(f"{L}. {o}" for L, o in zip("ABCD", options, strict=True))
+    else:
+        body = "Options: " + " ".join(f"({L}) {o}" for L, o in zip("ABCD", options, strict=True))
+    q = f"{stem}\n{body}\n{pick(rng, MC_INSTRUCTIONS)}"
+    ans = pick(rng, (f"{letter}. {why}", f"({letter}) {cap(correct)}. {why}"))
+    return QA(q, ans, closed(qtype, letter, "letter", answer_text=short))
+
+
+def mc_count(f: Facts, rng: np.random.Generator) -> QA | None:
+    shape = pick(rng, [o.shape for o in f.objs])
+    n, w = f.n_shape(shape), shape_word(rng, shape, 2)
+    wrong = [str(k) for k in range(max(0, n - 2), n + 4) if k != n]
+    names = join([f"{a(plain_name(rng, o))} {where(rng, o)}" for o in f.objs if o.shape == shape])
+    why = f"There {is_are(n)} {count_phrase(rng, n, shape)} in the image: {names}."
+    return _mc(rng, "mc_count", f"How many {w} are in the image?", str(n), wrong, why, str(n))
+
+
+def mc_color(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.unique_shape():
+        return None
+    o = pick(rng, f.unique_shape())
+    w = shape_word(rng, o.shape)
+    wrong = [c for c in COLORS if c != o.color]
+    why = f"The {w} {where(rng, o)} is {o.color}, so the other colors do not match it."
+    return _mc(rng, "mc_color", f"What color is the {w}?", o.color, wrong, why, o.color)
+
+
+def mc_shape(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.unique_color():
+        return None
+    o = pick(rng, f.unique_color())
+    wrong = [s for s in SHAPES if s != o.shape]
+    why = (
+        f"The only {o.color} object in the image is {a(shape_word(rng, o.shape))}, {where(rng, o)}."
+    )
+    return _mc(
+        rng, "mc_shape", f"What shape is the {o.color} object?", o.shape, wrong, why, o.shape
+    )
+
+
+def mc_position(f: Facts, rng: np.random.Generator) -> QA | None:
+    if not f.clear():
+        return None
+    o = pick(rng, f.clear())
+    reg, name = region(o.x, o.y), plain_name(rng, o)
+    wrong = [r for r in REGIONS if r != reg]
+    why = f"The {name} is {region_phrase(rng, reg)}, which matches this option and none of the others."  # fmt: skip
+    return _mc(rng, "mc_position", f"Where is the {name}?", reg, wrong, why, reg)
+
+
+def mc_present(f: Facts, rng: np.random.Generator) -> QA | None:
+    absent = [f"{c} {s}" for c, s in f.absent_pairs()]
+    if rng.random() < 0.5 or len(f.objs) < 3:
+        o = pick(rng, f.objs)
+        why = f"The image contains {a(o.name)} {where(rng, o)}; the other three objects do not appear in it."  # fmt: skip
+        return _mc(rng, "mc_present", "Which of these objects appears in the image?", o.name, absent, why, o.name)  # fmt: skip
+    color, shape = pick(rng, f.absent_pairs())
+    missing = f"{color} {shape}"
+    present = [o.name for o in f.objs]
+    why = f"There is no {missing} in the image, while the other options are all visible."
+    return _mc(rng, "mc_absent", "Which of these objects is NOT in the image?", missing, present, why, missing)  # fmt: skip
+
+
+MULTIPLE_CHOICE = (mc_count, mc_color, mc_shape, mc_position, mc_present)
+
+
+# ---------------------------------------------------------------------------------------------
+# detailed: a long description (60-200 words) naming every object
+# ---------------------------------------------------------------------------------------------
+
+DESCRIBE_PROMPTS = (
+    "Describe this image in detail.",
+    "What do you see in this picture? Please give a thorough description.",
+    "Give a detailed description of the image.",
+    "Explain the contents of this image, mentioning every object.",
+    "Can you describe everything that is shown in this image?",
+)
+
+
+def _object_sentence(rng: np.random.Generator, o: SceneObject) -> str:
+    full = f"{size_word(rng, o.size)} {o.color} {shape_word(rng, o.shape)}"
+    ph = where(rng, o)
+    return pick(rng, (
+        f"{cap(a(full))} is {ph}.",
+        f"{cap(ph)}, there is {a(full)}.",
+        f"There is {a(full)} {ph}.",
+        f"The {o.color} {shape_word(rng, o.shape)} is {size_word(rng, o.size)} and sits {ph}.",
+    ))  # fmt: skip
+
+
+def _extra_sentences(f: Facts, rng: np.random.Generator) -> list[str]:
+    """True optional sentences: relations, overlaps, summaries, background, empty space."""
+    objs, out = f.objs, []
+    n = len(objs)
+    out.append(f.bg_remark(rng))
+    out.append("All of the shapes are flat and filled with a single solid color, with a slightly darker outline.")  # fmt: skip
+    out.append(
+        pick(rng, ("There is no text in the image.", "No writing or text appears anywhere."))
+    )
+    out.append(f"Nothing else appears in the picture besides the {number(rng, n)} {'shape' if n == 1 else 'shapes'}.")  # fmt: skip
+    if n == 1:
+        o = objs[0]
+        out.append(f"The {plain_name(rng, o)} is the only object in the image, so the rest of the {f.scene.background.tone} background is empty.")  # fmt: skip
+        if abs(o.x - 0.5) > 0.06:
+            near, far = ("left", "right") if o.x < 0.5 else ("right", "left")
+            out.append(f"It is closer to the {near} edge than to the {far} edge.")
+    else:
+        out.append("No two objects share the same combination of color and shape.")
+        shapes = sorted(sorted({o.shape for o in objs}), key=lambda s: -f.n_shape(s))
+        out.append("By shape, the image holds " + join([count_phrase(rng, f.n_shape(s), s) for s in shapes]) + ".")  # fmt: skip
+        colors = sorted({o.color for o in objs})
+        out.append(f"The colors present are {join(colors)}." if len(colors) > 1 else f"Every shape is {colors[0]}.")  # fmt: skip
+        pairs = [(p, o) for p in objs for o in objs if p is not o and main_relation(p, o)]
+        for k in rng.permutation(len(pairs))[:3]:
+            p, o = pairs[k]
+            out.append(f"The {plain_name(rng, p)} is {pick(rng, REL[main_relation(p, o)])} the {plain_name(rng, o)}.")  # fmt: skip
+        for front, back in f.covers[:2]:
+            fn, bn = plain_name(rng, front), plain_name(rng, back)
+            out.append(pick(rng, (f"The {fn} partly covers the {bn}.", f"The {bn} is partly hidden behind the {fn}.")))  # fmt: skip
+        if not f.any_overlap:
+            out.append("None of the shapes overlap.")
+        near = [(p, o) for i, p in enumerate(objs) for o in objs[i + 1 :] if next_to(p, o)]
+        if near:
+            p, o = pick(rng, near)
+            out.append(f"The {plain_name(rng, p)} sits right next to the {plain_name(rng, o)}.")
+    for half, test in (("right", lambda o: o.x + o.radius < 0.5), ("left", lambda o: o.x - o.radius > 0.5),
+                       ("bottom", lambda o: o.y + o.radius < 0.5), ("top", lambda o: o.y - o.radius > 0.5)):  # fmt: skip
+        if all(test(o) for o in objs):
+            out.append(f"The {half} half of the image is empty.")
+    return out
+
+
+def describe(f: Facts, rng: np.random.Generator) -> QA:
+    order = pick(rng, ("left to right", "top to bottom", "largest first", "as drawn"))
+    key = {"left to right": lambda o: o.x, "top to bottom": lambda o: o.y,
+           "largest first": lambda o: -o.radius, "as drawn": lambda o: o.z}[order]  # fmt: skip
+    objs = sorted(f.objs, key=key)
+    n, things = len(objs), pick(rng, ("shape", "object"))
+    bg = f.bg_phrase(rng)
+    intro = pick(rng, (
+        f"The image shows {number(rng, n)} {things}{'s' * (n != 1)} on {bg}.",
+        f"This picture contains {number(rng, n)} colorful {things}{'s' * (n != 1)} arranged on {bg}.",
+        f"In this image, {number(rng, n)} simple geometric {things}{'s' * (n != 1)} {is_are(n)} placed on {bg}.",
+    ))  # fmt: skip
+    body = [_object_sentence(rng, o) for o in objs]
+    extra = _extra_sentences(f, rng)
+    extra = [extra[i] for i in rng.permutation(len(extra))]
+    words = lambda parts: sum(len(s.split()) for s in parts)
+    target = int(rng.integers(60, 200))
+    chosen: list[str] = []
+    for s in extra:
+        if words([intro, *body, *chosen]) >= max(60, target):
+            break
+        if words([intro, *body, *chosen, s]) <= 200:
+            chosen.append(s)
+    # Background remarks read best before the objects, relations and summaries after them.
+    before = [s for s in chosen if s.startswith("The background")] if rng.random() < 0.5 else []
+    after = [s for s in chosen if s not in before]
+    text = " ".join([intro, *before, *body, *after])
+    meta = {"qtype": "describe", "answer": None, "answer_kind": None, "objects": [o.name for o in f.objs]}  # fmt: skip
+    return QA(pick(rng, DESCRIBE_PROMPTS), text, meta)

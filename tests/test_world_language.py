@@ -1,0 +1,323 @@
+"""World language: record format, determinism, and answers that are true of the scene.
+
+The truth checks re-derive each closed answer from the question text and the symbolic scene
+(or clip) with code of their own, independent of the generators.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from specvlm.errors import InputError
+from specvlm.world.clips import Clip, timeline
+from specvlm.world.grammar import SHAPE_WORDS, check_answer, mentions
+from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
+from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
+
+WORD_SHAPE = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
+WORD_SHAPE.update({"crosses": "cross", "plus signs": "cross", "rhombuses": "diamond"})
+WORD_SHAPE.update({w + "s": s for w, s in list(WORD_SHAPE.items()) if not w.endswith("s")})
+SHAPE_RE = "|".join(sorted(map(re.escape, WORD_SHAPE), key=len, reverse=True))
+COLOR_RE = "|".join(COLORS)
+OBJ_RE = re.compile(rf"\b({COLOR_RE}) (?:[a-z-]+ )?({SHAPE_RE})\b")  # "red circle"
+
+
+def records(kinds=("image", "video", "events"), splits=("train", "hard"), n=30):
+    for split in splits:
+        for kind in kinds:
+            for i in range(n):
+                for fam in FAMILIES:
+                    yield make_record(split, i, fam, kind)
+
+
+def turns(rec):
+    metas = rec["meta"]["turns"] if rec["meta"]["family"] == "multiturn" else [rec["meta"]]
+    conv = rec["conversations"]
+    for k, meta in enumerate(metas):
+        q = conv[2 * k]["value"].replace(PLACEHOLDERS[rec["meta"]["kind"]] + "\n", "")
+        yield q, conv[2 * k + 1]["value"], meta
+
+
+# ---------------------------------------------------------------------------------------------
+# format and determinism
+# ---------------------------------------------------------------------------------------------
+
+
+def test_record_format():
+    for kind, key in (("image", "image"), ("video", "video"), ("events", "events")):
+        for fam in FAMILIES:
+            rec = make_record("val", 3, fam, kind, media={key: "x"})
+            assert rec[key] == "x" and rec["id"] == f"val-000000003-{kind}-{fam}"
+            conv = rec["conversations"]
+            assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+            assert conv[0]["value"].startswith(PLACEHOLDERS[kind] + "\n")
+            assert sum(t["value"].count("<image>") + t["value"].count("<video>") for t in conv) == 1
+            assert rec["meta"]["family"] == fam and rec["meta"]["split"] == "val"
+            if fam == "multiturn":
+                assert 2 <= len(conv) // 2 <= 4 and len(rec["meta"]["turns"]) == len(conv) // 2
+    assert PLACEHOLDERS == {"image": "<image>", "video": "<video>", "events": "<image>"}
+
+
+def test_same_seed_same_text_and_variation_across_seeds():
+    a = [make_record("test", i, "conversation") for i in range(20)]
+    assert a == [make_record("test", i, "conversation") for i in range(20)]
+    questions = {r["conversations"][0]["value"] for r in a}
+    assert len(questions) >= 12  # real variation between samples
+
+
+def test_unknown_family_or_kind_is_an_input_error():
+    with pytest.raises(InputError, match="accepted"):
+        make_record("train", 0, "poems")
+    with pytest.raises(InputError, match="accepted"):
+        make_record("train", 0, "detailed", kind="audio")
+
+
+def test_descriptions_are_long_and_name_every_object():
+    for rec in records(n=25):
+        if rec["meta"]["family"] != "detailed":
+            continue
+        text = rec["conversations"][1]["value"]
+        assert 55 <= len(text.split()) <= 210, (rec["id"], len(text.split()))
+        for name in rec["meta"]["objects"]:
+            *mods, shape = name.split()
+            color = mods[-1] if mods and mods[-1] in COLORS else None
+            assert mentions(text, color, shape), (rec["id"], name)
+
+
+def test_event_records_never_name_object_colors():
+    # Events carry no colour: objects are named by shape (and size); only the polarity
+    # explanation ("red marks ... blue marks") may use colour words.
+    for rec in records(kinds=("events",), n=20):
+        for t in rec["conversations"]:
+            text = t["value"].lower().replace("red marks", "").replace("blue marks", "")
+            assert not re.search(rf"\b({COLOR_RE})\b", text), (rec["id"], t["value"])
+
+
+def test_hard_pairs_never_leak_into_regular_split_text():
+    held = [f"{c} {w}" for c, s in HELD_OUT_PAIRS for w in SHAPE_WORDS[s]]
+    for rec in records(kinds=("image", "video"), splits=("train", "val"), n=20):
+        for t in rec["conversations"]:
+            assert not any(h in t["value"] for h in held), (rec["id"], t["value"])
+
+
+def test_every_generated_answer_passes_check_answer():
+    n_closed = 0
+    for rec in records(n=20):
+        for _, answer, meta in turns(rec):
+            ok = check_answer(meta, answer)
+            assert ok is not False, (rec["id"], meta, answer)
+            n_closed += ok is True
+    assert n_closed > 300
+
+
+def test_check_answer_rejects_wrong_answers():
+    assert check_answer({"answer": "3", "answer_kind": "number"}, "There are three.")
+    assert not check_answer({"answer": "3", "answer_kind": "number"}, "There are 2 circles.")
+    assert not check_answer({"answer": "yes", "answer_kind": "yesno"}, "No, it is not.")
+    assert not check_answer({"answer": "B", "answer_kind": "letter"}, "A. Because ...")
+    assert not check_answer({"answer": "top left", "answer_kind": "region"}, "It is at the top right.")  # fmt: skip
+    assert not check_answer({"answer": "red circle", "answer_kind": "object"}, "The blue circle.")
+    assert check_answer({"answer": "up-left", "answer_kind": "direction"}, "It moves up and to the left.")  # fmt: skip
+    assert check_answer({"answer": "describe", "answer_kind": None}, "anything") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# truth: closed answers re-derived from the symbolic scene
+# ---------------------------------------------------------------------------------------------
+
+
+def regions(o: SceneObject) -> str:
+    row = "top" if o.y < 1 / 3 else "bottom" if o.y >= 2 / 3 else ""
+    col = "left" if o.x < 1 / 3 else "right" if o.x >= 2 / 3 else ""
+    return " ".join(w for w in (row, col) if w) or "center"
+
+
+def find(scene_objs, color, shape_word):
+    (o,) = [o for o in scene_objs if o.color == color and o.shape == WORD_SHAPE[shape_word]]
+    return o
+
+
+def image_truth(q: str, scene: Scene, meta: dict) -> str | None:
+    """The expected short answer, derived here; None for question types not re-derived."""
+    objs, qt = scene.objects, meta["qtype"]
+    named = [find(objs, c, s) if (c, WORD_SHAPE[s]) in {o.pair for o in objs} else (c, WORD_SHAPE[s]) for c, s in OBJ_RE.findall(q.lower())]  # fmt: skip
+    if qt == "count":
+        color = re.search(rf"\b({COLOR_RE})\b", q)
+        shape = re.search(rf"\b({SHAPE_RE})\b", q)
+        if color:
+            return str(sum(o.color == color.group(1) for o in objs))
+        if shape:
+            return str(sum(o.shape == WORD_SHAPE[shape.group(1)] for o in objs))
+        return str(len(objs))
+    if qt == "color":
+        shape = WORD_SHAPE[re.search(rf"\b({SHAPE_RE})\b", q).group(1)]
+        (o,) = [o for o in objs if o.shape == shape]
+        return o.color
+    if qt == "shape":
+        color = re.search(rf"\b({COLOR_RE})\b", q).group(1)
+        (o,) = [o for o in objs if o.color == color]
+        return o.shape
+    if qt == "position":
+        return regions(named[0])
+    if qt == "exists":
+        return "yes" if isinstance(named[0], SceneObject) else "no"
+    if qt == "relation":
+        p, o = named
+        if " left of " in q or "left side of" in q:
+            return "yes" if p.x < o.x else "no"
+        if " right of " in q or "right side of" in q:
+            return "yes" if p.x > o.x else "no"
+        if any(w in q for w in (" above ", " higher up than ", " over ")):
+            return "yes" if p.y < o.y else "no"
+        return "yes" if p.y > o.y else "no"
+    if qt == "corner":
+        corner = re.search(r"(top|bottom) (left|right) corner", q).group(0)[: -len(" corner")]
+        occupied = any(regions(o) == corner for o in objs)
+        return ("no" if occupied else "yes") if "empty" in q else ("yes" if occupied else "no")
+    if qt == "closest":
+        ref = named[0]
+        others = sorted((o for o in objs if o is not ref), key=lambda o: np.hypot(o.x - ref.x, o.y - ref.y))  # fmt: skip
+        return others[0].name
+    if qt == "extreme":
+        key = {"left": lambda o: o.x, "right": lambda o: -o.x, "top": lambda o: o.y, "highest": lambda o: o.y,  # fmt: skip
+               "bottom": lambda o: -o.y, "lowest": lambda o: -o.y}  # fmt: skip
+        side = next(k for k in key if k in q)
+        return min(objs, key=key[side]).name
+    if qt == "occlusion":
+        (back,) = named
+        return meta["answer"] if find(objs, *meta["answer"].split()).z > back.z else "WRONG"
+    if qt == "compare_count":
+        words = re.findall(rf"more ((?:{COLOR_RE}) objects|{SHAPE_RE}) than ((?:{COLOR_RE}) objects|{SHAPE_RE})", q)[0]  # fmt: skip
+        counts = [sum(o.color == w.split()[0] for o in objs) if w.endswith(" objects") else sum(o.shape == WORD_SHAPE[w] for o in objs) for w in words]  # fmt: skip
+        return "yes" if counts[0] > counts[1] else "no"
+    if qt == "arithmetic":
+        if "removed" in q:
+            return str(len(objs) - 1)
+        shape = WORD_SHAPE[re.search(rf"one more ({SHAPE_RE})", q).group(1)]
+        return str(sum(o.shape == shape for o in objs) + 1)
+    if qt == "edge":
+        o = named[0]
+        if "left edge" in q:
+            return "left" if o.x < 0.5 else "right"
+        return "top" if o.y < 0.5 else "bottom"
+    if qt == "mc_color":
+        return image_truth(q, scene, dict(meta, qtype="color"))
+    if qt == "mc_shape":
+        return image_truth(q, scene, dict(meta, qtype="shape"))
+    if qt == "mc_position":
+        return regions(named[0])
+    if qt in ("mc_present", "mc_absent"):
+        present = meta["answer_text"] in {o.name for o in objs}
+        return meta["answer_text"] if present == (qt == "mc_present") else "WRONG"
+    if qt == "mc_count":
+        shape = WORD_SHAPE[re.search(rf"How many ({SHAPE_RE})", q).group(1)]
+        return str(sum(o.shape == shape for o in objs))
+    return None
+
+
+def test_image_answers_are_true():
+    checked: set[str] = set()
+    for rec in records(kinds=("image",), n=40):
+        scene = Scene.from_dict(rec["meta"]["scene"])
+        for q, answer, meta in turns(rec):
+            if meta.get("answer") is None:
+                continue
+            expected = image_truth(q, scene, meta)
+            if expected is None:
+                continue
+            got = meta.get("answer_text", meta["answer"])
+            assert got == expected, (rec["id"], q, answer, meta, expected)
+            checked.add(meta["qtype"])
+    assert len(checked) >= 18, checked
+
+
+def test_multiple_choice_letter_points_at_the_true_option():
+    for rec in records(kinds=("image", "video"), n=30):
+        if rec["meta"]["family"] != "multiple_choice":
+            continue
+        q, answer, meta = next(turns(rec))
+        options = dict(re.findall(r"(?:^|\n|\()([A-D])[.)] ([^\n(]+)", q))
+        assert set(options) == set("ABCD"), q
+        assert answer.lstrip("(").startswith(meta["answer"])
+        text = options[meta["answer"]].strip()
+        short = meta["answer_text"]
+        assert text == short or text.replace(" and to the ", "-").replace("to the ", "") == short, (q, meta)  # fmt: skip
+        assert len(set(options.values())) == 4
+
+
+def clip_track(clip: Clip, phrase: str, events: bool):
+    """The track a question's object phrase refers to, or None when the phrase is ambiguous."""
+    m = re.search(rf"\b(?:({'|'.join(['small', 'little', 'medium-sized', 'mid-sized', 'medium', 'large', 'big'])}) )?(?:({COLOR_RE}) )?({SHAPE_RE})\b", phrase)  # fmt: skip
+    size = {"little": "small", "medium-sized": "medium", "mid-sized": "medium", "big": "large"}.get(m.group(1), m.group(1))  # fmt: skip
+    found = [
+        i
+        for i, t in enumerate(clip.tracks)
+        if t.start.shape == WORD_SHAPE[m.group(3)]
+        and (m.group(2) is None or t.start.color == m.group(2))
+        and (size is None or t.start.size == size)
+        and (not events or t.moving or t.appear or t.leaves or t.recolor)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def clip_truth(q: str, clip: Clip, meta: dict, events: bool) -> str | None:
+    tl, qt = timeline(clip), meta["qtype"]
+    i = clip_track(clip, q, events) if re.search(rf"\b({SHAPE_RE})\b", q) else None
+    if qt == "count":
+        return str(sum(o is not None for o in tl.states[0]))
+    if qt in ("count_moving", "mc_count_moving"):
+        return str(sum(t.moving for t in clip.tracks))
+    if qt == "appears":
+        return "yes" if any(t.appear for t in clip.tracks) else "no"
+    if qt == "still":
+        return "yes" if not all(t.moving for t in clip.tracks) else "no"
+    if qt == "end_count":
+        return str(sum(o is not None for o in tl.states[-1]))
+    if i is None:
+        return None
+    t = clip.tracks[i]
+    if qt in ("direction", "mc_direction"):
+        return t.direction
+    if qt == "moving":
+        return ("yes" if t.moving else "no") if "moving" in q else ("no" if t.moving else "yes")
+    if qt == "leaves":
+        return "yes" if tl.of(i, "leaves") else "no"
+    if qt in ("new_color", "mc_new_color"):
+        return t.recolor[1]
+    if qt == "changes_color":
+        return "yes" if t.recolor else "no"
+    if qt == "bounces":
+        return str(len(tl.of(i, "bounces")))
+    if qt == "why_turn":
+        return tl.of(i, "bounces")[0].detail
+    if qt == "why_gone":
+        return tl.of(i, "leaves")[0].detail
+    if qt == "faster":
+        pair = [clip_track(clip, m.group(0), events) for m in re.finditer(rf"\b[a-z- ]*?({SHAPE_RE})\b", q.split("faster")[-1].split("quicker")[-1])]  # fmt: skip
+        if None in pair or len(pair) != 2:
+            return None
+        fast = [k for k in pair if clip.tracks[k].speed == "fast"]
+        slow = [k for k in pair if clip.tracks[k].speed == "slow"]
+        assert len(fast) == 1 and len(slow) == 1
+        return meta["answer"] if clip_track(clip, meta["answer"], events) == fast[0] else "WRONG"
+    return None
+
+
+@pytest.mark.parametrize("kind", ["video", "events"])
+def test_clip_answers_are_true(kind):
+    checked: set[str] = set()
+    for rec in records(kinds=(kind,), n=40):
+        clip = Clip.from_dict(rec["meta"]["clip"])
+        for q, answer, meta in turns(rec):
+            if meta.get("answer") is None:
+                continue
+            expected = clip_truth(q, clip, meta, kind == "events")
+            if expected is None:
+                continue
+            got = meta.get("answer_text", meta["answer"])
+            assert got == expected, (rec["id"], q, answer, meta, expected)
+            checked.add(meta["qtype"])
+    assert len(checked) >= (10 if kind == "events" else 16), checked
