@@ -104,3 +104,24 @@ def test_eos_stops_generation_and_is_returned(tmp_path):
     head = EagleHead(EagleConfig.for_target(target.info)).eval()
     for engine in (Engine(target, None), Engine(target, head)):
         assert engine.generate(PROMPT, [image], max_new_tokens=NEW_TOKENS).token_ids == expected
+
+
+def test_repetition_penalty_equals_transformers(tiny_dirs, tmp_path):
+    folder = tiny_dirs["qwen2-gqa-untied-vfl2-32px"]
+    target = load_target(folder)
+    image = noise_image(5)
+    prompt = target.prepare(PROMPT, [image])
+    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    ids = prompt.input_ids[None]
+    expected = model.generate(
+        input_ids=ids, pixel_values=prompt.pixel_values, attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.3,
+    )[0, ids.shape[1] :].tolist()  # fmt: skip
+    unpenalised, _ = hf_greedy(folder, prompt)
+    assert expected != unpenalised  # the penalty really changes this output
+    fitted = fit_head_to_target(folder, tmp_path / "d", prompts=[(PROMPT, [image])], steps=150)
+    for draft in (None, fitted):
+        out = Engine(target, draft).generate(
+            PROMPT, [image], max_new_tokens=NEW_TOKENS, repetition_penalty=1.3
+        )
+        assert out.token_ids == expected

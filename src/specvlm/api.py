@@ -54,6 +54,7 @@ class Engine:
         temperature: float,
         top_p: float,
         top_k: int,
+        repetition_penalty: float,
         seed: int | None,
         speculative: bool,
         stats: SpecStats,
@@ -68,7 +69,7 @@ class Engine:
                 f"this target ({self.target.info.architecture}) does not read {kind}; "
                 "it accepts a prompt and images"
             )
-        sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
+        sampling = SamplingConfig(temperature, top_p, top_k, repetition_penalty)
         generator = None
         if not sampling.greedy:
             generator = torch.Generator()
@@ -99,13 +100,14 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        repetition_penalty: float = 1.0,
         seed: int | None = None,
         speculative: bool = True,
     ) -> GenerationOutput:
         stats = SpecStats()
         rounds = self._run(
-            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k, seed,
-            speculative, stats,
+            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k,
+            repetition_penalty, seed, speculative, stats,
         )  # fmt: skip
         ids = [tok for new in rounds for tok in new]
         return GenerationOutput(text=self.target.decode(ids), token_ids=ids, stats=stats)
@@ -120,6 +122,7 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        repetition_penalty: float = 1.0,
         seed: int | None = None,
         speculative: bool = True,
         stats: SpecStats | None = None,
@@ -130,8 +133,8 @@ class Engine:
         """
         stats = stats if stats is not None else SpecStats()
         rounds = self._run(
-            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k, seed,
-            speculative, stats,
+            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k,
+            repetition_penalty, seed, speculative, stats,
         )  # fmt: skip
         ids: list[int] = []
         shown = ""

@@ -31,12 +31,15 @@ class TreeConfig:
 class SamplingConfig:
     """How the target's next-token distribution is turned into a choice.
 
-    temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 mean no truncation.
+    temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 mean no truncation;
+    repetition_penalty 1.0 means none (as in transformers: a logit of a token already in the
+    context is divided by it when positive, multiplied when negative; greedy decoding too).
     """
 
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
@@ -48,6 +51,10 @@ class SamplingConfig:
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise GenerationArgumentError(
                 f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"
+            )
+        if not (isinstance(self.repetition_penalty, int | float) and self.repetition_penalty > 0):
+            raise GenerationArgumentError(
+                f"repetition_penalty must be a number > 0 (1.0 = off), got {self.repetition_penalty!r}"
             )
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from specvlm.config import SamplingConfig, TreeConfig
-from specvlm.decoding.sampling import sample, target_probs
+from specvlm.decoding.sampling import LogitsProcessor, sample, target_probs
 from specvlm.decoding.stats import SpecStats
 from specvlm.decoding.tree import DraftTree
 from specvlm.decoding.verify import greedy_accept, sampled_accept
@@ -47,7 +47,9 @@ def decode(
 
     # 1. prefill: the target reads the image(s) and the prompt, and picks the first token
     pre = target.prefill(prompt, capacity=T + max_new + budget)
-    root = _choose(pre.logits, sampling, generator)
+    process = LogitsProcessor(sampling, prompt.input_ids, pre.logits.shape[-1])
+    root = _choose(process(pre.logits[None])[0], sampling, generator)
+    process.observe([root])
     stats.prefill_s = stats.ttft_s = time.perf_counter() - start
     emitted = 1
     done = root in target.info.eos_token_ids or emitted >= max_new
@@ -67,11 +69,12 @@ def decode(
             )
         # 3. verify the whole tree in one target forward
         out = target.verify(draft.tokens, draft.depths, draft.mask)
+        logits = process(out.logits, draft)  # (N, V) each node's logits in its own context
         # 4. accept the longest agreeing path, plus the target's own bonus token after it
         if sampling.greedy:
-            path, bonus = greedy_accept(draft, out.logits)
+            path, bonus = greedy_accept(draft, logits)
         else:
-            path, bonus = sampled_accept(draft, target_probs(out.logits, sampling), generator)
+            path, bonus = sampled_accept(draft, target_probs(logits, sampling), generator)
         # 5. commit: keep the accepted path's K/V, contiguous after the prefix
         target.commit(path)
         new = draft.tokens[path[1:]].tolist() + [bonus]
@@ -82,6 +85,7 @@ def decode(
                 new, done = new[: i + 1], True
                 break
         emitted += len(new)
+        process.observe(new)
         stats.new_tokens = emitted
         stats.decode_s = time.perf_counter() - start - stats.ttft_s
         yield new

@@ -1,7 +1,8 @@
-"""The one place where target logits become a next-token distribution.
+"""The one place where target logits become a next-token choice or distribution.
 
-Plain sampling and speculative acceptance both call `target_probs`, so both sample from exactly
-the same processed distribution (temperature, then top-k, then top-p).
+Plain decoding and speculative acceptance both go through `LogitsProcessor` and `target_probs`,
+so both choose from exactly the same processed distribution: repetition penalty (against the
+context each tree node would have), then temperature, top-k and top-p, in `transformers`' order.
 """
 
 from __future__ import annotations
@@ -9,6 +10,36 @@ from __future__ import annotations
 import torch
 
 from specvlm.config import SamplingConfig
+from specvlm.decoding.tree import DraftTree
+
+
+class LogitsProcessor:
+    """Context-dependent logit processing (the repetition penalty) for one request."""
+
+    def __init__(self, cfg: SamplingConfig, prompt_ids: torch.Tensor, vocab_size: int) -> None:
+        self.cfg = cfg
+        self.active = cfg.repetition_penalty != 1.0
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool)  # (V,) tokens in the context
+        if self.active:
+            self.seen[prompt_ids.cpu()] = True
+
+    def observe(self, tokens: list[int]) -> None:
+        """Tokens that joined the context (the accepted ones, in order)."""
+        if self.active:
+            self.seen[tokens] = True
+
+    def __call__(self, logits: torch.Tensor, tree: DraftTree | None = None) -> torch.Tensor:
+        """logits (N, V) float32 at each tree node (or (1, V) after the prompt) -> processed."""
+        if not self.active:
+            return logits
+        seen = self.seen.expand(logits.shape[0], -1)  # (N, V)
+        if tree is not None:  # node i's context also holds its ancestors and itself
+            onehot = torch.zeros(tree.size, logits.shape[-1])
+            onehot[torch.arange(tree.size), tree.tokens] = 1.0  # (N, V)
+            seen = seen | (tree.mask.float() @ onehot).bool()  # (N, N) @ (N, V)
+        penalty = self.cfg.repetition_penalty
+        penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+        return torch.where(seen.to(logits.device), penalised, logits)
 
 
 def target_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

@@ -57,3 +57,25 @@ def sampled_accept(
             return path, sample(p, generator)
         path.append(accepted)
         node = accepted
+
+
+def chain_sampled_accept(
+    draft_tokens: list[int], q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None
+) -> tuple[int, int]:
+    """Speculative sampling for a chain whose tokens were SAMPLED from the drafter's q.
+
+    draft_tokens (n,); q (n, V): the drafter's distribution each token was drawn from;
+    p (n+1, V): the target's processed distribution before each draft token and after the last.
+    Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection draw the
+    token from norm(max(p_i - q_i, 0)) and stop; if all n are accepted, draw a bonus from p_n.
+    Returns (number accepted, next token).
+    """
+    for i, x in enumerate(draft_tokens):
+        ratio = float(p[i, x]) / max(float(q[i, x]), 1e-30)
+        if float(torch.rand((), generator=generator)) < min(1.0, ratio):
+            continue
+        residual = (p[i] - q[i]).clamp(min=0.0)
+        total = residual.sum()
+        # total == 0 only when p == q exactly, where rejection has probability 0
+        return i, sample(residual / total if total > 0 else p[i], generator)
+    return len(draft_tokens), sample(p[len(draft_tokens)], generator)
