@@ -85,6 +85,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(max_new_tokens=args.max_new_tokens)
 
 
+def cmd_train_draft(args: argparse.Namespace) -> int:
+    from specvlm.train.distill import TrainConfig, train_draft
+
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip,
+        w_logit=args.w_logit,
+        w_feat=args.w_feat,
+        feature_noise=args.feature_noise,
+        precision=args.precision,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        eval_n=args.eval_n,
+        seed=args.seed,
+    )
+    train_draft(
+        args.target,
+        args.data,
+        args.out,
+        cfg,
+        image_folder=args.image_folder,
+        eval_data=args.eval_data,
+        resume=args.resume,
+        on_bad_row=args.on_bad_row,
+        regenerate=args.regenerate,
+        progress=sys.stderr.isatty() and not args.no_progress,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="specvlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -101,6 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train-draft", help="train an EagleVLM draft head (online distillation)")
+    p.add_argument("--target", required=True, help="target model folder")
+    p.add_argument("--data", required=True, help="LLaVA-format .json / .jsonl")
+    p.add_argument("--out", required=True, help="draft folder to write (checkpoints inside)")
+    p.add_argument("--image-folder", help="image paths are relative to this (default: data's)")
+    p.add_argument("--eval-data", help="LLaVA-format file; tau is measured on its first questions")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8, help="global, over all processes")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, default=0.5)
+    p.add_argument("--w-logit", type=float, default=0.1)
+    p.add_argument("--w-feat", type=float, default=1.0)
+    p.add_argument("--feature-noise", type=float, default=0.0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--regenerate", action="store_true",
+                   help="replace the data's answers with the target's own greedy answers")  # fmt: skip
+    p.add_argument("--on-bad-row", default="skip", choices=["skip", "stop"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_draft)
 
     try:
         from specvlm.world.cli import register as register_world

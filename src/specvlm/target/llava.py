@@ -138,6 +138,7 @@ class LlavaTarget:
 
     # ---- prompt -------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list[Any]) -> Prompt:
+        """One user turn: images (placeholders put first unless the prompt has its own)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt must be a non-empty string")
         pil = load_images(images)
@@ -152,18 +153,44 @@ class LlavaTarget:
         if image_token not in prompt:
             content += [{"type": "image"} for _ in pil]
         content.append({"type": "text", "text": prompt})
-        template = self.processor.chat_template or self.tokenizer.chat_template
-        if template:
-            messages = [{"role": "user", "content": content}]
-            text = self.processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        else:  # a base model: placeholders, then the prompt
-            text = (image_token + "\n") * (len(pil) if image_token not in prompt else 0) + prompt
+        text = self.render_chat([{"role": "user", "content": content}], add_generation_prompt=True)
         if text.count(image_token) != len(pil):
             raise ImageError(
                 f"this model's chat template placed {text.count(image_token)} images, but "
-                f"{len(pil)} were given; its template accepts {self._template_images()}"
+                f"{len(pil)} were given; it cannot take images this way"
+            )
+        return self.tokenize(text, pil)
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        """Messages {"role": "user" | "assistant", "content": str or content items} -> text.
+
+        String content may hold inline image placeholders (LLaVA data style).
+        """
+        messages = [
+            {**m, "content": [{"type": "text", "text": m["content"]}]}
+            if isinstance(m["content"], str)
+            else m
+            for m in messages
+        ]
+        if self.processor.chat_template or self.tokenizer.chat_template:
+            return self.processor.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        # a base model without a template: the turns' texts, one after another
+        parts = []
+        for m in messages:
+            for item in m["content"]:
+                image = self.processor.image_token + "\n"
+                parts.append(image if item["type"] == "image" else item.get("text", ""))
+        return "".join(parts)
+
+    def tokenize(self, text: str, images: list[Any]) -> Prompt:
+        """Rendered text with one placeholder per image -> ids (placeholders expanded) + pixels."""
+        pil = load_images(images)
+        placeholders = text.count(self.processor.image_token)
+        if placeholders != len(pil):
+            raise ImageError(
+                f"the text has {placeholders} image placeholders but {len(pil)} images were given"
             )
         enc = self.processor(text=text, images=pil or None, return_tensors="pt")
         input_ids = enc["input_ids"][0]
@@ -179,9 +206,6 @@ class LlavaTarget:
             pixel_values=None if pixels is None else pixels.to(self.device, self.info.dtype),
             n_images=len(pil),
         )
-
-    def _template_images(self) -> str:
-        return "no images" if "image" not in str(self.processor.chat_template) else "images"
 
     # ---- forward passes -----------------------------------------------------------------
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:

@@ -10,41 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from specvlm.decoding.tree import DraftTree
 from specvlm.draft.eagle import EagleConfig, EagleHead
-from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
 from specvlm.target.base import Prompt
-
-
-def distill_loss(
-    head: EagleHead,
-    target: Target,
-    features: torch.Tensor,
-    embeds: torch.Tensor,
-    answer_from: int,
-    w_logit: float = 0.1,
-    w_feat: float = 1.0,
-) -> tuple[torch.Tensor, float]:
-    """Teacher-forced loss on one sequence. features, embeds (S, d) from the target.
-
-    Draft row i reads (f_i, e_{i+1}) and predicts f_{i+1}; rows predicting positions
-    >= answer_from (the answer) count. Returns (loss, top-1 agreement with the target).
-    """
-    S = features.shape[0]
-    cfg = head.config
-    cache = KVCache(1, cfg.num_key_value_heads, cfg.head_dim, S, dtype=features.dtype)
-    pred = head(features[:-1], embeds[1:], torch.arange(S - 1), cache, "causal")  # (S-1, d)
-    rows = slice(answer_from - 1, S - 1)  # predictions of answer positions
-    want = features[1:][rows]  # (n, d)
-    with torch.no_grad():
-        p = torch.softmax(target.lm_head(want).float(), -1)  # (n, V) target distribution
-    logq = torch.log_softmax(target.lm_head(pred[rows]).float(), -1)  # (n, V)
-    loss = w_logit * -(p * logq).sum(-1).mean() + w_feat * F.smooth_l1_loss(pred[rows], want)
-    agree = (logq.argmax(-1) == p.argmax(-1)).float().mean().item()
-    return loss, agree
+from specvlm.train.distill import TrainConfig, distill_loss
 
 
 def target_sequence(
@@ -101,7 +72,8 @@ def fit_head_to_target(
     opt = torch.optim.AdamW(head.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     for step in range(steps):
         features, embeds, answer_from = sequences[step % len(sequences)]
-        loss, _ = distill_loss(head, target, features, embeds, answer_from)
+        mask = torch.arange(features.shape[0]) >= answer_from  # (S,) answer positions
+        loss, _, _ = distill_loss(head, target, features, embeds, mask, TrainConfig())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)

@@ -1,0 +1,160 @@
+"""Training data in LLaVA conversation format, and its encoding with an answer-token mask.
+
+A row (JSON list or JSONL, one object per line):
+    {"id": "...", "image": "rel/path.png" | ["a.png", "b.png"],
+     "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}
+Image paths are relative to `image_folder` (default: the data file's folder).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specvlm.errors import DataError, InputError
+from specvlm.target.base import Prompt, Target
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+         "system": "system"}  # fmt: skip
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@dataclass
+class Conversation:
+    id: str
+    turns: list[tuple[str, str]]  # (role, text): role in user / assistant / system
+    images: list[Path] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [{"role": role, "content": text} for role, text in self.turns]
+
+
+@dataclass
+class LoadReport:
+    rows: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> str:
+        why = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        return f"{self.kept} of {self.rows} rows kept" + (f"; skipped: {why}" if why else "")
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed row or the exception) for a JSON list or a JSONL file."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a list of rows") from e
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of conversation rows")
+        return list(enumerate(data, start=1))
+    rows: list[tuple[int, Any]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                rows.append((n, e))
+    return rows
+
+
+def _parse(row: Any, folder: Path) -> Conversation:
+    """One row -> Conversation, or ValueError(reason) saying what is wrong."""
+    if isinstance(row, json.JSONDecodeError):
+        raise ValueError(f"bad JSON ({row.msg})")
+    if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
+        raise ValueError("no 'conversations' list")
+    for key in ("video", "events"):
+        if key in row:
+            raise ValueError(f"'{key}' rows need a video target")
+    turns = []
+    for turn in row["conversations"]:
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES:
+            raise ValueError(f"a turn without 'from' in {sorted(ROLES)}")
+        if not isinstance(turn.get("value"), str):
+            raise ValueError("a turn without a text 'value'")
+        turns.append((ROLES[turn["from"]], turn["value"]))
+    if not any(role == "assistant" and text.strip() for role, text in turns):
+        raise ValueError("no answer (no non-empty gpt turn)")
+    images = row.get("image") or []
+    images = [images] if isinstance(images, str) else list(images)
+    paths = [folder / p for p in images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError("missing image")
+    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for role, text in turns if role == "user")
+    if placeholders == 0 and paths:  # LLaVA convention: the image goes before the first question
+        first = next(i for i, (role, _) in enumerate(turns) if role == "user")
+        turns[first] = ("user", IMAGE_PLACEHOLDER * len(paths) + "\n" + turns[first][1])
+    elif placeholders != len(paths):
+        raise ValueError("image placeholders do not match images")
+    return Conversation(id=str(row.get("id", "")), turns=turns, images=paths)
+
+
+def read_conversations(
+    path: str | Path, image_folder: str | Path | None = None, on_bad_row: str = "skip"
+) -> tuple[list[Conversation], LoadReport]:
+    """Read a LLaVA-format file. Bad rows are skipped and counted, or stop the run."""
+    path = Path(path)
+    if on_bad_row not in ("skip", "stop"):
+        raise InputError(f"on_bad_row must be 'skip' or 'stop', got {on_bad_row!r}")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path} (expected LLaVA-format .json or .jsonl)")
+    folder = Path(image_folder) if image_folder else path.parent
+    report, out = LoadReport(), []
+    for line, row in _rows(path):
+        report.rows += 1
+        try:
+            out.append(_parse(row, folder))
+        except ValueError as e:
+            if on_bad_row == "stop":
+                raise DataError(f"{path}:{line}: {e}") from e
+            report.skipped[str(e)] += 1
+    report.kept = len(out)
+    if not out:
+        raise DataError(f"{path}: no usable rows ({report.summary()})")
+    return out, report
+
+
+@dataclass
+class Encoded:
+    prompt: Prompt  # the whole conversation, images expanded
+    answer_mask: torch.Tensor  # (S,) True on assistant tokens (answers and their end token)
+
+
+def encode(target: Target, conv: Conversation) -> Encoded:
+    """Token ids of the whole conversation and which of them are answer tokens.
+
+    The answer span of assistant turn k is [len(tokens(conversation before the turn, with the
+    generation prompt)), len(tokens(conversation up to and with the turn))). That is exact when
+    the chat template renders each prefix of the conversation as a prefix of the whole, which is
+    checked token by token.
+    """
+    messages = conv.messages()
+    full = target.tokenize(target.render_chat(messages, add_generation_prompt=False), conv.images)
+    ids = full.input_ids
+    mask = torch.zeros(ids.shape[0], dtype=torch.bool)
+
+    def n_tokens(text: str) -> int:
+        part = target.tokenize(text, conv.images[: text.count(IMAGE_PLACEHOLDER)]).input_ids
+        if not torch.equal(part, ids[: part.shape[0]]):
+            raise DataError(
+                f"row {conv.id!r}: this chat template does not tokenize a prefix of the "
+                "conversation as a prefix of the whole, so answer tokens cannot be located"
+            )
+        return part.shape[0]
+
+    for k, (role, _) in enumerate(conv.turns):
+        if role == "assistant":
+            start = n_tokens(target.render_chat(messages[:k], add_generation_prompt=True))
+            end = n_tokens(target.render_chat(messages[: k + 1], add_generation_prompt=False))
+            mask[start:end] = True
+    return Encoded(prompt=full, answer_mask=mask)

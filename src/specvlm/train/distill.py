@@ -1,0 +1,379 @@
+"""Online-logit distillation of an EagleVLM draft head (SpecVLM's training protocol).
+
+Every step runs the frozen target on the batch's conversations (images included) and trains the
+draft, teacher-forced on the target's real features, to predict the next feature:
+
+    loss = w_logit * CE(softmax(target logits), draft logits) + w_feat * SmoothL1(f^, f)
+
+on rows that predict an answer token. Nothing the target computes is stored.
+
+Runs on one process or under `torchrun --nproc_per_node N` (DistributedDataParallel; gloo on CPU,
+nccl on GPU): the global batch is split evenly across ranks and gradients are averaged, so the
+result matches a single process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from specvlm.draft.eagle import EagleConfig, EagleHead
+from specvlm.errors import InputError
+from specvlm.kv_cache import KVCache
+from specvlm.target import Target, load_target
+from specvlm.train.data import Conversation, encode, read_conversations
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 8  # global: conversations per optimizer step, over all processes
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # or "cosine"
+    warmup_steps: int = 0
+    grad_clip: float = 0.5
+    w_logit: float = 0.1
+    w_feat: float = 1.0
+    feature_noise: float = 0.0  # uniform noise U(-a, a) on the input features
+    precision: str = "fp32"  # or "bf16" (autocast for the draft)
+    checkpoint_every: int = 50
+    eval_every: int = 0  # steps; 0 = only at the end (when eval data is given)
+    eval_n: int = 16
+    eval_max_new_tokens: int = 64
+    regenerate_max_new_tokens: int = 256  # per answer, with --regenerate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "checkpoint_every", "eval_n", "eval_max_new_tokens",
+                    "regenerate_max_new_tokens")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.lr <= 0 or self.feature_noise < 0 or self.grad_clip < 0:
+            raise InputError("lr must be > 0; feature_noise and grad_clip must be >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown training settings {unknown}; accepted: {sorted(known)}")
+        return cls(**data)
+
+
+def distill_loss(
+    head: torch.nn.Module,
+    target: Target,
+    features: torch.Tensor,
+    embeds: torch.Tensor,
+    answer_mask: torch.Tensor,
+    cfg: TrainConfig,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float, int]:
+    """Teacher-forced loss on one sequence. features, embeds (S, d); answer_mask (S,).
+
+    Draft row i reads (f_i, e_{i+1}) and predicts f_{i+1}; rows whose next position is an answer
+    token count. Returns (loss, top-1 agreement with the target, rows counted).
+    """
+    S = features.shape[0]
+    config = head.module.config if hasattr(head, "module") else head.config
+    cache = KVCache(1, config.num_key_value_heads, config.head_dim, S, dtype=features.dtype)
+    inputs = features[:-1] if noise is None else features[:-1] + noise
+    pred = head(inputs, embeds[1:], torch.arange(S - 1), cache, "causal")  # (S-1, d)
+    rows = answer_mask[1:]  # (S-1,) row i predicts position i+1
+    want = features[1:][rows]  # (n, d)
+    with torch.no_grad():
+        p = torch.softmax(target.lm_head(want).float(), -1)  # (n, V) target distribution
+    logq = torch.log_softmax(target.lm_head(pred[rows].to(want.dtype)).float(), -1)  # (n, V)
+    ce = -(p * logq).sum(-1).mean()
+    loss = cfg.w_logit * ce + cfg.w_feat * F.smooth_l1_loss(pred[rows].float(), want.float())
+    agree = (logq.argmax(-1) == p.argmax(-1)).float().mean().item()
+    return loss, agree, int(rows.sum())
+
+
+def target_sequence(target: Target, conv: Conversation) -> tuple[torch.Tensor, ...]:
+    """The frozen target over one conversation: features, input embeddings, answer mask."""
+    enc = encode(target, conv)
+    pre = target.prefill(enc.prompt, capacity=enc.prompt.input_ids.shape[0])
+    return pre.features.clone(), pre.embeds.clone(), enc.answer_mask.to(pre.features.device)
+
+
+# ---- distributed helpers ------------------------------------------------------------------
+def _dist_setup() -> tuple[int, int, torch.device]:
+    if "RANK" not in os.environ or dist.is_initialized():
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        return rank, world, torch.device("cpu")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    device = (
+        torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        if cuda
+        else torch.device("cpu")
+    )
+    return rank, dist.get_world_size(), device
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ---- checkpoints --------------------------------------------------------------------------
+def _save_checkpoint(out: Path, head: EagleHead, opt, sched, step: int, meta: dict) -> None:
+    """Write checkpoints/step-N, then atomically point checkpoints/latest at it."""
+    from safetensors.torch import save_file
+
+    root = out / "checkpoints"
+    tmp = root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().float().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(tmp / "head.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    final = root / f"step-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    for old in root.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(out: Path, head: EagleHead, opt, sched) -> int:
+    from safetensors.torch import load_file
+
+    root = out / "checkpoints"
+    if not (root / "latest").is_file():
+        raise InputError(f"--resume: no checkpoint in {root}; start without --resume")
+    folder = root / (root / "latest").read_text().strip()
+    head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    states = torch.load(folder / "optim.pt", weights_only=True)
+    opt.load_state_dict(states["optimizer"])
+    sched.load_state_dict(states["scheduler"])
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+def _lr_lambda(cfg: TrainConfig, total: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+def evaluate_tau(target: Target, head: EagleHead, convs: list[Conversation], max_new: int) -> float:
+    """Mean τ of real speculative decoding on each conversation's first question (greedy)."""
+    from specvlm.api import Engine
+
+    engine = Engine(target, head)
+    taus = []
+    for conv in convs:
+        first = next(text for role, text in conv.turns if role == "user")
+        images = conv.images[: first.count("<image>")]
+        out = engine.generate(first, images=images, max_new_tokens=max_new)
+        taus.append(out.stats.tau)
+    return sum(taus) / len(taus)
+
+
+# ---- regenerated answers ------------------------------------------------------------------
+def regenerate_answers(
+    target: Target, convs: list[Conversation], max_new_tokens: int = 256
+) -> list[Conversation]:
+    """Replace every answer by the target's own greedy answer, turn by turn."""
+    from specvlm.config import SamplingConfig, TreeConfig
+    from specvlm.decoding.loop import decode
+    from specvlm.decoding.stats import SpecStats
+
+    out = []
+    for conv in convs:
+        turns = list(conv.turns)
+        for k, (role, _) in enumerate(turns):
+            if role != "assistant":
+                continue
+            messages = [{"role": r, "content": t} for r, t in turns[:k]]
+            text = target.render_chat(messages, add_generation_prompt=True)
+            prompt = target.tokenize(text, conv.images[: text.count("<image>")])
+            ids = [t for new in decode(target, prompt, drafter=None, max_new_tokens=max_new_tokens,
+                                       sampling=SamplingConfig(), tree=TreeConfig(),
+                                       stats=SpecStats()) for t in new]  # fmt: skip
+            turns[k] = ("assistant", target.decode(ids).strip())
+        out.append(Conversation(conv.id, turns, conv.images))
+    return out
+
+
+def _regenerated(
+    target: Target, convs: list[Conversation], cache: Path, rank: int, world: int, max_new: int
+):
+    """Regenerate once (sharded over processes), cached as LLaVA JSONL in the output folder."""
+    if not cache.is_file():
+        mine = regenerate_answers(target, convs[rank::world], max_new)
+        shards = [mine]
+        if world > 1:
+            shards = [None] * world
+            dist.all_gather_object(shards, mine)
+        merged: list[Conversation] = [None] * len(convs)  # type: ignore[list-item]
+        for r, shard in enumerate(shards):
+            merged[r::world] = shard
+        if rank == 0:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                for c in merged:
+                    row = {"id": c.id, "image": [str(p.resolve()) for p in c.images],
+                           "conversations": [{"from": "human" if r == "user" else
+                                              ("gpt" if r == "assistant" else r), "value": t}
+                                             for r, t in c.turns]}  # fmt: skip
+                    f.write(json.dumps(row) + "\n")
+            os.replace(tmp, cache)
+        _barrier()
+    return read_conversations(cache, "/", "stop")[0]
+
+
+# ---- the trainer --------------------------------------------------------------------------
+def train_draft(
+    target_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    image_folder: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    resume: bool = False,
+    on_bad_row: str = "skip",
+    regenerate: bool = False,
+    head_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    log=print,
+) -> EagleHead:
+    """Train a draft head for the target in `target_dir`; write it to `out` (the draft folder)."""
+    rank, world, device = _dist_setup()
+    out = Path(out)
+    if cfg.batch_size % world:
+        raise InputError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    target = load_target(target_dir, device=str(device))
+    convs, report = read_conversations(data, image_folder, on_bad_row)
+    if rank == 0:
+        log(f"data: {report.summary()}")
+    if regenerate:
+        convs = _regenerated(target, convs, out / "regenerated.jsonl", rank, world,
+                             cfg.regenerate_max_new_tokens)  # fmt: skip
+    eval_convs = []
+    if eval_data:
+        eval_convs = read_conversations(eval_data, None, "skip")[0][: cfg.eval_n]
+    steps_per_epoch = len(convs) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise InputError(f"{len(convs)} usable rows is less than one batch of {cfg.batch_size}")
+    total = steps_per_epoch * cfg.epochs
+
+    torch.manual_seed(cfg.seed)
+    config = EagleConfig.for_target(target.info, **(head_overrides or {}))
+    head = EagleHead(config).to(device)
+    model: torch.nn.Module = head
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(head)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay)  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    step = _load_checkpoint(out, head, opt, sched) if resume else 0
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    meta = {"target": str(target_dir), "data": str(data), "rows": len(convs), "world": world}
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train-draft", unit="step", dynamic_ncols=True)
+    log_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    head.train()
+    while step < total:
+        epoch, b = divmod(step, steps_per_epoch)
+        order = torch.randperm(
+            len(convs), generator=torch.Generator().manual_seed(cfg.seed + epoch)
+        )
+        batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].tolist()
+        mine = batch[rank::world]
+        t0, tokens, agree_sum, loss_sum = time.perf_counter(), 0, 0.0, 0.0
+        for j, index in enumerate(mine):
+            features, embeds, mask = target_sequence(target, convs[index])
+            noise = None
+            if cfg.feature_noise > 0:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + index)
+                noise = (torch.rand(features[:-1].shape, generator=gen) * 2 - 1) * cfg.feature_noise
+                noise = noise.to(features.device, features.dtype)
+            last = j == len(mine) - 1
+            sync = model.no_sync() if (world > 1 and not last) else nullcontext()
+            with sync, torch.autocast(device.type, dtype=torch.bfloat16,
+                                      enabled=cfg.precision == "bf16"):  # fmt: skip
+                loss, agree, n = distill_loss(model, target, features, embeds, mask, cfg, noise)
+                (loss / cfg.batch_size).backward()  # DDP averages ranks: sum/global batch
+            tokens += features.shape[0]
+            agree_sum += agree
+            loss_sum += loss.item()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        record = {"step": step, "epoch": epoch + 1, "loss": loss_sum / len(mine),
+                  "agree": agree_sum / len(mine), "lr": sched.get_last_lr()[0],
+                  "tokens_per_s": tokens * world / (time.perf_counter() - t0)}  # fmt: skip
+        if rank == 0:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agree']:.2f}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")  # fmt: skip
+            if eval_convs and cfg.eval_every and step % cfg.eval_every == 0:
+                head.eval()
+                record["eval_tau"] = evaluate_tau(target, head, eval_convs, cfg.eval_max_new_tokens)
+                head.train()
+                log(f"step {step}: eval tau {record['eval_tau']:.3f}")
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if step % cfg.checkpoint_every == 0 or step == total:
+            if rank == 0:
+                _save_checkpoint(out, head, opt, sched, step, meta)
+            _barrier()
+    if bar is not None:
+        bar.close()
+    head.eval()
+    if rank == 0:
+        head.save(out)
+        if eval_convs:
+            tau = evaluate_tau(target, head, eval_convs, cfg.eval_max_new_tokens)
+            log_file.write(json.dumps({"step": step, "final_eval_tau": tau}) + "\n")
+            log(f"final eval tau {tau:.3f}")
+        log_file.close()
+        log(f"wrote the draft head to {out}")
+    _barrier()
+    return head
