@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import specvlm
 from specvlm import api
 from specvlm.cli import main
 from specvlm.decoding.stats import SpecStats
@@ -94,3 +95,19 @@ def test_cli_generate_streams_text(pair, tmp_path, capsys):
     expected = engine.generate(PROMPT, images=[image], max_new_tokens=24, speculative=False)
     assert captured.out == expected.text + "\n"
     assert "tau" in captured.err
+
+
+def test_chat_history_prompt(pair):
+    engine = api.load(target=pair[0], draft=pair[1])
+    chat = [
+        {"role": "user", "content": "<image>\nwhat is it?"},
+        {"role": "assistant", "content": "a red circle."},
+        {"role": "user", "content": "and on the left?"},
+    ]
+    prepared = engine.target.prepare(chat, [noise_image(0)])
+    assert prepared.text.endswith("USER: and on the left? ASSISTANT:")
+    plain = engine.generate(chat, images=[noise_image(0)], max_new_tokens=24, speculative=False)
+    spec = engine.generate(chat, images=[noise_image(0)], max_new_tokens=24)
+    assert spec.token_ids == plain.token_ids
+    with pytest.raises(specvlm.PromptError, match="ending with a user turn"):
+        engine.generate(chat[:2], images=[noise_image(0)])

@@ -46,7 +46,7 @@ class Engine:
 
     def _run(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, Any]],
         images: Any,
         video: Any,
         events: Any,
@@ -92,7 +92,7 @@ class Engine:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, Any]],
         images: Any = None,
         video: Any = None,
         events: Any = None,
@@ -114,7 +114,7 @@ class Engine:
 
     def stream(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, Any]],
         images: Any = None,
         video: Any = None,
         events: Any = None,

@@ -137,8 +137,12 @@ class LlavaTarget:
         self.aux_layers = tuple(layers)
 
     # ---- prompt -------------------------------------------------------------------------
-    def prepare(self, prompt: str, images: list[Any]) -> Prompt:
-        """One user turn: images (placeholders put first unless the prompt has its own)."""
+    def prepare(self, prompt: str | list[dict[str, Any]], images: list[Any]) -> Prompt:
+        """One user turn (images put first unless the prompt has its own placeholders), or a
+        chat so far: [{"role": "user" | "assistant" | "system", "content": str}, ...] ending
+        with a user turn, image placeholders inline."""
+        if isinstance(prompt, list | tuple):
+            return self._prepare_chat(list(prompt), images)
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt must be a non-empty string")
         pil = load_images(images)
@@ -160,6 +164,16 @@ class LlavaTarget:
                 f"{len(pil)} were given; it cannot take images this way"
             )
         return self.tokenize(text, pil)
+
+    def _prepare_chat(self, messages: list[dict[str, Any]], images: list[Any]) -> Prompt:
+        roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+        if not messages or roles[-1] != "user" or not set(roles) <= {"user", "assistant", "system"}:
+            raise PromptError(
+                "a chat prompt must be a list of {'role': 'user'|'assistant'|'system', "
+                f"'content': str}} ending with a user turn; got roles {roles}"
+            )
+        text = self.render_chat(messages, add_generation_prompt=True)
+        return self.tokenize(text, images)
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         """Messages {"role": "user" | "assistant", "content": str or content items} -> text.
