@@ -34,10 +34,17 @@ class StreamPiece:
 class Engine:
     """A target and (optionally) a draft head, ready to generate. One request at a time."""
 
-    def __init__(self, target: Target, draft: EagleHead | None, tree: TreeConfig | None = None):
+    def __init__(
+        self,
+        target: Target,
+        draft: EagleHead | None,
+        tree: TreeConfig | None = None,
+        target_dir: Path | None = None,
+    ):
         self.target = target
         self.draft = draft
         self.tree = tree or TreeConfig()
+        self.target_dir = target_dir  # the checkpoint folder, when loaded from one
 
     def _drafter(self) -> EagleDrafter | None:
         if self.draft is None:
@@ -178,7 +185,7 @@ def load(
     if draft is not None:
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
-    return Engine(tgt, head, tree)
+    return Engine(tgt, head, tree, target_dir=Path(target))
 
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:

@@ -119,6 +119,42 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specvlm.bench import methods as bm
+    from specvlm.bench import runner
+    from specvlm.bench.suites import load_suite
+
+    if args.quick:
+        args.n = args.n or 2
+        args.max_new_tokens = min(args.max_new_tokens, 48)
+    engine = _load(args)
+    names = args.methods.split(",")
+    if args.assistant is None and "hf-assisted" in names and args.methods_default:
+        names.remove("hf-assisted")
+        print("note: hf-assisted skipped (no --assistant model given)", file=sys.stderr)
+    ctx = bm.BenchContext(engine=engine, target_dir=engine.target_dir,
+                          assistant_dir=Path(args.assistant) if args.assistant else None)  # fmt: skip
+    methods = bm.build_methods(names, ctx)
+    items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
+    config = {"tree": vars(engine.tree), "max_new_tokens": args.max_new_tokens,
+              "target": str(engine.target_dir), "draft": args.draft}  # fmt: skip
+    records = runner.run_bench(
+        methods, items, temperatures=args.temperature, samples=args.samples,
+        max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=args.seed, config=config,
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    table = runner.markdown_table(runner.summarise(records))
+    print(table)
+    if args.out:
+        runner.write_jsonl(records, args.out)
+    if args.plots:
+        for path in runner.plot(records, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="specvlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -135,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="methods side by side on benchmark suites")
+    _engine_args(p)
+    p.add_argument("--assistant", help="small separate draft model folder (for hf-assisted)")
+    p.add_argument("--suite", action="append", help="suite name or file/folder (repeatable)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated; default plain,eaglevlm,hf-plain,hf-assisted,hf-lookup",
+    )
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.0])
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--samples", type=int, default=1, help="samples per item at temperature > 0")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--n", type=int, default=None, help="items per suite (default: the suite's)")
+    p.add_argument(
+        "--mc-rewrite",
+        action="store_true",
+        help="ask multiple-choice questions for a detailed explanation (SpecVLM)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write one JSON record per run here (.jsonl)")
+    p.add_argument("--plots", help="write PNG plots into this folder")
+    p.add_argument("--quick", action="store_true", help="a minute-scale run")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train-draft", help="train an EagleVLM draft head (online distillation)")
     p.add_argument("--target", required=True, help="target model folder")
@@ -175,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        args.methods_default = args.methods is None
+        args.methods = args.methods or "plain,eaglevlm,hf-plain,hf-assisted,hf-lookup"
+        args.suite = args.suite or ["world"]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

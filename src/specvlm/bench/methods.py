@@ -1,0 +1,173 @@
+"""Benchmark methods: each is a named way to answer a BenchItem with the same target.
+
+A method returns a `RunResult`. New methods register a factory in `METHODS`; the runner never
+changes. All methods prepare the prompt through the engine's target (same ids, same pixels),
+so the only difference between them is how the tokens are decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from specvlm.api import Engine
+from specvlm.errors import InputError
+
+
+@dataclass
+class RunResult:
+    token_ids: list[int]
+    text: str
+    prefill_s: float  # up to the first new token
+    ttft_s: float
+    decode_s: float  # first token -> last token
+    tau: float | None = None  # mean accepted length; None for methods that do not report it
+    accept_histogram: dict[int, int] = field(default_factory=dict)
+    target_forwards: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.ttft_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict[str, Any]]
+    images: list[Path]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, req: Request) -> RunResult: ...
+
+
+@dataclass
+class BenchContext:
+    """What methods are built from."""
+
+    engine: Engine  # target (+ draft) loaded by specvlm.load
+    target_dir: Path | None = None
+    assistant_dir: Path | None = None  # a small separate draft model (same tokenizer)
+    lookup_tokens: int = 10
+    _hf: Any = None
+
+    def hf_model(self):
+        """The target checkpoint as `transformers` itself loads it (for the hf-* baselines)."""
+        if self._hf is None:
+            from transformers import LlavaForConditionalGeneration
+
+            if self.target_dir is None:
+                raise InputError("the hf-* methods need the target folder")
+            self._hf = LlavaForConditionalGeneration.from_pretrained(
+                self.target_dir, dtype=self.engine.target.info.dtype
+            ).eval()
+        return self._hf
+
+
+class EngineMethod:
+    """This project's decoding: `plain` (no draft) or `eaglevlm` (draft head, dynamic tree)."""
+
+    def __init__(self, name: str, engine: Engine, speculative: bool) -> None:
+        if speculative and engine.draft is None:
+            raise InputError(f"method {name!r} needs a draft head (--draft)")
+        self.name, self.engine, self.speculative = name, engine, speculative
+
+    def run(self, req: Request) -> RunResult:
+        out = self.engine.generate(
+            req.messages, images=req.images, max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            speculative=self.speculative,
+        )  # fmt: skip
+        s = out.stats
+        return RunResult(
+            token_ids=out.token_ids, text=out.text, prefill_s=s.prefill_s, ttft_s=s.ttft_s,
+            decode_s=s.decode_s, tau=s.tau, accept_histogram=s.accept_histogram,
+            target_forwards=s.target_forwards,
+        )  # fmt: skip
+
+
+class _FirstTokenClock:
+    """A stopping criterion that never stops: it notes when the first new token exists."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        if self.first is None:
+            self.first = time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+class HFMethod:
+    """`transformers` generate on the same checkpoint: plain, assisted, or prompt lookup."""
+
+    def __init__(self, name: str, ctx: BenchContext, **generate_kwargs: Any) -> None:
+        self.name, self.ctx, self.kwargs = name, ctx, generate_kwargs
+        self.model = ctx.hf_model()
+
+    def run(self, req: Request) -> RunResult:
+        from transformers import StoppingCriteriaList
+
+        target = self.ctx.engine.target
+        prompt = target.prepare(req.messages, req.images)
+        ids = prompt.input_ids[None]  # (1, T)
+        sampling = {"do_sample": False}
+        if req.temperature > 0:
+            sampling = {"do_sample": True, "temperature": req.temperature, "top_p": req.top_p,
+                        "top_k": 0}  # fmt: skip
+            torch.manual_seed(req.seed)
+        clock = _FirstTokenClock()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            seq = self.model.generate(
+                input_ids=ids, pixel_values=prompt.pixel_values,
+                attention_mask=torch.ones_like(ids), max_new_tokens=req.max_new_tokens,
+                stopping_criteria=StoppingCriteriaList([clock]), **sampling, **self.kwargs,
+            )  # fmt: skip
+        end = time.perf_counter()
+        new = seq[0, ids.shape[1] :].tolist()
+        ttft = (clock.first or end) - start
+        return RunResult(token_ids=new, text=target.decode(new), prefill_s=ttft, ttft_s=ttft,
+                         decode_s=end - start - ttft)  # fmt: skip
+
+
+def _assistant(ctx: BenchContext):
+    from transformers import LlavaForConditionalGeneration
+
+    if ctx.assistant_dir is None:
+        raise InputError("hf-assisted needs a small separate draft model (--assistant DIR)")
+    return LlavaForConditionalGeneration.from_pretrained(
+        ctx.assistant_dir, dtype=ctx.engine.target.info.dtype
+    ).eval()
+
+
+METHODS: dict[str, Callable[[BenchContext], Method]] = {
+    "plain": lambda ctx: EngineMethod("plain", ctx.engine, speculative=False),
+    "eaglevlm": lambda ctx: EngineMethod("eaglevlm", ctx.engine, speculative=True),
+    "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),
+    "hf-assisted": lambda ctx: HFMethod("hf-assisted", ctx, assistant_model=_assistant(ctx)),
+    "hf-lookup": lambda ctx: HFMethod("hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens),
+}
+
+
+def build_methods(names: list[str], ctx: BenchContext) -> list[Method]:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+    if "plain" not in names:
+        names = ["plain", *names]  # the denominator of every speedup
+    return [METHODS[n](ctx) for n in names]

@@ -1,0 +1,245 @@
+"""Run methods side by side on benchmark items and summarise honestly.
+
+Measurement protocol: a warm-up of every method, then for each item the methods run one after
+another (A B C, A B C, ...; the order reverses on every other item so that drift and cache
+effects hit all alike). At temperature 0 every method's tokens are compared with `plain`'s; at
+temperature > 0 each item is sampled `samples` times with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specvlm.bench.methods import Method, Request, RunResult
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)  # fmt: skip
+    return out.stdout.strip() or "unknown"
+
+
+def run_bench(
+    methods: list[Method],
+    items: list[Any],
+    *,
+    temperatures: Iterable[float] = (0.0,),
+    samples: int = 1,
+    max_new_tokens: int = 128,
+    top_p: float = 1.0,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One record per (item, method, temperature, sample); see DESIGN.md §5 for the fields."""
+    temperatures = list(temperatures)
+    base = {"machine": machine(), "commit": commit(), "config": config or {}}
+    if items:  # warm-up: every method once, short
+        first = items[0]
+        for m in methods:
+            # a method that fails here fails again below, where the error is recorded per item
+            with contextlib.suppress(Exception):
+                m.run(Request(list(first.messages), list(first.images), 8, 0.0, 1.0, seed))
+    total = len(items) * len(methods) * sum(samples if t > 0 else 1 for t in temperatures)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="bench", unit="run", dynamic_ncols=True)
+    records: list[dict[str, Any]] = []
+    for temperature in temperatures:
+        for i, item in enumerate(items):
+            order = methods if i % 2 == 0 else methods[::-1]
+            for s in range(samples if temperature > 0 else 1):
+                req = Request(list(item.messages), list(item.images), max_new_tokens,
+                              temperature, top_p, seed + s)  # fmt: skip
+                results: dict[str, RunResult | str] = {}
+                for m in order:
+                    try:
+                        results[m.name] = m.run(req)
+                    except Exception as e:  # a baseline that breaks is reported, not fatal
+                        results[m.name] = f"{type(e).__name__}: {e}"[:300]
+                    if bar is not None:
+                        bar.update(1)
+                plain = results.get("plain")
+                for m in methods:
+                    res = results[m.name]
+                    rec = {**base, "method": m.name, "suite": item.suite, "item": item.id,
+                           "temperature": temperature, "sample": s}  # fmt: skip
+                    if isinstance(res, str):
+                        records.append({**rec, "error": res})
+                        continue
+                    rec.update(
+                        tokens=len(res.token_ids), seconds=round(res.seconds, 6),
+                        prefill_s=round(res.prefill_s, 6), ttft_s=round(res.ttft_s, 6),
+                        decode_s=round(res.decode_s, 6), tokens_per_s=round(res.tokens_per_s, 3),
+                        tau=res.tau,
+                        accept_histogram={str(k): v for k, v in res.accept_histogram.items()},
+                        target_forwards=res.target_forwards,
+                    )  # fmt: skip
+                    if isinstance(plain, RunResult):
+                        rec["speedup"] = round(res.tokens_per_s / plain.tokens_per_s, 4)
+                        if temperature == 0:
+                            rec["identical"] = res.token_ids == plain.token_ids
+                    records.append(rec)
+    if bar is not None:
+        bar.close()
+    return records
+
+
+def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows per (suite, method, temperature), plus an 'all' suite per (method, temperature)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        for suite in (r["suite"], "all"):
+            groups[(suite, r["method"], r["temperature"])].append(r)
+    rows = []
+    for (suite, method, temp), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], kv[0][0] != "all", kv[0][0])
+    ):
+        ok = [r for r in rs if "error" not in r]
+        row: dict[str, Any] = {"suite": suite, "method": method, "temperature": temp,
+                               "runs": len(rs), "errors": len(rs) - len(ok)}  # fmt: skip
+        if ok:
+            tokens, seconds = sum(r["tokens"] for r in ok), sum(r["seconds"] for r in ok)
+            speedups = [r["speedup"] for r in ok if "speedup" in r]
+            taus = [r["tau"] for r in ok if r.get("tau") is not None]
+            same = [r["identical"] for r in ok if "identical" in r]
+            row.update(
+                tokens_per_s=tokens / seconds if seconds else 0.0,
+                speedup=statistics.mean(speedups) if speedups else None,
+                speedup_sd=statistics.pstdev(speedups) if len(speedups) > 1 else 0.0,
+                tau=statistics.mean(taus) if taus else None,
+                identical=sum(same) / len(same) if same else None,
+                ttft_s=statistics.mean(r["ttft_s"] for r in ok),
+            )
+        else:
+            row["error"] = rs[0]["error"]
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| suite | method | T | speedup (± sd) | τ | tokens/s | TTFT ms | identical | runs |\n"
+            "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['suite']} | {r['method']} | {r['temperature']:g} | failed: "
+                         f"{r['error'][:80]} | | | | | {r['runs']} |")  # fmt: skip
+            continue
+        sp = "—" if r["speedup"] is None else f"{r['speedup']:.2f}× ± {r['speedup_sd']:.2f}"
+        tau = "—" if r["tau"] is None else f"{r['tau']:.2f}"
+        same = "—" if r["identical"] is None else f"{100 * r['identical']:.0f}%"
+        err = f" ({r['errors']} failed)" if r["errors"] else ""
+        lines.append(f"| {r['suite']} | {r['method']} | {r['temperature']:g} | {sp} | {tau} | "
+                     f"{r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} | {same} | "
+                     f"{r['runs']}{err} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """speedup.png (per suite and method) and accept_lengths.png (speculative methods)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [
+        r for r in summarise(records) if r.get("speedup") is not None and r["method"] != "plain"
+    ]
+    paths = []
+    temps = sorted({r["temperature"] for r in rows})
+    fig, axes = plt.subplots(
+        1, max(1, len(temps)), figsize=(6 * max(1, len(temps)), 4), squeeze=False
+    )
+    for ax, temp in zip(axes[0], temps, strict=False):
+        sub = [r for r in rows if r["temperature"] == temp]
+        suites = sorted({r["suite"] for r in sub}, key=lambda s: (s == "all", s))
+        methods = sorted({r["method"] for r in sub})
+        width = 0.8 / max(1, len(methods))
+        for j, m in enumerate(methods):
+            vals = [
+                next((r["speedup"] for r in sub if r["suite"] == s and r["method"] == m), 0)
+                for s in suites
+            ]
+            errs = [
+                next((r["speedup_sd"] for r in sub if r["suite"] == s and r["method"] == m), 0)
+                for s in suites
+            ]
+            ax.bar(
+                [i + j * width for i in range(len(suites))],
+                vals,
+                width,
+                yerr=errs,
+                label=m,
+                capsize=2,
+            )
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(suites))])
+        ax.set_xticklabels(suites, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("speedup over plain (tokens/s ratio)")
+        ax.set_title(f"temperature {temp:g}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "speedup.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        for k, v in (r.get("accept_histogram") or {}).items():
+            if r["method"] != "plain":
+                hist[f"{r['method']} T={r['temperature']:g}"][int(k)] += v
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, h in hist.items():
+            total = sum(h.values())
+            ks = sorted(h)
+            ax.plot(ks, [h[k] / total for k in ks], marker="o", label=label)
+        ax.set_xlabel("accepted length per target forward (drafts + 1)")
+        ax.set_ylabel("fraction of rounds")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / "accept_lengths.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def report_header(records: list[dict[str, Any]], command: str) -> str:
+    r = records[0] if records else {}
+    return (f"Command: `{command}`  \nMachine: {r.get('machine', machine())}  \n"
+            f"Commit: {r.get('commit', commit())}, {time.strftime('%Y-%m-%d')}")  # fmt: skip

@@ -1,0 +1,133 @@
+"""The benchmark runner: interleaving, identical-output checks, errors, records, tables, plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from specvlm import api
+from specvlm.bench import runner
+from specvlm.bench.methods import BenchContext, EngineMethod, RunResult, build_methods
+from specvlm.errors import InputError
+from tests.conftest import noise_image
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    suite: str
+    messages: tuple
+    images: tuple = ()
+
+
+ITEMS = [
+    Item(f"q{i}", "s1" if i < 2 else "s2", ({"role": "user", "content": f"q{i}"},))
+    for i in range(3)
+]
+
+
+class Stub:
+    """A method with scripted output; records the order it was called in."""
+
+    def __init__(self, name, calls, tokens=(1, 2, 3), seconds=1.0, fail=False, tau=None):
+        self.name, self.calls, self.tokens = name, calls, list(tokens)
+        self.seconds, self.fail, self.tau = seconds, fail, tau
+
+    def run(self, req):
+        self.calls.append((self.name, req.messages[0]["content"], req.max_new_tokens))
+        if self.fail:
+            raise ValueError("this baseline is broken")
+        return RunResult(self.tokens, "x", 0.1, 0.1, self.seconds - 0.1, tau=self.tau,
+                         accept_histogram={1: 1, 3: 2} if self.tau else {})  # fmt: skip
+
+
+def test_methods_are_interleaved_after_a_warm_up():
+    calls = []
+    methods = [Stub("plain", calls), Stub("a", calls), Stub("b", calls)]
+    runner.run_bench(methods, ITEMS, max_new_tokens=16, progress=False)
+    warm, timed = calls[:3], [(n, q) for n, q, _ in calls[3:]]
+    assert all(c[2] == 8 for c in warm)  # short warm-up of every method
+    assert timed == [("plain", "q0"), ("a", "q0"), ("b", "q0"),
+                     ("b", "q1"), ("a", "q1"), ("plain", "q1"),
+                     ("plain", "q2"), ("a", "q2"), ("b", "q2")]  # fmt: skip
+
+
+def test_a_method_with_a_wrong_token_is_reported_not_identical():
+    calls = []
+    methods = [Stub("plain", calls), Stub("fast-but-wrong", calls, tokens=(1, 9, 3), seconds=0.5),
+               Stub("good", calls, seconds=0.25, tau=3.0)]  # fmt: skip
+    records = runner.run_bench(methods, ITEMS, progress=False)
+    wrong = [r for r in records if r["method"] == "fast-but-wrong"]
+    assert [r["identical"] for r in wrong] == [False] * 3
+    assert all(r["speedup"] == pytest.approx(2.0) for r in wrong)
+    rows = {(r["suite"], r["method"]): r for r in runner.summarise(records)}
+    assert rows[("all", "fast-but-wrong")]["identical"] == 0.0
+    assert rows[("all", "good")]["identical"] == 1.0
+    assert rows[("all", "good")]["speedup"] == pytest.approx(4.0)
+    assert rows[("s1", "good")]["tau"] == 3.0 and rows[("s1", "good")]["runs"] == 2
+    table = runner.markdown_table(runner.summarise(records))
+    assert "| all | fast-but-wrong | 0 | 2.00× ± 0.00 | — | 6.0 | 100 | 0% | 3 |" in table
+    for field in ("machine", "commit", "config", "method", "suite", "temperature", "tokens",
+                  "seconds", "tau", "speedup"):  # fmt: skip
+        assert field in records[0]
+
+
+def test_a_failing_baseline_is_reported_and_the_rest_run():
+    calls = []
+    methods = [Stub("plain", calls), Stub("broken", calls, fail=True), Stub("ok", calls)]
+    records = runner.run_bench(methods, ITEMS, progress=False)
+    broken = [r for r in records if r["method"] == "broken"]
+    assert len(broken) == 3 and all(
+        r["error"] == "ValueError: this baseline is broken" for r in broken
+    )
+    assert all("error" not in r for r in records if r["method"] != "broken")
+    table = runner.markdown_table(runner.summarise(records))
+    assert "| all | broken | 0 | failed: ValueError: this baseline is broken | | | | | 3 |" in table
+
+
+def test_sampling_runs_each_item_several_times_with_seeds():
+    calls = []
+    seeds = []
+
+    class Seeded(Stub):
+        def run(self, req):
+            seeds.append(req.seed)
+            return super().run(req)
+
+    runner.run_bench([Seeded("plain", calls)], ITEMS[:1], temperatures=[1.0], samples=3,
+                     seed=10, progress=False)  # fmt: skip
+    assert seeds == [10, 10, 11, 12]  # warm-up, then three samples
+
+
+def test_records_round_trip_and_plots(tmp_path):
+    calls = []
+    methods = [Stub("plain", calls), Stub("spec", calls, seconds=0.5, tau=2.5)]
+    records = runner.run_bench(methods, ITEMS, progress=False)
+    runner.write_jsonl(records, tmp_path / "r.jsonl")
+    assert runner.read_jsonl(tmp_path / "r.jsonl") == records
+    paths = runner.plot(records, tmp_path / "plots")
+    assert [p.name for p in paths] == ["speedup.png", "accept_lengths.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_engine_methods_on_a_tiny_target(tiny_dir, tmp_path):
+    from specvlm.train.quickfit import fit_head_to_target
+
+    img = tmp_path / "i.png"
+    noise_image(0).save(img)
+    draft = fit_head_to_target(
+        tiny_dir, tmp_path / "d", prompts=[("q", [noise_image(0)])], steps=50
+    )
+    engine = api.Engine(api.load(target=tiny_dir).target, draft, target_dir=tiny_dir)
+    ctx = BenchContext(engine=engine, target_dir=tiny_dir)
+    methods = build_methods(["eaglevlm", "hf-plain"], ctx)
+    assert [m.name for m in methods] == ["plain", "eaglevlm", "hf-plain"]
+    items = [Item("a", "s", ({"role": "user", "content": "<image>\nq"},), (img,))]
+    records = runner.run_bench(methods, items, max_new_tokens=24, progress=False)
+    assert {r["method"]: r["identical"] for r in records} == {
+        "plain": True, "eaglevlm": True, "hf-plain": True}  # fmt: skip
+    with pytest.raises(InputError, match="unknown methods"):
+        build_methods(["medusa"], ctx)
+    with pytest.raises(InputError, match="needs a draft head"):
+        EngineMethod("eaglevlm", api.Engine(engine.target, None), speculative=True)
