@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,6 +29,12 @@ CONFIGS = {
         vision_feature_layer=-1, image_size=48, seed=3,
     ),
 }  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """Nothing a user tuned or cached in ~/.cache/specvlm leaks into the tests."""
+    os.environ["SPECVLM_CACHE"] = str(tmp_path_factory.mktemp("specvlm-cache"))
 
 
 @pytest.fixture(scope="session")

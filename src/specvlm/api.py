@@ -164,6 +164,9 @@ def load(
 ) -> Engine:
     """Load a target checkpoint folder and a draft-head folder.
 
+    tree None: the tree `specvlm bench --tune` chose for this target on this machine, if any,
+    else `TreeConfig()`.
+
     target None: the embedded default pair. Until the trained world models ship, that is a tiny
     random LLaVA built in code (see `specvlm.tiny`), with a warning.
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
@@ -185,6 +188,10 @@ def load(
     if draft is not None:
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
+    if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
+        from specvlm.bench.tune import load_tuned
+
+        tree = load_tuned(tgt.info.fingerprint)
     return Engine(tgt, head, tree, target_dir=Path(target))
 
 

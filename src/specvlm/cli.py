@@ -138,6 +138,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           assistant_dir=Path(args.assistant) if args.assistant else None)  # fmt: skip
     methods = bm.build_methods(names, ctx)
     items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
+    if args.tune:
+        from specvlm.bench.tune import tune
+
+        prompts = [(list(it.messages), list(it.images)) for it in items[:3]]
+        res = tune(engine, prompts, max_new_tokens=args.max_new_tokens,
+                   progress=sys.stderr.isatty())  # fmt: skip
+        paper = res["paper_default"]
+        print(f"chosen tree {res['tree']}: tau {res['tau']:.2f}, est. "
+              f"{res['est_tokens_per_s']:.1f} tok/s; paper default {paper['tree']}: tau "
+              f"{paper['tau']:.2f}, est. {paper['est_tokens_per_s']:.1f} tok/s; gain "
+              f"{res['gain_over_paper_default']:.2f}x; plain est. "
+              f"{res['plain_est_tokens_per_s']:.1f} tok/s\nwrote {res['path']}")  # fmt: skip
+        return 0
     config = {"tree": vars(engine.tree), "max_new_tokens": args.max_new_tokens,
               "target": str(engine.target_dir), "draft": args.draft}  # fmt: skip
     records = runner.run_bench(
@@ -195,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write one JSON record per run here (.jsonl)")
     p.add_argument("--plots", help="write PNG plots into this folder")
     p.add_argument("--quick", action="store_true", help="a minute-scale run")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the tree for this target on this machine (used by load())",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train-draft", help="train an EagleVLM draft head (online distillation)")
