@@ -46,16 +46,19 @@ class EagleConfig:
 
     @classmethod
     def for_target(cls, info: TargetInfo, **overrides: Any) -> EagleConfig:
-        """A head shaped like one layer of the target (heads default to 64-wide)."""
-        d = info.hidden_size
-        heads = overrides.pop("num_attention_heads", max(1, d // 64))
+        """A head whose decoder layer has the shape of one target layer (overridable)."""
+        heads = overrides.pop("num_attention_heads", info.num_heads)
         base = dict(
-            hidden_size=d,
+            hidden_size=info.hidden_size,
             vocab_size=info.vocab_size,
             num_attention_heads=heads,
-            num_key_value_heads=overrides.pop("num_key_value_heads", heads),
-            head_dim=d // heads,
-            intermediate_size=overrides.pop("intermediate_size", 4 * d),
+            num_key_value_heads=overrides.pop(
+                "num_key_value_heads", info.num_kv_heads if heads == info.num_heads else heads
+            ),
+            head_dim=overrides.pop("head_dim", info.hidden_size // heads),
+            intermediate_size=overrides.pop("intermediate_size", info.intermediate_size),
+            rms_norm_eps=info.rms_norm_eps,
+            rope_theta=info.rope_theta,
             target=dict(info.fingerprint),
         )
         base.update(overrides)

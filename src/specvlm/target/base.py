@@ -27,6 +27,13 @@ class TargetInfo:
     eos_token_ids: tuple[int, ...]
     dtype: torch.dtype
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # the shape of one decoder layer, so a draft layer can mirror it
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    intermediate_size: int = 0
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
 
 
 @dataclass

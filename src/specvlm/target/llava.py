@@ -120,6 +120,12 @@ class LlavaTarget:
             eos_token_ids=self._eos_ids(),
             dtype=dtype,
             fingerprint=self._fingerprint(),
+            num_heads=self.shape.n_heads,
+            num_kv_heads=self.shape.n_kv_heads,
+            head_dim=self.shape.head_dim,
+            intermediate_size=text.intermediate_size,
+            rms_norm_eps=text.rms_norm_eps,
+            rope_theta=float((getattr(text, "rope_parameters", None) or {}).get("rope_theta", 1e4)),
         )
         self.cache: KVCache | None = None
         self.aux_layers: tuple[int, ...] = ()
