@@ -1,0 +1,279 @@
+"""Benchmark suites for `specvlm bench`: built-in world suites, and the benchmarks SpecVLM reports.
+
+    items = load_suite("world-detailed")                 # 20 descriptions of world test scenes
+    items = load_suite("world", n=10)                    # the five world suites interleaved
+    items = load_suite("data/llava-bench-in-the-wild")   # format detected from the files
+    items = load_suite("mmbench:data/MMBench_DEV_EN.tsv", n=60, mc_rewrite=True)
+
+Each item is a chat ending with a user turn, its images in placeholder order, and a reference
+answer when the suite has one (`BenchItem`, in loaders.py). Speed benchmarks only decode them.
+
+Built-in suites (SUITES): deterministic, from the world's TEST split (sample i of suite seed s is
+test sample s * 1_000_000 + i), images rendered at 224 px into `<cache_dir>/world/`.
+`world-detailed`, `world-conversation`, `world-reasoning`, `world-mc` (the record's own prompt,
+which already asks for a justification) and `world-multiturn` (the turns before the last question
+are the record's, the last question is the one answered); `world` interleaves the five. Default
+n: 20 per suite (100 for `world`). A world suite is one `WorldSuite(family, kind)` entry in
+WORLD_SUITES; an `events` kind works as is (its polarity picture is an image), `video` needs a
+runner that takes frame folders.
+
+User files (FORMATS), detected from the path, or named with a prefix "FORMAT:PATH":
+
+    llava-bench:  folder with questions.jsonl, images/, optional answers_gpt4.jsonl
+    mmmu:         MMMU .parquet files (needs pyarrow) or the same rows as .json / .jsonl;
+                  a folder's validation files are used when it has any
+    scienceqa:    problems.json (or its folder) + images/<split>/<id>/image.png; test split,
+                  questions with an image (scienceqa-all: text-only questions too)
+    mmbench:      an MMBench .tsv with base64 images (or a folder holding one)
+
+Multiple-choice prompts end "Answer with the option's letter from the given choices directly.";
+`mc_rewrite=True` asks for the letter and a detailed and reasonable explanation instead, as
+SpecVLM does (it lengthens the answers that decoding speed is measured on). With `n`, the first n
+items are kept (the papers' protocol), or with `seed` != 0 a seeded sample of n, in file order.
+
+Cache: `cache_dir`, else $SPECVLM_CACHE/bench, else ~/.cache/specvlm/bench. Every load re-renders
+world images and replaces a cached file only when its bytes differ, so the cache never goes stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from specvlm.bench.loaders import (
+    BenchItem,
+    load_llava_bench,
+    load_mmbench,
+    load_mmmu,
+    load_scienceqa,
+    write_atomic,
+)
+from specvlm.errors import DataError, InputError
+from specvlm.world.dataset import DEFAULT_RESOLUTION, write_media
+from specvlm.world.language import make_record
+from specvlm.world.splits import SPLIT_SIZE, split_seed, world_sample
+
+__all__ = ["FORMATS", "SUITES", "BenchItem", "default_cache_dir", "detect_format", "load_suite"]
+
+
+@dataclass(frozen=True)
+class WorldSuite:
+    family: str  # a world task family (language.FAMILIES)
+    kind: str  # "image" (or "events": its polarity picture is the image)
+    description: str
+
+
+WORLD_SUITES: dict[str, WorldSuite] = {
+    "world-detailed": WorldSuite(
+        "detailed", "image", "world test scenes: describe everything (60-200 words)"
+    ),  # fmt: skip
+    "world-conversation": WorldSuite(
+        "conversation",
+        "image",
+        "world test scenes: one short question (count, colour, position, ...)",
+    ),  # fmt: skip
+    "world-reasoning": WorldSuite(
+        "reasoning",
+        "image",
+        "world test scenes: a comparison or a cause, answered with an explanation",
+    ),  # fmt: skip
+    "world-mc": WorldSuite(
+        "multiple_choice", "image", "world test scenes: options A-D, the letter and why"
+    ),  # fmt: skip
+    "world-multiturn": WorldSuite(
+        "multiturn", "image", "world test scenes: the last turn of a 2-4 turn chat"
+    ),  # fmt: skip
+}
+WORLD_MIX = "world"
+SUITES: dict[str, str] = {
+    **{name: s.description for name, s in WORLD_SUITES.items()},
+    WORLD_MIX: "the five world suites interleaved (n items in all)",
+}
+FORMATS: dict[str, str] = {
+    "llava-bench": "LLaVA-Bench-in-the-Wild: a folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl",  # fmt: skip
+    "mmmu": "MMMU: Hugging Face .parquet files (needs pyarrow) or .json/.jsonl rows with image paths, or their folder",  # fmt: skip
+    "scienceqa": "ScienceQA: problems.json (or its folder) with images/<split>/<id>/image.png; test questions with an image",  # fmt: skip
+    "scienceqa-all": "ScienceQA as above, text-only test questions included",
+    "mmbench": "MMBench: a .tsv with columns index, question, hint, A-D, answer, image (base64)",
+}
+ACCEPTED = (
+    f"a built-in suite ({', '.join(SUITES)}), a path to benchmark files, or FORMAT:PATH with "
+    f"FORMAT one of {', '.join(FORMATS)}"
+)
+DEFAULT_N = 20
+WORLD_SPLIT = "test"
+SEED_STRIDE = 1_000_000  # world suite seed s uses test samples s * SEED_STRIDE + i
+
+
+def default_cache_dir() -> Path:
+    """$SPECVLM_CACHE/bench, else ~/.cache/specvlm/bench."""
+    env = os.environ.get("SPECVLM_CACHE")
+    return Path(env).expanduser() / "bench" if env else Path.home() / ".cache" / "specvlm" / "bench"
+
+
+def load_suite(
+    name_or_path: str,
+    *,
+    n: int | None = None,
+    cache_dir: Path | None = None,
+    mc_rewrite: bool = False,
+    seed: int = 0,
+) -> list[BenchItem]:
+    """The items of a built-in suite, or of benchmark files on disk (see the module docstring)."""
+    if n is not None and n < 1:
+        raise InputError(f"n must be at least 1, got {n}")
+    if seed < 0:
+        raise InputError(f"seed must be 0 or more, got {seed}")
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = cache.resolve()
+    if name_or_path in SUITES:
+        return world_suite(name_or_path, n=n, cache_dir=cache, seed=seed)
+    fmt, path = parse_source(name_or_path)
+    if fmt == "llava-bench":
+        return load_llava_bench(path, n=n, seed=seed)
+    if fmt == "mmmu":
+        return load_mmmu(path, cache_dir=cache, n=n, seed=seed, mc_rewrite=mc_rewrite)
+    if fmt in ("scienceqa", "scienceqa-all"):
+        only = fmt == "scienceqa"
+        return load_scienceqa(path, n=n, seed=seed, mc_rewrite=mc_rewrite, images_only=only)
+    return load_mmbench(path, cache_dir=cache, n=n, seed=seed, mc_rewrite=mc_rewrite)
+
+
+def parse_source(name_or_path: str) -> tuple[str, Path]:
+    """(format, path) from "FORMAT:PATH" or a bare path whose format is detected."""
+    prefix, sep, rest = name_or_path.partition(":")
+    if sep and prefix in FORMATS:
+        path = Path(rest).expanduser()
+        if not path.exists():
+            raise DataError(f"{path} not found (from {name_or_path!r}); {prefix} expects {FORMATS[prefix]}")  # fmt: skip
+        return prefix, path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise DataError(f"no suite or file named {name_or_path!r}; accepted: {ACCEPTED}")
+    return detect_format(path), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Format detection
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_format(path: Path) -> str | None:
+    """The format a .json / .jsonl file's first row looks like, or None."""
+    try:
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as fh:
+                data = json.loads(next((line for line in fh if line.strip()), "null"))
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        return "scienceqa" if "choices" in next(iter(data.values())) else None  # id -> problem
+    row = data[0] if isinstance(data, list) and data else data
+    if not isinstance(row, dict):
+        return None
+    if "question_id" in row and "text" in row:
+        return "llava-bench"
+    if "question" in row and ("options" in row or "image_1" in row):
+        return "mmmu"
+    return None
+
+
+def detect_format(path: Path) -> str:
+    """The benchmark format of a file or folder (a key of FORMATS); DataError if none fits."""
+    if path.is_dir():
+        if (path / "questions.jsonl").is_file():
+            return "llava-bench"
+        if (path / "problems.json").is_file():
+            return "scienceqa"
+        if any(path.glob("*.tsv")):
+            return "mmbench"
+        if any(path.rglob("*.parquet")):
+            return "mmmu"
+        jsons = sorted(p for p in path.rglob("*.json*") if p.suffix in (".json", ".jsonl"))
+        if any(_json_format(p) == "mmmu" for p in jsons[:20]):
+            return "mmmu"
+    elif path.suffix == ".tsv":
+        return "mmbench"
+    elif path.suffix == ".parquet":
+        return "mmmu"
+    elif path.suffix in (".json", ".jsonl"):
+        fmt = _json_format(path)
+        if fmt is not None:
+            return fmt
+    raise DataError(f"cannot tell the benchmark format of {path}; accepted: {ACCEPTED}. Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# World suites
+# ---------------------------------------------------------------------------------------------
+
+
+def _media_writer(folder: Path, kind: str) -> Callable[[int], dict[str, str]]:
+    """index -> the record's media keys; renders each sample once per load into `folder`.
+
+    Files are rendered into a temporary folder and moved into place only when their bytes
+    differ from the cached ones (atomic rename), so concurrent loads never see half a file.
+    """
+    done: dict[int, dict[str, str]] = {}
+    resolution = DEFAULT_RESOLUTION[kind]
+
+    def media(index: int) -> dict[str, str]:
+        if index not in done:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".render-") as tmp:
+                for sub in ("images", "events"):
+                    (Path(tmp) / sub).mkdir()
+                world = world_sample(WORLD_SPLIT, index, kind)
+                seed = split_seed(WORLD_SPLIT, index)
+                done[index] = write_media(world, kind, index, seed, Path(tmp), resolution)
+                for src in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+                    dest = folder / src.relative_to(tmp)
+                    data = src.read_bytes()
+                    if not dest.is_file() or dest.read_bytes() != data:
+                        write_atomic(dest, data)
+        return done[index]
+
+    return media
+
+
+def world_item(name: str, index: int, media: Callable[[int], dict[str, str]], folder: Path) -> BenchItem:  # fmt: skip
+    """One item of a world suite: the record's chat without its last answer (the reference)."""
+    spec = WORLD_SUITES[name]
+    if spec.kind == "video":
+        raise NotImplementedError("world video suites need BenchItem to carry frame folders")
+    record = make_record(WORLD_SPLIT, index, spec.family, spec.kind, media(index))
+    role = {"human": "user", "gpt": "assistant"}
+    chat = [{"role": role[t["from"]], "content": t["value"]} for t in record["conversations"]]
+    return BenchItem(
+        id=record["id"],
+        suite=name,
+        messages=tuple(chat[:-1]),
+        images=(folder / record["image"],),
+        reference=chat[-1]["content"],
+    )
+
+
+def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> list[BenchItem]:
+    """A built-in world suite; `world` takes the five in turn (item k from suite k % 5)."""
+    names = list(WORLD_SUITES) if name == WORLD_MIX else [name]
+    total = n if n is not None else DEFAULT_N * len(names)
+    start = seed * SEED_STRIDE
+    if start + SEED_STRIDE > SPLIT_SIZE or total > SEED_STRIDE * len(names):
+        raise InputError(f"world suites take seed < {SPLIT_SIZE // SEED_STRIDE} and n <= {SEED_STRIDE} per suite")  # fmt: skip
+    writers: dict[str, tuple[Callable[[int], dict[str, str]], Path]] = {}
+    items = []
+    for k in range(total):
+        suite = names[k % len(names)]
+        kind = WORLD_SUITES[suite].kind
+        if kind not in writers:
+            folder = cache_dir / "world" / f"{WORLD_SPLIT}-{kind}-{DEFAULT_RESOLUTION[kind]}px"
+            writers[kind] = (_media_writer(folder, kind), folder)
+        media, folder = writers[kind]
+        items.append(world_item(suite, start + k // len(names), media, folder))
+    return items
