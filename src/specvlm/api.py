@@ -167,22 +167,28 @@ def load(
     tree None: the tree `specvlm bench --tune` chose for this target on this machine, if any,
     else `TreeConfig()`.
 
-    target None: the embedded default pair. Until the trained world models ship, that is a tiny
-    random LLaVA built in code (see `specvlm.tiny`), with a warning.
+    target None: the embedded default pair (the world target and its draft; `specvlm.embedded`).
+    Where they are not shipped, a tiny random LLaVA built in code (`specvlm.tiny`), with a warning.
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
     """
     dtype = _dtype(dtype)
     if target is None:
-        from specvlm import tiny
+        from specvlm import embedded
 
-        warnings.warn(
-            "no trained embedded models are shipped yet: using a tiny random LLaVA built in code "
-            "with a draft head fitted to it on the spot (outputs are gibberish, speeds are not "
-            "representative)",
-            stacklevel=2,
-        )
-        target, fitted = tiny.demo_pair()
-        draft = draft or fitted
+        target = embedded.embedded_target()
+        if target is not None:
+            draft = draft or embedded.embedded_draft()
+        else:
+            from specvlm import tiny
+
+            warnings.warn(
+                "no trained embedded models are shipped yet: using a tiny random LLaVA built in "
+                "code with a draft head fitted to it on the spot (outputs are gibberish, speeds "
+                "are not representative)",
+                stacklevel=2,
+            )
+            target, fitted = tiny.demo_pair()
+            draft = draft or fitted
     tgt = load_target(target, device=device, dtype=dtype)
     head = None
     if draft is not None:

@@ -41,7 +41,9 @@ def _load(args: argparse.Namespace):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if args.target is None:
+        from specvlm.embedded import embedded_target
+
+        if args.target is None and embedded_target() is None:
             print("note: no trained embedded models ship yet; using a tiny random LLaVA built "
                   "in code (gibberish output, unrepresentative speed)", file=sys.stderr)  # fmt: skip
         return load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype)

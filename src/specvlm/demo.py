@@ -6,51 +6,78 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
-from specvlm.api import load
+from specvlm.api import Engine, load
+
+STAND_IN_NOTE = (
+    "NOTE: no trained embedded models ship yet. This demo runs a TINY RANDOM LLaVA built in code,\n"
+    "with a draft head fitted on the spot to the target's own answers to these very prompts.\n"
+    "Answers are gibberish and the acceptance is optimistic; what the demo does show is\n"
+    "the engine: identical output, accepted lengths and timings, plain vs speculative.\n"
+)
+
+
+def _prompts(out_dir: Path) -> tuple[Engine, list[tuple[Any, list, Path]], str]:
+    """The engine, (prompt, images, shown image path) triples, and a header line."""
+    from specvlm.embedded import embedded_draft, embedded_target
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if embedded_target() and embedded_draft():
+            from specvlm.bench.suites import load_suite
+
+            engine = load()
+            items = load_suite("world", n=5)  # one item of each task family
+            prompts = [(list(it.messages), list(it.images), it.images[0]) for it in items]
+            return engine, prompts, "embedded world target + its EagleVLM draft (CPU)"
+        from specvlm.tiny import demo_pair, demo_prompts
+
+        print(STAND_IN_NOTE)
+        print("building / loading the tiny pair (first run: about half a minute) ...", flush=True)
+        target_dir, draft_dir = demo_pair()
+        engine = load(target=target_dir, draft=draft_dir)
+    prompts = []
+    for i, (text, images) in enumerate(demo_prompts()):
+        path = out_dir / f"image_{i}.png"
+        images[0].save(path)
+        prompts.append((text, images, path))
+    return engine, prompts, "tiny random stand-in pair"
+
+
+def _question(prompt: Any) -> str:
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    return text.replace("<image>", "").strip().replace("\n", " ")
 
 
 def run_demo(max_new_tokens: int = 96, out_dir: str | Path | None = None) -> int:
-    from specvlm.tiny import demo_pair, demo_prompts
-
-    print(
-        "NOTE: no trained embedded models ship yet. This demo runs a TINY RANDOM LLaVA built in "
-        "code,\nwith a draft head fitted on the spot to the target's own answers to these very "
-        "prompts.\nAnswers are gibberish and the acceptance is optimistic; what the demo does show "
-        "is\nthe engine: identical output, accepted lengths and timings, plain vs speculative.\n"
-    )
-    print("building / loading the tiny pair (first run: about half a minute) ...", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        target_dir, draft_dir = demo_pair()
-        engine = load(target=target_dir, draft=draft_dir)
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="specvlm-demo-"))
-    prompts = demo_prompts()
-    engine.generate(prompts[0][0], images=prompts[0][1], max_new_tokens=8)  # warm-up
-    engine.generate(prompts[0][0], images=prompts[0][1], max_new_tokens=8, speculative=False)
+    engine, prompts, header = _prompts(out_dir)
+    print(f"{header}; tree {engine.tree}\n")
+    first = prompts[0]
+    engine.generate(first[0], images=first[1], max_new_tokens=8)  # warm-up, both paths
+    engine.generate(first[0], images=first[1], max_new_tokens=8, speculative=False)
     plain_tps, spec_tps, all_same = [], [], True
-    for i, (text, images) in enumerate(prompts):
-        path = out_dir / f"image_{i}.png"
-        images[0].save(path)
+    for i, (prompt, images, shown) in enumerate(prompts):
         plain = engine.generate(
-            text, images=images, max_new_tokens=max_new_tokens, speculative=False
+            prompt, images=images, max_new_tokens=max_new_tokens, speculative=False
         )
-        spec = engine.generate(text, images=images, max_new_tokens=max_new_tokens)
+        spec = engine.generate(prompt, images=images, max_new_tokens=max_new_tokens)
         same = plain.token_ids == spec.token_ids
         all_same &= same
         p_tps, s_tps = plain.stats.tokens_per_s, spec.stats.tokens_per_s
         plain_tps.append(p_tps)
         spec_tps.append(s_tps)
-        print(f"\n[{i + 1}/{len(prompts)}] image: {path}\n  prompt: {text}")
-        print(f"  answer: {spec.text[:160]!r}{'...' if len(spec.text) > 160 else ''}")
+        print(f"[{i + 1}/{len(prompts)}] image: {shown}\n  prompt: {_question(prompt)}")
+        print(f"  answer: {spec.text[:200]!r}{'...' if len(spec.text) > 200 else ''}")
         print(
             f"  identical to plain: {'yes' if same else 'NO'} | tokens {spec.stats.new_tokens} | "
             f"tau {spec.stats.tau:.2f} | plain {p_tps:.1f} tok/s | speculative {s_tps:.1f} tok/s"
-            f" | speedup {s_tps / p_tps:.2f}x"
+            f" | speedup {s_tps / p_tps:.2f}x\n"
         )
     mean_p, mean_s = sum(plain_tps) / len(plain_tps), sum(spec_tps) / len(spec_tps)
     print(
-        f"\nsummary: {len(prompts)} prompts, identical output: {'all' if all_same else 'NOT ALL'}, "
+        f"summary: {len(prompts)} prompts, identical output: {'all' if all_same else 'NOT ALL'}, "
         f"plain {mean_p:.1f} tok/s, speculative {mean_s:.1f} tok/s, speedup {mean_s / mean_p:.2f}x"
     )
     if not all_same:

@@ -1,0 +1,32 @@
+"""`specvlm demo` and `load()` defaults: the embedded pair when shipped, else the stand-in."""
+
+from __future__ import annotations
+
+import shutil
+
+from specvlm import api, embedded
+from specvlm.demo import run_demo
+from specvlm.train.quickfit import fit_head_to_target
+
+
+def test_demo_on_the_stand_in_pair(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(embedded, "ASSETS", tmp_path / "no-assets")
+    assert run_demo(max_new_tokens=16, out_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "TINY RANDOM LLaVA" in out
+    assert out.count("identical to plain: yes") == 4
+    assert "summary: 4 prompts, identical output: all" in out
+    assert (tmp_path / "image_0.png").is_file()
+
+
+def test_load_and_demo_prefer_the_embedded_pair(tiny_dir, tmp_path, monkeypatch, capsys):
+    assets = tmp_path / "assets"
+    shutil.copytree(tiny_dir, assets / "world-target")
+    fit_head_to_target(assets / "world-target", assets / "world-draft", steps=10)
+    monkeypatch.setattr(embedded, "ASSETS", assets)
+    engine = api.load()
+    assert engine.target_dir == assets / "world-target" and engine.draft is not None
+    assert run_demo(max_new_tokens=8, out_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "embedded world target" in out and "TINY RANDOM" not in out
+    assert "summary: 5 prompts, identical output: all" in out
