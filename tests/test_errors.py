@@ -90,7 +90,10 @@ def test_image_for_text_only_template(tmp_path, tiny_dir):
         "USER: {{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
     )
     engine = api.Engine(load_target(folder), None)
-    with pytest.raises(specvlm.ImageError, match="template placed 0 images, but 1 were given; it cannot take images"):
+    with pytest.raises(
+        specvlm.ImageError,
+        match="template placed 0 images, but 1 were given; it cannot take images",
+    ):
         engine.generate("describe", images=[noise_image(0)])
 
 
