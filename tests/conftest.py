@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from specvlm.tiny import build_tiny_llava
@@ -29,6 +30,13 @@ CONFIGS = {
         vision_feature_layer=-1, image_size=48, seed=3,
     ),
 }  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests check behaviour, not speed: thousands of tiny ops run fastest on one thread, and
+    two threads on a busy 2-core machine thrash (each op waiting a scheduler slice)."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,15 +17,6 @@ N_SAMPLES = 20_000
 N_TOKENS = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny forwards: thread start-up would dominate (and thrash on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """p-value of Pearson's chi-square test (cells with tiny expectation pooled)."""
     expected = probs.flatten().double() * counts.sum()
