@@ -1,9 +1,12 @@
-"""`specvlm world ...`: make world data sets, look at them, train the world tokenizer.
+"""`specvlm world ...`: make world data sets, look at them, train the tokenizer and target.
 
     specvlm world make --split train --n 1000 --out data/world-train [--kind image|video|events]
                        [--families detailed conversation ...] [--resolution PX] [--seed S]
     specvlm world show [--split train] [--n 4] [--kind image] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
+    specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
+                               [--config small|default]
+    specvlm world eval-target --model runs/world-target/model [--split test|hard] [--n 200]
 
 Each handler is a thin call into the library and returns an exit code; bad arguments raise
 `specvlm.InputError`. The main CLI adds these with `register(subparsers)` and calls
@@ -23,9 +26,12 @@ from specvlm.world.splits import KINDS, SPLITS
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `world` command (with make / show / tokenizer) to a main parser's subparsers."""
+    """Add the `world` command (make, show, tokenizer, train-target, eval-target) to a main
+    parser's subparsers."""
     world = subparsers.add_parser("world", help="make and inspect the procedural world's data")
-    sub = world.add_subparsers(dest="world_command", metavar="{make,show,tokenizer}")
+    sub = world.add_subparsers(
+        dest="world_command", metavar="{make,show,tokenizer,train-target,eval-target}"
+    )
     sub.required = True
 
     make = sub.add_parser("make", help="write images / clips / event streams and a data.jsonl")
@@ -55,6 +61,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     tok.add_argument("--samples", type=int, default=600, help="train samples in the corpus")
     tok.add_argument("--merge-across-words", action="store_true", help="let tokens span spaces")
     tok.set_defaults(func=cmd_tokenizer)
+
+    train = sub.add_parser("train-target", help="train the world target LLaVA from scratch")
+    train.add_argument(
+        "--out", required=True, help="output folder (checkpoint, data cache, model/)"
+    )
+    train.add_argument("--minutes", type=float, default=None, help="training time budget")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--config", default="default", help="small | default (default default)")
+    train.set_defaults(func=cmd_train_target)
+
+    ev = sub.add_parser("eval-target", help="score a world target on closed questions and descriptions")  # fmt: skip
+    ev.add_argument("--model", required=True, help="model folder (e.g. OUT/model)")
+    ev.add_argument("--split", default="test", help="test | hard | val (default test)")
+    ev.add_argument("--n", type=int, default=200, help="number of scenes (default 200)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(func=cmd_eval_target)
     return world
 
 
@@ -99,4 +122,26 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
     tok = build_world_tokenizer(args.out, args.vocab_size, args.samples, merge_across_words=args.merge_across_words)  # fmt: skip
     print(f"wrote {args.out} ({len(tok)} tokens)")
+    return 0
+
+
+def cmd_train_target(args: argparse.Namespace) -> int:
+    from specvlm.world.train_target import CONFIGS, train_target
+
+    if args.config not in CONFIGS or args.config == "tiny":
+        raise InputError(f"unknown --config {args.config!r}; accepted: small, default")
+    if args.minutes is None and args.steps is None:
+        raise InputError("give --minutes or --steps (or both)")
+    r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, progress=sys.stderr.isatty())  # fmt: skip
+    print(f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, final loss {r['final_loss']:.4f}; wrote {r['model']}")  # fmt: skip
+    return 0
+
+
+def cmd_eval_target(args: argparse.Namespace) -> int:
+    from specvlm.world.evaluate import evaluate_target, format_report
+
+    if args.split not in SPLITS:
+        raise InputError(f"unknown --split {args.split!r}; accepted: {', '.join(sorted(SPLITS))}")
+    r = evaluate_target(args.model, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty())  # fmt: skip
+    print(format_report(r))
     return 0

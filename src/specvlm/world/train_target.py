@@ -1,0 +1,495 @@
+"""Train the embedded default target: a small LLaVA, from scratch, on the world's image data.
+
+    specvlm world train-target --out runs/world-target --minutes 90            # the shipped model
+    specvlm world train-target --out runs/world-target --minutes 90 --resume   # after a stop
+    train_target("runs/pilot", config="small", steps=300)                      # from Python
+
+The model is a real `transformers` LlavaForConditionalGeneration: a CLIP-style vision tower
+(CLIPVisionConfig), the standard LLaVA MLP projector and a Llama decoder, with the world tokenizer
+and its chat template and a LlavaProcessor with a CLIP image processor. `out/model/` loads with
+`AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained` (fp16).
+
+Recipe: every record of the first `n_scenes` train scenes (all five task families; one sequence
+per record), rendered at the model resolution, tokenised with the chat template and cached in
+`out/data-*.pt`; every other record gets a second <s> in front, as `processor(text=...)` adds
+one to the chat template's own. Loss on assistant answer tokens only (the chat template's generation spans,
+each answer's </s> and a lone leading space token included). AdamW (0.9, 0.95), linear warmup then cosine to 10% of the peak;
+the cosine runs on the fraction of the budget used, steps or minutes, whichever is further.
+Gradient clipping at 1.0, bf16 autocast on CPU, batches of similar length. A checkpoint
+(weights, optimizer, step, elapsed time) is written atomically to `out/checkpoint.pt` every
+`ckpt_minutes` and at the end; `resume=True` continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from specvlm.errors import InputError
+from specvlm.world.language import FAMILIES, make_record
+from specvlm.world.scenes import render
+from specvlm.world.splits import world_sample
+
+IGNORE = -100  # label of tokens without loss
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OPENAI_CLIP_MEAN / STD, as CLIPImageProcessor
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Llama decoder
+    hidden: int = 256
+    layers: int = 12
+    heads: int = 4
+    intermediate: int = 688
+    # CLIP-style vision tower: image_size / patch_size squared image tokens
+    vision_hidden: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 4
+    image_size: int = 96
+    patch_size: int = 12
+    # data and optimisation
+    n_scenes: int = 8000
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    clip_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = True
+    tokenizer_samples: int = 600  # train samples in the tokenizer's corpus
+
+    @property
+    def n_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "small": TrainConfig(hidden=192, intermediate=512, vision_hidden=128),
+    # for tests: seconds on a CPU
+    "tiny": TrainConfig(
+        hidden=64,
+        layers=2,
+        intermediate=128,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        image_size=32,
+        patch_size=8,
+        n_scenes=24,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        tokenizer_samples=40,
+        bf16=False,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer, model and processor
+# ---------------------------------------------------------------------------------------------
+
+
+def world_tokenizer(cfg: TrainConfig, out: Path):
+    """The world tokenizer, trained once and kept in `out/tokenizer/`."""
+    from transformers import AutoTokenizer
+
+    from specvlm.world.tokenizer import build_world_tokenizer
+
+    folder = out / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        build_world_tokenizer(folder, n_samples=cfg.tokenizer_samples)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def build_model(cfg: TrainConfig, tokenizer):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    vocab = 64 * math.ceil(len(tokenizer) / 64)  # rows past len(tokenizer) are never used
+    text = LlamaConfig(
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        vocab_size=vocab,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.vision_hidden,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",  # drop CLS: n_image_tokens patches
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def build_processor(cfg: TrainConfig, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": cfg.image_size},
+        crop_size={"height": cfg.image_size, "width": cfg.image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def save_model(model, processor, folder: Path) -> None:
+    """Save an fp16 copy of `model` (and the processor) so that Auto* classes load it."""
+    import copy
+
+    from transformers.utils import logging as hf_logging
+
+    half = copy.deepcopy(model).half().eval()
+    tmp = folder.with_name(folder.name + ".tmp")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        half.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    _replace_dir(tmp, folder)
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    import shutil
+
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: records -> token ids, answer mask, image
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_messages(record: dict, placeholder: str = "<image>\n") -> list[dict]:
+    """LLaVA turns as chat messages; the image goes first in the first user message."""
+    messages = []
+    for k, turn in enumerate(record["conversations"]):
+        if turn["from"] == "human":
+            text = turn["value"]
+            if k == 0:
+                text = text.removeprefix(placeholder)
+                content = [{"type": "image"}, {"type": "text", "text": text}]
+            else:
+                content = [{"type": "text", "text": text}]
+            messages.append({"role": "user", "content": content})
+        else:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["value"]}]})  # fmt: skip
+    return messages
+
+
+def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, answer_mask): the rendered chat with <image> expanded to n_image_tokens
+    copies, and True on assistant answer tokens (their </s> included)."""
+    enc = tokenizer.apply_chat_template(
+        chat_messages(record), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    mask = np.asarray(enc["assistant_masks"], dtype=bool)
+    # "ASSISTANT: Yes" can tokenize as ":", " ", "Yes": the lone space belongs to the answer
+    # (the generation prompt ends at ":"), so a span starts one token earlier there.
+    starts = np.flatnonzero(mask[1:] & ~mask[:-1]) + 1
+    for s in starts:
+        if tokenizer.decode([int(ids[s - 1])]) == " ":
+            mask[s - 1] = True
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    at = np.flatnonzero(ids == image_id)
+    if len(at) != 1:
+        raise ValueError(f"record {record['id']}: expected one <image>, found {len(at)}")
+    i = int(at[0])
+    ids = np.concatenate([ids[:i], np.full(n_image_tokens, image_id), ids[i + 1 :]])
+    mask = np.concatenate([mask[:i], np.zeros(n_image_tokens, bool), mask[i + 1 :]])
+    return ids, mask
+
+
+def labels_from_mask(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels for the loss: the token where `mask` is set, IGNORE elsewhere."""
+    return torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+
+
+def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool = True) -> dict:
+    """Images (uint8, N x H x W x 3) and one (ids, mask, scene) entry per record."""
+    images = np.zeros((cfg.n_scenes, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    ids, masks, scene = [], [], []
+    for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
+        images[i] = np.asarray(render(world_sample(split, i, "image"), cfg.image_size))
+        for family in FAMILIES:
+            a, m = encode_record(make_record(split, i, family), tokenizer, cfg.n_image_tokens)
+            ids.append(torch.from_numpy(a.astype(np.int16)))
+            masks.append(torch.from_numpy(m))
+            scene.append(i)
+    return {"images": torch.from_numpy(images), "ids": ids, "masks": masks, "scene": torch.tensor(scene)}  # fmt: skip
+
+
+def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
+    vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
+    path = out / f"data-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
+    if path.is_file():
+        return torch.load(path)
+    data = build_data(cfg, tokenizer, progress=progress)
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return data
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Shuffled batches of records of similar length (sorted within pools of 32 batches)."""
+    g = np.random.default_rng([seed, epoch])
+    perm = g.permutation(len(lengths))
+    pool = 32 * batch_size
+    batches = []
+    for s in range(0, len(perm), pool):
+        chunk = perm[s : s + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    return [batches[k] for k in g.permutation(len(batches))]
+
+
+def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None, extra_bos: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Right-padded batch. Sequences flagged in `extra_bos` get a second <s> in front: that is
+    what `processor(text=apply_chat_template(..., tokenize=False))` gives (the template writes
+    <s> and the tokenizer adds one), so the model is trained on both forms of its prompt."""
+    seqs = [data["ids"][k].long() for k in idx]
+    if extra_bos is not None:
+        bos = torch.tensor([bos_id])
+        seqs = [torch.cat([bos, s]) if e else s for s, e in zip(seqs, extra_bos, strict=True)]
+    T = 32 * math.ceil(
+        max(len(s) for s in seqs) / 32
+    )  # few distinct shapes: kernel caches stay small
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)  # (B, T) answer tokens
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)  # (B, T) real tokens
+    for b, k in enumerate(idx):
+        n = len(seqs[b])
+        input_ids[b, :n] = seqs[b]
+        mask[b, n - len(data["masks"][k]) : n] = data["masks"][k]
+        attn[b, :n] = 1
+    img = data["images"][data["scene"][torch.as_tensor(idx)]]  # (B, H, W, 3) uint8
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attn,
+        "labels": labels_from_mask(input_ids, mask),
+        "pixel_values": normalize(img),
+    }
+
+
+def normalize(img: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> CLIP-normalised float (B, 3, H, W), as the image processor does."""
+    x = img.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()  # channels-first memory: 30x faster conv in bf16
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled (answer) tokens."""
+    logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+    target = labels[:, 1:]  # (B, T-1)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over warmup_steps, then cosine from lr to min_lr_ratio * lr over progress."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def make_optimizer(cfg: TrainConfig, model) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def save_checkpoint(path: Path, model, opt, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), **state}, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+def train_target(
+    out: str | Path,
+    config: str | TrainConfig = "default",
+    steps: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    ckpt_minutes: float = 10.0,
+    ckpt_every: int | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+    stop_at: int | None = None,
+    **overrides,
+) -> dict:
+    """Train (or continue) a world target under `out`; return a summary dict.
+
+    Stops after `steps` optimizer steps or `minutes` of training (whichever comes first; at least
+    one must be given). Writes `out/model/` (fp16, loadable by Auto* classes) at the end.
+    `stop_at` ends this call at that step without changing the schedule (an interruption that
+    `resume=True` continues from).
+    """
+    cfg = CONFIGS[config] if isinstance(config, str) else config
+    if isinstance(config, str) and config not in CONFIGS:
+        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(CONFIGS)}")
+    cfg = replace(cfg, **overrides)
+    if steps is None and minutes is None:
+        raise InputError("give --steps or --minutes (or both)")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    if minutes is not None and minutes <= 0:
+        raise InputError(f"--minutes must be positive, got {minutes}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out must be a folder, but {out} is a file")
+    ckpt_path = out / "checkpoint.pt"
+    if resume and not ckpt_path.is_file():
+        raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    tokenizer = world_tokenizer(cfg, out)
+    processor = build_processor(cfg, tokenizer)
+    model = build_model(cfg, tokenizer)
+    opt = make_optimizer(cfg, model)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": []}
+    if resume:
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["config"] != asdict(cfg):
+            raise InputError(f"--resume: {ckpt_path} was trained with another config")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = {k: ckpt[k] for k in state}
+    data = cached_data(cfg, tokenizer, out, progress=progress)
+    lengths = np.array([len(s) for s in data["ids"]])
+    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    budget_s = None if minutes is None else 60.0 * minutes
+
+    def progress_of(step: int, elapsed: float) -> float:
+        p = [step / steps] if steps is not None else []
+        p += [elapsed / budget_s] if budget_s is not None else []
+        return max(p)
+
+    model.train()
+    epoch, order = -1, []
+    t0 = time.perf_counter() - state["elapsed"]  # wall clock, carried over a resume
+    last_ckpt = time.perf_counter()
+    window_t, window_tokens = time.perf_counter(), 0
+    bar = tqdm(total=steps, initial=state["step"], desc="train-target", unit="step", disable=not progress, mininterval=2)  # fmt: skip
+    ema = None
+    while progress_of(state["step"], time.perf_counter() - t0) < 1.0 and state["step"] != stop_at:
+        step = state["step"]
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
+        idx = order[step % per_epoch]
+        batch = collate(data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1)  # fmt: skip
+        lr = lr_at(cfg, step, progress_of(step, time.perf_counter() - t0))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            # Right padding under a causal mask: real tokens never see the pads, so no padding
+            # mask is passed (it would force a slow attention path); pads carry no loss.
+            logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
+        loss = answer_loss(logits, batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+
+        n_tok = int(batch["attention_mask"].sum())
+        state["step"] += 1
+        state["tokens"] += n_tok
+        state["elapsed"] = time.perf_counter() - t0
+        state["losses"].append(loss.item())
+        window_tokens += n_tok
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        tok_s = window_tokens / max(time.perf_counter() - window_t, 1e-9)
+        post = {"loss": f"{ema:.3f}", "tok/s": f"{tok_s:.0f}", "lr": f"{lr:.1e}"}
+        if budget_s is not None:
+            post["eta"] = f"{max(budget_s - state['elapsed'], 0) / 60:.1f}m"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+        if state["step"] % log_every == 0:
+            print(f"step {state['step']} loss {ema:.4f} lr {lr:.2e} tok/s {tok_s:.0f} "
+                  f"elapsed {state['elapsed'] / 60:.1f}m epoch {state['step'] / per_epoch:.2f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            window_t, window_tokens = time.perf_counter(), 0
+        due = (ckpt_every is not None and state["step"] % ckpt_every == 0) or (
+            time.perf_counter() - last_ckpt > 60.0 * ckpt_minutes
+        )
+        if due:
+            save_checkpoint(ckpt_path, model, opt, state)
+            last_ckpt = time.perf_counter()
+    bar.close()
+    save_checkpoint(ckpt_path, model, opt, state)
+    save_model(model.eval(), processor, out / "model")
+    losses = state["losses"]
+    tail = losses[-max(1, min(50, len(losses) // 10)) :]
+    return {
+        "steps": state["step"],
+        "elapsed_s": state["elapsed"],
+        "tokens": state["tokens"],
+        "final_loss": float(np.mean(tail)) if tail else float("nan"),
+        "first_loss": losses[0] if losses else float("nan"),
+        "model": str(out / "model"),
+    }

@@ -1,0 +1,116 @@
+"""The world target recipe on a tiny config: loss goes down, the folder loads, resume, masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm.world import train_target as tt
+from specvlm.world.language import make_record
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Train the tiny config for 40 steps, checkpointing at step 20 (a few seconds)."""
+    out = tmp_path_factory.mktemp("world-target")
+    summary = tt.train_target(out, "tiny", steps=40, ckpt_every=20, progress=False)
+    return out, summary
+
+
+def test_loss_goes_down(run):
+    _, summary = run
+    assert summary["steps"] == 40
+    losses = torch.load(run[0] / "checkpoint.pt", weights_only=False)["losses"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+
+
+def test_saved_folder_loads_with_auto_classes(run):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from specvlm.world.scenes import render
+    from specvlm.world.splits import world_sample
+
+    folder = run[0] / "model"
+    model = AutoModelForImageTextToText.from_pretrained(str(folder))
+    processor = AutoProcessor.from_pretrained(str(folder))
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert model.dtype == torch.float16
+    assert not list(folder.glob("*.pt")) and list(folder.glob("*.safetensors"))
+    # The processor sees what training saw: same pixels, same prompt tokens.
+    cfg = tt.CONFIGS["tiny"]
+    image = render(world_sample("train", 0, "image"), cfg.image_size)
+    record = make_record("train", 0, "conversation")
+    prompt = processor.apply_chat_template(tt.chat_messages(record)[:1], add_generation_prompt=True)
+    enc = processor(text=prompt, images=image, return_tensors="pt", add_special_tokens=False)
+    ids, mask = tt.encode_record(record, processor.tokenizer, cfg.n_image_tokens)
+    n = enc["input_ids"].shape[1]
+    assert enc["input_ids"][0].tolist() == ids[:n].tolist()
+    # Without add_special_tokens=False the tokenizer adds a second <s> (trained on too).
+    bos = processor.tokenizer.bos_token_id
+    doubled = processor(text=prompt, images=image, return_tensors="pt")["input_ids"][0].tolist()
+    assert doubled == [bos, *ids[:n].tolist()]
+    assert not mask[:n].any() and mask[n:].all()
+    expected = tt.normalize(torch.from_numpy(np.array(image))[None])
+    assert torch.allclose(enc["pixel_values"], expected, atol=2e-2)
+    with torch.no_grad():
+        out = model.float().generate(**enc, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == n + 3 or out[0, -1] == processor.tokenizer.eos_token_id
+
+
+def test_resume_continues_from_checkpoint(run, tmp_path):
+    out, _ = run
+    # A run stopped at step 20, then resumed to 40, matches the uninterrupted 40-step run.
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "tokenizer").symlink_to(out / "tokenizer")
+    tt.train_target(part, "tiny", steps=40, stop_at=20, progress=False)
+    ckpt20 = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert ckpt20["step"] == 20
+    summary = tt.train_target(part, "tiny", steps=40, resume=True, progress=False)
+    assert summary["steps"] == 40
+    resumed = torch.load(part / "checkpoint.pt", weights_only=False)
+    full = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == full["step"] == 40
+    state = resumed["optimizer"]["state"]
+    assert all(float(s["step"]) == 40 for s in state.values())  # Adam moments carried over
+    assert np.allclose(resumed["losses"][:20], ckpt20["losses"])
+    for name, w in full["model"].items():
+        assert torch.allclose(resumed["model"][name], w, atol=1e-5), name
+
+
+def test_resume_without_checkpoint_is_an_input_error(tmp_path):
+    from specvlm.errors import InputError
+
+    with pytest.raises(InputError):
+        tt.train_target(tmp_path / "none", "tiny", steps=5, resume=True, progress=False)
+
+
+def test_loss_mask_covers_answer_tokens_only(run):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run[0] / "tokenizer"))
+    record = make_record("train", 3, "multiturn")
+    ids, mask = tt.encode_record(record, tokenizer, n_image_tokens=16)
+    answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+    # The masked tokens are exactly the answers, each followed by </s>.
+    assert tokenizer.decode(ids[mask].tolist()) == "".join(f" {a}</s>" for a in answers)
+    assert (ids == tokenizer.convert_tokens_to_ids("<image>")).sum() == 16
+    labels = tt.labels_from_mask(torch.from_numpy(ids), torch.from_numpy(mask))
+    assert (labels[~torch.from_numpy(mask)] == tt.IGNORE).all()
+    # The loss ignores every position that is not an answer token.
+    logits = torch.randn(1, len(ids), len(tokenizer))
+    changed = logits.clone()
+    prompt_positions = torch.from_numpy(~np.roll(mask, -1))  # positions that predict no answer
+    changed[0, prompt_positions] = torch.randn_like(changed[0, prompt_positions])
+    assert torch.allclose(tt.answer_loss(logits, labels[None]), tt.answer_loss(changed, labels[None]))  # fmt: skip
+
+
+def test_evaluate_runs_on_the_saved_folder(run):
+    from specvlm.world.evaluate import evaluate_target, format_report
+
+    r = evaluate_target(run[0] / "model", "test", n=2, max_description_tokens=8, progress=False)
+    assert 0.0 <= r["closed_accuracy"] <= 1.0 and r["closed_count"] >= 1
+    assert 0.0 <= r["description_coverage"] <= 1.0
+    assert 0.0 < r["mean_entropy"] < np.log(200_000)
+    assert "closed questions" in format_report(r)
