@@ -111,3 +111,16 @@ def test_chat_history_prompt(pair):
     assert spec.token_ids == plain.token_ids
     with pytest.raises(specvlm.PromptError, match="ending with a user turn"):
         engine.generate(chat[:2], images=[noise_image(0)])
+
+
+def test_a_template_that_writes_its_own_bos_gets_only_one(tiny_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bos"
+    shutil.copytree(tiny_dir, folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").write_text("<s>" + template)
+    target = api.load(target=folder).target
+    ids = target.prepare("hi", [noise_image(0)]).input_ids.tolist()
+    bos = target.tokenizer.bos_token_id
+    assert ids[0] == bos and ids[1] != bos

@@ -212,7 +212,12 @@ class LlavaTarget:
             raise ImageError(
                 f"the text has {placeholders} image placeholders but {len(pil)} images were given"
             )
-        enc = self.processor(text=text, images=pil or None, return_tensors="pt")
+        # a chat template that writes the BOS itself must not get a second one from the tokenizer
+        bos = self.tokenizer.bos_token
+        own_bos = bool(bos) and text.startswith(bos)
+        enc = self.processor(
+            text=text, images=pil or None, return_tensors="pt", add_special_tokens=not own_bos
+        )
         input_ids = enc["input_ids"][0]
         if input_ids.shape[0] >= self.info.max_context:
             raise PromptError(
