@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from specvlm import api
+from specvlm.bench.tune import cost_probe_tree
 from specvlm.config import TreeConfig
 from specvlm.decoding import loop as loop_module
-from specvlm.decoding.tree import DraftTree
 from specvlm.draft.eagle import EagleDrafter
 from specvlm.target import load_target
 from specvlm.tiny import build_tiny_llava
@@ -58,10 +58,7 @@ def verify_curve(
     The sizes are measured interleaved (1, 4, ..., 64, 1, 4, ...) so drift hits all alike.
     """
     target.prefill(prompt, capacity=prompt.input_ids.shape[0] + max(sizes))
-    trees = {}
-    for n in sizes:
-        parents = [-1] + [max(0, i - 4) for i in range(1, n)]  # 4 interleaved chains
-        trees[n] = DraftTree.from_parents(torch.randint(0, 100, (n,)).tolist(), parents)
+    trees = {n: cost_probe_tree(n) for n in sizes}
     times: dict[int, list[float]] = {n: [] for n in sizes}
     for rep in range(repeats + 3):
         for n, tree in trees.items():

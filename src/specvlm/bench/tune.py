@@ -52,6 +52,11 @@ def load_tuned(
     return TreeConfig(**json.loads(path.read_text())["tree"])
 
 
+def cost_probe_tree(n: int) -> DraftTree:
+    """An n-node tree shaped like an EAGLE tree (4 interleaved chains), for timing verify."""
+    return DraftTree.from_parents(list(range(n)), [-1] + [max(0, i - 4) for i in range(1, n)])
+
+
 def _median_time(fn, repeats: int) -> float:
     times = []
     for i in range(repeats + 2):
@@ -70,8 +75,7 @@ def measure_costs(engine: Engine, prompt: tuple[Any, list], repeats: int = 10) -
     pre = target.prefill(prepared, capacity=prepared.input_ids.shape[0] + max(budgets) + 80)
     verify = {}
     for n in budgets:
-        parents = [-1] + [max(0, i - 4) for i in range(1, n)]
-        tree = DraftTree.from_parents(list(range(n)), parents)
+        tree = cost_probe_tree(n)
         verify[n] = _median_time(lambda t=tree: target.verify(t.tokens, t.depths, t.mask), repeats)
     drafter = EagleDrafter(engine.draft, target.embed, target.lm_head)
     root = int(pre.logits.argmax())

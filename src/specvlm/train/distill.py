@@ -32,7 +32,7 @@ from specvlm.draft.eagle import EagleConfig, EagleHead
 from specvlm.errors import InputError
 from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
-from specvlm.train.data import Conversation, encode, read_conversations
+from specvlm.train.data import IMAGE_PLACEHOLDER, Conversation, encode, read_conversations
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def evaluate_tau(target: Target, head: EagleHead, convs: list[Conversation], max
     taus = []
     for conv in convs:
         first = next(text for role, text in conv.turns if role == "user")
-        images = conv.images[: first.count("<image>")]
+        images = conv.images[: first.count(IMAGE_PLACEHOLDER)]
         out = engine.generate(first, images=images, max_new_tokens=max_new)
         taus.append(out.stats.tau)
     return sum(taus) / len(taus)
@@ -220,7 +220,7 @@ def regenerate_answers(
                 continue
             messages = [{"role": r, "content": t} for r, t in turns[:k]]
             text = target.render_chat(messages, add_generation_prompt=True)
-            prompt = target.tokenize(text, conv.images[: text.count("<image>")])
+            prompt = target.tokenize(text, conv.images[: text.count(IMAGE_PLACEHOLDER)])
             ids = [t for new in decode(target, prompt, drafter=None, max_new_tokens=max_new_tokens,
                                        sampling=SamplingConfig(), tree=TreeConfig(),
                                        stats=SpecStats()) for t in new]  # fmt: skip
