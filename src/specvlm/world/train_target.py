@@ -9,7 +9,14 @@ The model is a real `transformers` LlavaForConditionalGeneration: a CLIP-style v
 and its chat template and a LlavaProcessor with a CLIP image processor. `out/model/` loads with
 `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained` (fp16).
 
-Recipe: every record of the first `n_scenes` train scenes (all five task families; one sequence
+Recipe, in two stages. Stage 1 (`vision_pretrain_steps`, minutes): the vision tower alone learns
+per-patch labels from the renderer's ground truth (which colour and shape covers each patch, and
+whose centre lies in it), so the features the decoder reads already say what is where; learning
+that through the answer loss alone was the slow part (a first run without it stayed near chance
+on colours after 78 minutes). Stage 2: the whole LLaVA on the answers, with the patch loss kept
+on at `aux_weight`; the patch heads are dropped when the model is saved.
+
+Stage 2 data: every record of the first `n_scenes` train scenes (all five task families; one sequence
 per record), rendered at the model resolution, tokenised with the chat template and cached in
 `out/data-*.pt`; every other record gets a second <s> in front, as `processor(text=...)` adds
 one to the chat template's own. Loss on assistant answer tokens only (the chat template's generation spans,
@@ -37,7 +44,7 @@ from tqdm import tqdm
 
 from specvlm.errors import InputError
 from specvlm.world.language import FAMILIES, make_record
-from specvlm.world.scenes import render
+from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, render, visible_masks
 from specvlm.world.splits import world_sample
 
 IGNORE = -100  # label of tokens without loss
@@ -69,6 +76,11 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     tokenizer_samples: int = 600  # train samples in the tokenizer's corpus
+    # auxiliary per-patch supervision of the vision tower (dropped from the saved model)
+    vision_pretrain_steps: int = 0  # stage 1: the vision tower alone on patch labels
+    vision_batch_size: int = 64
+    vision_lr: float = 2e-3
+    aux_weight: float = 0.0  # stage 2: weight of the patch-label loss beside the answer loss
 
     @property
     def n_image_tokens(self) -> int:
@@ -77,7 +89,15 @@ class TrainConfig:
 
 CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
-    "small": TrainConfig(hidden=192, intermediate=512, vision_hidden=128),
+    "small": TrainConfig(
+        hidden=192,
+        intermediate=512,
+        vision_hidden=128,
+        image_size=128,
+        patch_size=16,
+        vision_pretrain_steps=1200,
+        aux_weight=0.3,
+    ),
     # for tests: seconds on a CPU
     "tiny": TrainConfig(
         hidden=64,
@@ -94,6 +114,9 @@ CONFIGS: dict[str, TrainConfig] = {
         warmup_steps=2,
         tokenizer_samples=40,
         bf16=False,
+        vision_pretrain_steps=40,
+        vision_batch_size=8,
+        aux_weight=0.3,
     ),
 }
 
@@ -210,6 +233,88 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Auxiliary vision supervision: what each image patch shows, from the scene's ground truth
+# ---------------------------------------------------------------------------------------------
+
+# Per-patch labels; class 0 is "nothing" in each. "cover_*": the object with the most visible
+# pixels in the patch (if it fills at least MIN_COVER of it); "center_*": the object whose centre
+# lies in the patch (the front one, if two do). Centre labels make counting a sum over patches.
+PATCH_LABELS: dict[str, int] = {
+    "cover_color": len(COLORS) + 1,
+    "cover_shape": len(SHAPES) + 1,
+    "center_color": len(COLORS) + 1,
+    "center_shape": len(SHAPES) + 1,
+    "center_size": len(SIZES) + 1,
+}
+MIN_COVER = 0.1
+NOTHING_WEIGHT = 0.2  # loss weight of the "nothing" class
+_PATCH_MASK_RES = 8  # mask pixels per patch side
+
+
+def patch_labels(scene: Scene, grid: int) -> np.ndarray:
+    """(len(PATCH_LABELS), grid * grid) int64 class ids, patches in row-major order."""
+    res = grid * _PATCH_MASK_RES
+    vis = visible_masks(scene, res)
+    colors, shapes, sizes = list(COLORS), list(SHAPES), list(SIZES)
+    out = np.zeros((len(PATCH_LABELS), grid, grid), dtype=np.int64)
+    if vis:
+        # (n_objects, grid, grid) visible pixel fraction of each patch
+        cover = (
+            np.stack([vis[i] for i in range(len(scene.objects))])
+            .reshape(len(scene.objects), grid, _PATCH_MASK_RES, grid, _PATCH_MASK_RES)
+            .mean(axis=(2, 4))
+        )
+        best = cover.argmax(0)  # (grid, grid)
+        filled = cover.max(0) >= MIN_COVER
+        for i, o in enumerate(scene.objects):
+            here = filled & (best == i)
+            out[0][here] = colors.index(o.color) + 1
+            out[1][here] = shapes.index(o.shape) + 1
+    for o in sorted(scene.objects, key=lambda o: o.z):  # front objects overwrite
+        r = min(int(o.y * grid), grid - 1)
+        c = min(int(o.x * grid), grid - 1)
+        out[2, r, c] = colors.index(o.color) + 1
+        out[3, r, c] = shapes.index(o.shape) + 1
+        out[4, r, c] = sizes.index(o.size) + 1
+    return out.reshape(len(PATCH_LABELS), grid * grid)
+
+
+class PatchHeads(torch.nn.Module):
+    """Linear classifiers over the vision features the projector reads (training only)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.heads = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(dim, n) for k, n in PATCH_LABELS.items()}
+        )
+
+    def forward(
+        self, feats: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, P, D), labels (B, len(PATCH_LABELS), P) -> (mean CE, per-patch accuracy of
+        the occupied patches' labels over all heads)."""
+        h = self.norm(feats.float())
+        losses, right, count = [], 0, 0
+        for k, head in enumerate(self.heads.values()):
+            logits = head(h)  # (B, P, n)
+            y = labels[:, k]  # (B, P)
+            weight = torch.ones(logits.shape[-1], device=logits.device)
+            weight[0] = NOTHING_WEIGHT  # most patches show nothing; keep them from dominating
+            losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), weight=weight))  # fmt: skip
+            occupied = y > 0
+            right += int((logits.argmax(-1) == y)[occupied].sum())
+            count += int(occupied.sum())
+        return torch.stack(losses).mean(), torch.tensor(right / max(count, 1))
+
+
+def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, P, D): the vision tower's features the LLaVA projector reads."""
+    out = model.model.vision_tower(pixel_values, output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+# ---------------------------------------------------------------------------------------------
 # Data: records -> token ids, answer mask, image
 # ---------------------------------------------------------------------------------------------
 
@@ -263,20 +368,31 @@ def labels_from_mask(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool = True) -> dict:
     """Images (uint8, N x H x W x 3) and one (ids, mask, scene) entry per record."""
     images = np.zeros((cfg.n_scenes, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    grid = cfg.image_size // cfg.patch_size
+    patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
     ids, masks, scene = [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
-        images[i] = np.asarray(render(world_sample(split, i, "image"), cfg.image_size))
+        sample = world_sample(split, i, "image")
+        assert isinstance(sample, Scene)
+        images[i] = np.asarray(render(sample, cfg.image_size))
+        patches[i] = patch_labels(sample, grid)
         for family in FAMILIES:
             a, m = encode_record(make_record(split, i, family), tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
             scene.append(i)
-    return {"images": torch.from_numpy(images), "ids": ids, "masks": masks, "scene": torch.tensor(scene)}  # fmt: skip
+    return {
+        "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
+        "patches": torch.from_numpy(patches),  # (N, len(PATCH_LABELS), P) int8
+        "ids": ids,
+        "masks": masks,
+        "scene": torch.tensor(scene),
+    }
 
 
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
-    path = out / f"data-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v2-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
@@ -318,8 +434,10 @@ def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None,
         input_ids[b, :n] = seqs[b]
         mask[b, n - len(data["masks"][k]) : n] = data["masks"][k]
         attn[b, :n] = 1
-    img = data["images"][data["scene"][torch.as_tensor(idx)]]  # (B, H, W, 3) uint8
+    scenes = data["scene"][torch.as_tensor(idx)]
+    img = data["images"][scenes]  # (B, H, W, 3) uint8
     return {
+        "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
         "input_ids": input_ids,
         "attention_mask": attn,
         "labels": labels_from_mask(input_ids, mask),
@@ -368,6 +486,48 @@ def save_checkpoint(path: Path, model, opt, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
+def pretrain_vision(cfg: TrainConfig, model, heads: PatchHeads, data: dict, progress: bool) -> dict:
+    """Stage 1: train the vision tower (and the patch heads) alone on the patch labels, so the
+    features the decoder will read already say which colour and shape sits where. Returns the
+    first and last loss and the patch accuracy of the last 20 steps."""
+    params = list(model.model.vision_tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(
+        params, lr=cfg.vision_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
+    )
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = len(data["images"])
+    warmup = max(1, cfg.vision_pretrain_steps // 20)
+    losses, accs = [], []
+    bar = tqdm(range(cfg.vision_pretrain_steps), desc="vision stage", unit="step", disable=not progress, mininterval=2)  # fmt: skip
+    for step in bar:
+        frac = step / max(cfg.vision_pretrain_steps, 1)
+        lr = (
+            cfg.vision_lr
+            * min(1.0, (step + 1) / warmup)
+            * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(n, (cfg.vision_batch_size,), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            feats = vision_features(model, normalize(data["images"][idx]))
+            loss, acc = heads(feats, data["patches"][idx].long())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        opt.step()
+        losses.append(loss.item())
+        accs.append(acc.item())
+        bar.set_postfix({"loss": f"{loss.item():.3f}", "patch acc": f"{acc.item():.3f}"}, refresh=False)  # fmt: skip
+    bar.close()
+    tail = accs[-20:]
+    return {
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-20:])),
+        "patch_accuracy": float(np.mean(tail)),
+    }
+
+
 def train_target(
     out: str | Path,
     config: str | TrainConfig = "default",
@@ -410,16 +570,25 @@ def train_target(
     tokenizer = world_tokenizer(cfg, out)
     processor = build_processor(cfg, tokenizer)
     model = build_model(cfg, tokenizer)
-    opt = make_optimizer(cfg, model)
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": []}
+    heads = PatchHeads(cfg.vision_hidden)
+    trained = torch.nn.ModuleDict({"model": model, "heads": heads})  # what the optimizer steps
+    opt = make_optimizer(cfg, trained)
+    state = {"step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": [], "vision": {}}  # fmt: skip
     if resume:
         ckpt = torch.load(ckpt_path, weights_only=False)
         if ckpt["config"] != asdict(cfg):
             raise InputError(f"--resume: {ckpt_path} was trained with another config")
-        model.load_state_dict(ckpt["model"])
+        trained.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in state}
     data = cached_data(cfg, tokenizer, out, progress=progress)
+    t_start = time.perf_counter() - state["elapsed"]
+    if state["vision_step"] < cfg.vision_pretrain_steps:
+        # Stage 1 (minutes; not resumable midway: a stop here restarts it from scratch)
+        state["vision"] = pretrain_vision(cfg, model, heads, data, progress)
+        state["vision_step"] = cfg.vision_pretrain_steps
+        state["elapsed"] = time.perf_counter() - t_start
+        save_checkpoint(ckpt_path, trained, opt, state)
     lengths = np.array([len(s) for s in data["ids"]])
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     budget_s = None if minutes is None else 60.0 * minutes
@@ -430,6 +599,12 @@ def train_target(
         return max(p)
 
     model.train()
+    seen: dict[str, torch.Tensor] = {}  # the projector's input of the current batch
+
+    def keep_features(_module, args):
+        seen["features"] = args[0]
+
+    hook = model.model.multi_modal_projector.register_forward_pre_hook(keep_features)
     epoch, order = -1, []
     t0 = time.perf_counter() - state["elapsed"]  # wall clock, carried over a resume
     last_ckpt = time.perf_counter()
@@ -450,10 +625,13 @@ def train_target(
             # Right padding under a causal mask: real tokens never see the pads, so no padding
             # mask is passed (it would force a slow attention path); pads carry no loss.
             logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
-        loss = answer_loss(logits, batch["labels"])
+            loss = answer_loss(logits, batch["labels"])
+            if cfg.aux_weight > 0:
+                aux, _ = heads(seen["features"], batch["patch_labels"])
+                loss = loss + cfg.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_norm)
         opt.step()
 
         n_tok = int(batch["attention_mask"].sum())
@@ -478,10 +656,11 @@ def train_target(
             time.perf_counter() - last_ckpt > 60.0 * ckpt_minutes
         )
         if due:
-            save_checkpoint(ckpt_path, model, opt, state)
+            save_checkpoint(ckpt_path, trained, opt, state)
             last_ckpt = time.perf_counter()
     bar.close()
-    save_checkpoint(ckpt_path, model, opt, state)
+    hook.remove()
+    save_checkpoint(ckpt_path, trained, opt, state)
     save_model(model.eval(), processor, out / "model")
     losses = state["losses"]
     tail = losses[-max(1, min(50, len(losses) // 10)) :]
@@ -492,4 +671,5 @@ def train_target(
         "final_loss": float(np.mean(tail)) if tail else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
         "model": str(out / "model"),
+        "vision": state["vision"],
     }
