@@ -5,7 +5,7 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default]
+                               [--config small|default|baseline]
     specvlm world eval-target --model runs/world-target/model [--split test|hard] [--n 200]
 
 Each handler is a thin call into the library and returns an exit code; bad arguments raise
@@ -69,7 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--minutes", type=float, default=None, help="training time budget")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--config", default="default", help="small | default (default default)")
+    train.add_argument(
+        "--config",
+        default="small",
+        help="small (the shipped target, default) | default (d=256) | baseline (2 layers, the separate draft model of hf-assisted)",
+    )
     train.set_defaults(func=cmd_train_target)
 
     ev = sub.add_parser("eval-target", help="score a world target on closed questions and descriptions")  # fmt: skip
@@ -129,7 +133,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
     if args.config not in CONFIGS or args.config == "tiny":
-        raise InputError(f"unknown --config {args.config!r}; accepted: small, default")
+        raise InputError(f"unknown --config {args.config!r}; accepted: small, default, baseline")
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
     r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, progress=sys.stderr.isatty())  # fmt: skip

@@ -63,8 +63,8 @@ class TrainConfig:
     vision_hidden: int = 192
     vision_layers: int = 4
     vision_heads: int = 4
-    image_size: int = 96
-    patch_size: int = 12
+    image_size: int = 128
+    patch_size: int = 16
     # data and optimisation
     n_scenes: int = 8000
     batch_size: int = 8
@@ -77,10 +77,10 @@ class TrainConfig:
     bf16: bool = True
     tokenizer_samples: int = 600  # train samples in the tokenizer's corpus
     # auxiliary per-patch supervision of the vision tower (dropped from the saved model)
-    vision_pretrain_steps: int = 0  # stage 1: the vision tower alone on patch labels
+    vision_pretrain_steps: int = 1200  # stage 1: the vision tower alone on patch labels
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
-    aux_weight: float = 0.0  # stage 2: weight of the patch-label loss beside the answer loss
+    aux_weight: float = 0.3  # stage 2: weight of the patch-label loss beside the answer loss
 
     @property
     def n_image_tokens(self) -> int:
@@ -89,15 +89,10 @@ class TrainConfig:
 
 CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
-    "small": TrainConfig(
-        hidden=192,
-        intermediate=512,
-        vision_hidden=128,
-        image_size=128,
-        patch_size=16,
-        vision_pretrain_steps=1200,
-        aux_weight=0.3,
-    ),
+    # the shipped embedded target
+    "small": TrainConfig(hidden=192, intermediate=512, vision_hidden=128),
+    # the classic separate draft model (hf-assisted baseline): same tokenizer, two layers
+    "baseline": TrainConfig(hidden=192, layers=2, intermediate=512, vision_hidden=128),
     # for tests: seconds on a CPU
     "tiny": TrainConfig(
         hidden=64,
@@ -116,7 +111,6 @@ CONFIGS: dict[str, TrainConfig] = {
         bf16=False,
         vision_pretrain_steps=40,
         vision_batch_size=8,
-        aux_weight=0.3,
     ),
 }
 
@@ -518,6 +512,9 @@ def pretrain_vision(cfg: TrainConfig, model, heads: PatchHeads, data: dict, prog
         opt.step()
         losses.append(loss.item())
         accs.append(acc.item())
+        if (step + 1) % 100 == 0:
+            print(f"vision step {step + 1} loss {np.mean(losses[-100:]):.4f} "
+                  f"patch acc {np.mean(accs[-100:]):.3f}", file=sys.stderr, flush=True)  # fmt: skip
         bar.set_postfix({"loss": f"{loss.item():.3f}", "patch acc": f"{acc.item():.3f}"}, refresh=False)  # fmt: skip
     bar.close()
     tail = accs[-20:]
