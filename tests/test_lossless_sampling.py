@@ -85,23 +85,21 @@ def test_speculative_sampling_matches_target_distribution(name):
     assert chi_square_p(counts, exact(cfg)) > 1e-3
 
 
+def no_rejection_step(tree, probs, generator):
+    """A wrong walk: accept a drafted child with probability p but without the rejection step
+    (no renormalisation, bonus from the untouched p); it over-weights drafted tokens."""
+    node, path = 0, [0]
+    while True:
+        for child in tree.children(node):
+            if float(torch.rand((), generator=generator)) < float(probs[node, tree.tokens[child]]):
+                path.append(child)
+                node = child
+                break
+        else:
+            return path, sample(probs[node], generator)
+
+
 def test_wrong_acceptance_rule_fails_the_same_test(monkeypatch):
-    """Accepting a drafted child without the rejection step (no renormalisation, bonus from the
-    untouched p) over-weights drafted tokens; the same test must catch it."""
-
-    def no_rejection_step(tree, probs, generator):
-        node, path = 0, [0]
-        while True:
-            for child in tree.children(node):
-                if float(torch.rand((), generator=generator)) < float(
-                    probs[node, tree.tokens[child]]
-                ):
-                    path.append(child)
-                    node = child
-                    break
-            else:
-                return path, sample(probs[node], generator)
-
     monkeypatch.setattr(loop_module, "sampled_accept", no_rejection_step)
     cfg = CONFIGS["T=1"]
     assert chi_square_p(sample_counts(cfg, speculative=True, seed=0), exact(cfg)) < 1e-6
