@@ -133,6 +133,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.max_new_tokens = min(args.max_new_tokens, 48)
     engine = _load(args)
     names = args.methods.split(",")
+    if args.assistant is None and args.target is None:  # the embedded pair: shipped baseline
+        from specvlm.embedded import embedded_baseline
+
+        args.assistant = embedded_baseline()
     if args.assistant is None and "hf-assisted" in names and args.methods_default:
         names.remove("hf-assisted")
         print("note: hf-assisted skipped (no --assistant model given)", file=sys.stderr)
@@ -189,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="methods side by side on benchmark suites")
     _engine_args(p)
-    p.add_argument("--assistant", help="small separate draft model folder (for hf-assisted)")
+    p.add_argument(
+        "--assistant",
+        help="small separate draft model folder for hf-assisted (default with the embedded pair: its shipped 2-layer baseline)",
+    )
     p.add_argument("--suite", action="append", help="suite name or file/folder (repeatable)")
     p.add_argument(
         "--methods",
