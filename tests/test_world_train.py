@@ -149,3 +149,29 @@ def test_vision_stage_learns_patch_labels(run):
     vision = summary["vision"]
     assert vision["last_loss"] < vision["first_loss"] - 0.5
     assert vision["patch_accuracy"] > 1 / 9  # above a uniform guess over 8-9 classes
+
+
+def test_patch_words_name_the_object_at_its_centre(run):
+    from transformers import AutoTokenizer
+
+    from specvlm.world.scenes import Scene, SceneObject
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run[0] / "tokenizer"))
+    a = SceneObject("star", "red", "large", x=0.10, y=0.90, z=0)
+    b = SceneObject("circle", "blue", "small", x=0.50, y=0.50, z=1)
+    words = tt.patch_words(Scene(objects=(a, b), background=_plain()), 8, tokenizer)
+    assert words.shape == (64, tt.N_PATCH_WORDS)
+    named = {i: tokenizer.decode([t for t in row if t]) for i, row in enumerate(words) if row.any()}
+    assert named == {
+        7 * 8 + 0: " red star large bottom left",
+        4 * 8 + 4: " blue circle small center",
+    }
+
+
+def test_align_loss_is_zero_at_the_word_embeddings():
+    embed = torch.nn.Embedding(10, 4)
+    words = torch.tensor([[[1, 2, 0], [0, 0, 0]]])  # (B=1, P=2, W=3): patch 0 names tokens 1, 2
+    target = embed.weight[1] + embed.weight[2]
+    exact = torch.stack([target, torch.randn(4)])[None]  # patch 1 has no words: not counted
+    assert tt.align_loss(exact, words, embed).item() < 1e-10
+    assert tt.align_loss(torch.zeros(1, 2, 4), words, embed).item() == pytest.approx(1.0)

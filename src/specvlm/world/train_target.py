@@ -14,7 +14,13 @@ per-patch labels from the renderer's ground truth (which colour and shape covers
 whose centre lies in it), so the features the decoder reads already say what is where; learning
 that through the answer loss alone was the slow part (a first run without it stayed near chance
 on colours after 78 minutes). Stage 2: the whole LLaVA on the answers, with the patch loss kept
-on at `aux_weight`; the patch heads are dropped when the model is saved.
+on at `aux_weight`, and an alignment loss (`align_weight`) that pulls the projector's output at
+each object's centre patch towards the sum of the decoder's own (detached) embeddings of the
+words naming it (" red", " star", " small", " top", " left"): the decoder then finds objects in
+the image the way it finds words earlier in its context, which it learns far sooner than an
+arbitrary visual code. Conversation and multi-turn records (the densest grounding signal per
+token) appear `qa_repeats` times per epoch. The patch heads are dropped when the model is saved;
+the alignment adds no parameters.
 
 Stage 2 data: every record of the first `n_scenes` train scenes (all five task families; one sequence
 per record), rendered at the model resolution, tokenised with the chat template and cached in
@@ -81,6 +87,10 @@ class TrainConfig:
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
     aux_weight: float = 0.3  # stage 2: weight of the patch-label loss beside the answer loss
+    # stage 2: pull the projector's output at an object's centre patch towards the sum of the
+    # decoder's (detached) input embeddings of the words naming it (PATCH_WORDS)
+    align_weight: float = 1.0
+    qa_repeats: int = 2  # conversation and multiturn records appear this many times per epoch
 
     @property
     def n_image_tokens(self) -> int:
@@ -273,6 +283,44 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     return out.reshape(len(PATCH_LABELS), grid * grid)
 
 
+N_PATCH_WORDS = 5  # colour, shape, size, and up to two region words
+
+
+def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
+    """(grid * grid, N_PATCH_WORDS) token ids of the words naming the object whose centre lies
+    in each patch (the front one): " red", " star", " small", then its region as the grammar
+    names it (" top" / " bottom", " left" / " right", or " center"); 0 = no word."""
+    from specvlm.world.grammar import region
+
+    def tid(word: str) -> int:
+        ids = tokenizer.encode(" " + word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is not one token of this tokenizer")
+        return ids[0]
+
+    out = np.zeros((grid, grid, N_PATCH_WORDS), dtype=np.int64)
+    for o in sorted(scene.objects, key=lambda o: o.z):  # front objects overwrite
+        r, c = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
+        words = [o.color, o.shape, o.size] + (region(o.x, o.y).split() or ["center"])
+        out[r, c] = 0
+        out[r, c, : len(words)] = [tid(w) for w in words]
+    return out.reshape(grid * grid, N_PATCH_WORDS)
+
+
+def align_loss(projected: torch.Tensor, words: torch.Tensor, embed: torch.nn.Embedding) -> torch.Tensor:  # fmt: skip
+    """projected (B, P, d) projector output; words (B, P, N_PATCH_WORDS) ids (0 = none).
+    Mean squared distance to the summed word embeddings (detached) over patches with words,
+    relative to the targets' mean squared norm."""
+    has = words > 0  # (B, P, W)
+    target = (embed.weight.detach()[words] * has[..., None]).sum(2)  # (B, P, d)
+    keep = has.any(-1)  # (B, P)
+    if not keep.any():
+        return projected.sum() * 0.0
+    diff = (projected.float() - target.float())[keep]  # (n, d)
+    scale = target.float()[keep].pow(2).sum(-1).mean().clamp_min(1e-8)
+    return diff.pow(2).sum(-1).mean() / scale
+
+
 class PatchHeads(torch.nn.Module):
     """Linear classifiers over the vision features the projector reads (training only)."""
 
@@ -364,12 +412,14 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     images = np.zeros((cfg.n_scenes, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     grid = cfg.image_size // cfg.patch_size
     patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
+    words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_WORDS), dtype=np.int16)
     ids, masks, scene = [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
         sample = world_sample(split, i, "image")
         assert isinstance(sample, Scene)
         images[i] = np.asarray(render(sample, cfg.image_size))
         patches[i] = patch_labels(sample, grid)
+        words[i] = patch_words(sample, grid, tokenizer)
         for family in FAMILIES:
             a, m = encode_record(make_record(split, i, family), tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
@@ -378,6 +428,8 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     return {
         "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
         "patches": torch.from_numpy(patches),  # (N, len(PATCH_LABELS), P) int8
+        "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_WORDS) int16 token ids
+        "family": [f for _ in range(cfg.n_scenes) for f in FAMILIES],  # of each record
         "ids": ids,
         "masks": masks,
         "scene": torch.tensor(scene),
@@ -386,7 +438,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
-    path = out / f"data-v2-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v3-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
@@ -396,10 +448,12 @@ def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -
     return data
 
 
-def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Shuffled batches of records of similar length (sorted within pools of 32 batches)."""
+def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, repeats: np.ndarray | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Shuffled batches of records of similar length (sorted within pools of 32 batches);
+    record i appears repeats[i] times (default once)."""
     g = np.random.default_rng([seed, epoch])
-    perm = g.permutation(len(lengths))
+    pool_idx = np.arange(len(lengths)) if repeats is None else np.repeat(np.arange(len(lengths)), repeats)  # fmt: skip
+    perm = pool_idx[g.permutation(len(pool_idx))]
     pool = 32 * batch_size
     batches = []
     for s in range(0, len(perm), pool):
@@ -432,6 +486,7 @@ def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None,
     img = data["images"][scenes]  # (B, H, W, 3) uint8
     return {
         "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
+        "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_WORDS)
         "input_ids": input_ids,
         "attention_mask": attn,
         "labels": labels_from_mask(input_ids, mask),
@@ -587,7 +642,9 @@ def train_target(
         state["elapsed"] = time.perf_counter() - t_start
         save_checkpoint(ckpt_path, trained, opt, state)
     lengths = np.array([len(s) for s in data["ids"]])
-    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    qa = np.array([f in ("conversation", "multiturn") for f in data["family"]])
+    repeats = np.where(qa, cfg.qa_repeats, 1)
+    per_epoch = math.ceil(int(repeats.sum()) / cfg.batch_size)
     budget_s = None if minutes is None else 60.0 * minutes
 
     def progress_of(step: int, elapsed: float) -> float:
@@ -598,10 +655,10 @@ def train_target(
     model.train()
     seen: dict[str, torch.Tensor] = {}  # the projector's input of the current batch
 
-    def keep_features(_module, args):
-        seen["features"] = args[0]
+    def keep_features(_module, args, output):
+        seen["features"], seen["projected"] = args[0], output
 
-    hook = model.model.multi_modal_projector.register_forward_pre_hook(keep_features)
+    hook = model.model.multi_modal_projector.register_forward_hook(keep_features)
     epoch, order = -1, []
     t0 = time.perf_counter() - state["elapsed"]  # wall clock, carried over a resume
     last_ckpt = time.perf_counter()
@@ -612,7 +669,7 @@ def train_target(
         step = state["step"]
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
+            order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
         idx = order[step % per_epoch]
         batch = collate(data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1)  # fmt: skip
         lr = lr_at(cfg, step, progress_of(step, time.perf_counter() - t0))
@@ -622,10 +679,14 @@ def train_target(
             # Right padding under a causal mask: real tokens never see the pads, so no padding
             # mask is passed (it would force a slow attention path); pads carry no loss.
             logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
-            loss = answer_loss(logits, batch["labels"])
+            answer = answer_loss(logits, batch["labels"])
+            loss = answer
             if cfg.aux_weight > 0:
                 aux, _ = heads(seen["features"], batch["patch_labels"])
                 loss = loss + cfg.aux_weight * aux
+            if cfg.align_weight > 0:
+                embed = model.get_input_embeddings()
+                loss = loss + cfg.align_weight * align_loss(seen["projected"], batch["patch_words"], embed)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_norm)
@@ -635,9 +696,9 @@ def train_target(
         state["step"] += 1
         state["tokens"] += n_tok
         state["elapsed"] = time.perf_counter() - t0
-        state["losses"].append(loss.item())
+        state["losses"].append(answer.item())  # the answer-token loss alone
         window_tokens += n_tok
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = answer.item() if ema is None else 0.98 * ema + 0.02 * answer.item()
         tok_s = window_tokens / max(time.perf_counter() - window_t, 1e-9)
         post = {"loss": f"{ema:.3f}", "tok/s": f"{tok_s:.0f}", "lr": f"{lr:.1e}"}
         if budget_s is not None:
