@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from specvlm.errors import InputError
 from specvlm.world.language import FAMILIES, make_record
-from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, render, visible_masks
+from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, render, visible_masks
 from specvlm.world.splits import world_sample
 
 IGNORE = -100  # label of tokens without loss
@@ -255,6 +255,12 @@ NOTHING_WEIGHT = 0.2  # loss weight of the "nothing" class
 _PATCH_MASK_RES = 8  # mask pixels per patch side
 
 
+def _centre_patches(scene: Scene, grid: int) -> list[tuple[int, int, SceneObject]]:
+    """(row, column, object) of the patch holding each object's centre, back to front (so a
+    writer that overwrites keeps the front object where two centres share a patch)."""
+    return [(min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1), o) for o in scene.by_depth()]  # fmt: skip
+
+
 def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     """(len(PATCH_LABELS), grid * grid) int64 class ids, patches in row-major order."""
     res = grid * _PATCH_MASK_RES
@@ -274,9 +280,7 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
             here = filled & (best == i)
             out[0][here] = colors.index(o.color) + 1
             out[1][here] = shapes.index(o.shape) + 1
-    for o in sorted(scene.objects, key=lambda o: o.z):  # front objects overwrite
-        r = min(int(o.y * grid), grid - 1)
-        c = min(int(o.x * grid), grid - 1)
+    for r, c, o in _centre_patches(scene, grid):
         out[2, r, c] = colors.index(o.color) + 1
         out[3, r, c] = shapes.index(o.shape) + 1
         out[4, r, c] = sizes.index(o.size) + 1
@@ -299,8 +303,7 @@ def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
         return ids[0]
 
     out = np.zeros((grid, grid, N_PATCH_WORDS), dtype=np.int64)
-    for o in sorted(scene.objects, key=lambda o: o.z):  # front objects overwrite
-        r, c = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
+    for r, c, o in _centre_patches(scene, grid):
         words = [o.color, o.shape, o.size] + (region(o.x, o.y).split() or ["center"])
         out[r, c] = 0
         out[r, c, : len(words)] = [tid(w) for w in words]
