@@ -175,3 +175,34 @@ def test_align_loss_is_zero_at_the_word_embeddings():
     exact = torch.stack([target, torch.randn(4)])[None]  # patch 1 has no words: not counted
     assert tt.align_loss(exact, words, embed).item() < 1e-10
     assert tt.align_loss(torch.zeros(1, 2, 4), words, embed).item() == pytest.approx(1.0)
+
+
+def test_align_loss_pulls_blank_patches_to_one_vector():
+    embed = torch.nn.Embedding(10, 4)
+    words = torch.tensor([[[1, 2, 0], [0, 0, 0], [0, 0, 0]]])  # patch 0 named; 1 and 2 blank
+    target = embed.weight[1] + embed.weight[2]
+    blank = embed.weight[7]
+    exact = torch.stack([target, blank, blank])[None].detach()
+    assert tt.align_loss(exact, words, embed, blank_id=7, blank_weight=0.5).item() < 1e-10
+    # a blank patch at zero costs blank_weight * (1 of 2 blank patches)
+    half = torch.stack([target, blank, torch.zeros(4)])[None].detach()
+    assert tt.align_loss(half, words, embed, blank_id=7, blank_weight=0.5).item() == pytest.approx(0.25)  # fmt: skip
+    # without blank_id the blank patches are free
+    assert tt.align_loss(half, words, embed).item() < 1e-10
+
+
+def test_llava_forward_matches_the_model(run):
+    """The spelled-out forward used in training gives the model's own logits."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(run[0] / "model"), dtype=torch.float32).eval()  # fmt: skip
+    n_img = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    ids = torch.tensor([[1, 5] + [model.config.image_token_id] * n_img + [6, 7, 8]] * 2)
+    ids[1, -1] = 9
+    px = torch.randn(2, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)  # fmt: skip
+    with torch.no_grad():
+        want = model(input_ids=ids, pixel_values=px).logits
+        got, feats, projected = tt.llava_forward(model, ids, px)
+    assert projected.shape == (2, n_img, model.config.text_config.hidden_size)
+    assert feats.shape[:2] == (2, n_img)
+    torch.testing.assert_close(got, want)

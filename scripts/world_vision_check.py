@@ -1,0 +1,83 @@
+"""How well a world-target checkpoint's vision tower sees objects, on held-out scenes.
+
+Reads `OUT/checkpoint.pt` of `specvlm world train-target` (the model and its patch heads) and,
+for scenes of a split, reports:
+  - per object: the share of objects whose centre patch the centre heads label with the right
+    colour AND shape (objects whose centre patch belongs to a front object are skipped);
+  - false positives: patches the centre-colour head marks as holding an object's centre when
+    none does, per object in the scenes;
+  - for the projector: the cosine between its output at centre patches and the summed word
+    embeddings the alignment loss aims at, and the mean norm of the other patches' outputs.
+
+Run:  python scripts/world_vision_check.py runs/world-target4 [--split test] [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    from specvlm.world import train_target as tt
+    from specvlm.world.scenes import COLORS, SHAPES, render
+    from specvlm.world.splits import world_sample
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="a train-target output folder")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--n", type=int, default=200)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    ckpt = torch.load(args.out / "checkpoint.pt", weights_only=False)
+    cfg = tt.TrainConfig(**ckpt["config"])
+    tokenizer = AutoTokenizer.from_pretrained(str(args.out / "tokenizer"))
+    model = tt.build_model(cfg, tokenizer)
+    heads = tt.PatchHeads(cfg.vision_hidden)
+    torch.nn.ModuleDict({"model": model, "heads": heads}).load_state_dict(ckpt["model"])
+    model.eval()
+    grid = cfg.image_size // cfg.patch_size
+
+    scenes = [world_sample(args.split, i, "image") for i in range(args.n)]
+    images = torch.from_numpy(np.stack([np.asarray(render(s, cfg.image_size)) for s in scenes]))
+    with torch.no_grad():
+        feats = torch.cat([tt.vision_features(model, tt.normalize(images[k : k + 64])) for k in range(0, args.n, 64)])  # fmt: skip
+        projected = model.model.multi_modal_projector(feats).float()  # (N, P, d)
+        h = heads.norm(feats.float())
+        color = heads.heads["center_color"](h).argmax(-1)  # (N, P)
+        shape = heads.heads["center_shape"](h).argmax(-1)
+
+    colors, shapes = list(COLORS), list(SHAPES)
+    right = total = false_pos = n_objects = 0
+    for b, scene in enumerate(scenes):
+        labels = tt.patch_labels(scene, grid)
+        for r, c, o in tt._centre_patches(scene, grid):
+            p = r * grid + c
+            if labels[2, p] != colors.index(o.color) + 1:
+                continue  # another object's centre shares this patch and is in front
+            total += 1
+            right += int(color[b, p] == colors.index(o.color) + 1 and shape[b, p] == shapes.index(o.shape) + 1)  # fmt: skip
+        false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
+        n_objects += len(scene.objects)
+
+    embed = model.get_input_embeddings().weight.detach().float()
+    words = torch.from_numpy(np.stack([tt.patch_words(s, grid, tokenizer) for s in scenes])).long()
+    has = words > 0
+    target = (embed[words] * has[..., None]).sum(2)
+    centre = has.any(-1)
+    cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
+    print(f"{args.out}  split {args.split}  n {args.n}")
+    print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip
+    print(f"false centre patches per object: {false_pos / n_objects:.3f}")
+    print(f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}")  # fmt: skip
+    print(f"projector at other patches: norm {projected[~centre].norm(dim=-1).mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
