@@ -206,3 +206,26 @@ def test_llava_forward_matches_the_model(run):
     assert projected.shape == (2, n_img, model.config.text_config.hidden_size)
     assert feats.shape[:2] == (2, n_img)
     torch.testing.assert_close(got, want)
+
+
+def test_drill_records_are_grounded_closed_questions():
+    from specvlm.world import grammar
+    from specvlm.world.language import make_drill, make_record
+
+    rec = make_drill("train", 7, n_turns=6)
+    assert rec == make_drill("train", 7, n_turns=6)  # deterministic
+    assert rec["meta"]["family"] == "drill" and len(rec["meta"]["turns"]) == 6
+    human = [c["value"] for c in rec["conversations"][::2]]
+    assert human[0].startswith("<image>\n") and len(set(human)) == 6
+    # every answer is scored right against its own closed-form truth
+    for meta, c in zip(rec["meta"]["turns"], rec["conversations"][1::2], strict=True):
+        assert grammar.check_answer(meta, c["value"])
+    # a separate random stream: the family records are unchanged by drills
+    assert make_record("train", 7, "multiturn")["conversations"] != rec["conversations"][:4]
+
+
+def test_tiny_run_trains_on_drills(run):
+    out, _ = run
+    data = torch.load(next(out.glob("data-v3-*drill3*.pt")))
+    assert data["family"].count("drill") == tt.CONFIGS["tiny"].n_scenes
+    assert len(data["ids"]) == len(data["family"]) == len(data["scene"])

@@ -49,7 +49,9 @@ FAMILIES: tuple[str, ...] = (
 )
 PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events": "<image>"}
 
-__all__ = ["FAMILIES", "KINDS", "PLACEHOLDERS", "SPLITS", "check_families", "make_record", "qa_for"]
+__all__ = ["FAMILIES", "KINDS", "PLACEHOLDERS", "SPLITS", "check_families", "make_drill", "make_record", "qa_for"]  # fmt: skip
+
+DRILL_STREAM = 100  # language stream of drill records, apart from every family's
 
 QuestionFn = Callable[[object, np.random.Generator], QA | None]  # (facts, rng) -> QA or None
 
@@ -140,3 +142,35 @@ def make_record(
     record["conversations"] = conversations(turns, PLACEHOLDERS[kind])
     record["meta"] = meta
     return record
+
+
+def make_drill(split: str, index: int, n_turns: int = 8) -> dict:
+    """A training-only record for image sample `index`: `n_turns` short conversation questions
+    about the same image (distinct questions; the question types as the conversation family
+    draws them), in one multi-turn LLaVA conversation of family "drill".
+
+    Each turn is a closed-form question whose answer depends on the image, so a drill gives a
+    model many grounded answers per image read; it uses its own random stream, so adding drills
+    to a training set changes none of the `make_record` records.
+    """
+    if n_turns < 1:
+        raise InputError(f"n_turns must be at least 1, got {n_turns}")
+    seed = split_seed(split, index)
+    scene = world_sample(split, index, "image")
+    g = rng(seed, STREAM_LANGUAGE, DRILL_STREAM, KINDS.index("image"))
+    facts = qa_image.Facts(scene, split_spec(split).pairs)
+    turns: list[QA] = []
+    for _ in range(20 * n_turns):
+        qa = _first(qa_image.CONVERSATION, facts, g)
+        if all(qa.question != t.question for t in turns):
+            turns.append(qa)
+        if len(turns) == n_turns:
+            break
+    meta: dict = {"family": "drill", "kind": "image", "split": split, "index": index, "seed": seed}
+    meta["turns"] = [t.meta for t in turns]
+    meta["scene"] = scene.to_dict()
+    return {
+        "id": f"{split}-{index:09d}-image-drill",
+        "conversations": conversations(turns, PLACEHOLDERS["image"]),
+        "meta": meta,
+    }

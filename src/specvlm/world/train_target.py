@@ -26,8 +26,8 @@ was a third of a step) and, with `compile`, a `torch.compile`d forward with dyna
 about 2x the tokens per second after a compile of a few minutes. The patch heads are dropped when the model is saved;
 the alignment adds no parameters.
 
-Stage 2 data: every record of the first `n_scenes` train scenes (all five task families; one sequence
-per record), rendered at the model resolution, tokenised with the chat template and cached in
+Stage 2 data: every record of the first `n_scenes` train scenes (all five task families, plus
+one training-only drill of `drill_turns` short questions per scene; one sequence per record), rendered at the model resolution, tokenised with the chat template and cached in
 `out/data-*.pt`; every other record gets a second <s> in front, as `processor(text=...)` adds
 one to the chat template's own. Loss on assistant answer tokens only (the chat template's generation spans,
 each answer's </s> and a lone leading space token included). AdamW (0.9, 0.95), linear warmup then cosine to 10% of the peak;
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from specvlm.errors import InputError
-from specvlm.world.language import FAMILIES, make_record
+from specvlm.world.language import FAMILIES, make_drill, make_record
 from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, render, visible_masks
 from specvlm.world.splits import world_sample
 
@@ -95,6 +95,9 @@ class TrainConfig:
     # decoder's (detached) input embeddings of the words naming it (PATCH_WORDS)
     align_weight: float = 1.0
     qa_repeats: int = 2  # conversation and multiturn records appear this many times per epoch
+    # plus one training-only "drill" per scene: this many short questions about its image in one
+    # conversation (`language.make_drill`; 0 = none): many grounded answers per image read
+    drill_turns: int = 8
     # ... and pull every other patch towards one fixed vector (the never-input <image> row)
     align_blank_weight: float = 0.5
     # stage 2 speed: eager attention (faster than SDPA's CPU backward at these sizes) and
@@ -131,6 +134,7 @@ CONFIGS: dict[str, TrainConfig] = {
         vision_pretrain_steps=40,
         vision_batch_size=8,
         compile=False,
+        drill_turns=3,
     ),
 }
 
@@ -446,23 +450,27 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     grid = cfg.image_size // cfg.patch_size
     patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
     words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_WORDS), dtype=np.int16)
-    ids, masks, scene = [], [], []
+    ids, masks, scene, family = [], [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
         sample = world_sample(split, i, "image")
         assert isinstance(sample, Scene)
         images[i] = np.asarray(render(sample, cfg.image_size))
         patches[i] = patch_labels(sample, grid)
         words[i] = patch_words(sample, grid, tokenizer)
-        for family in FAMILIES:
-            a, m = encode_record(make_record(split, i, family), tokenizer, cfg.n_image_tokens)
+        records = [make_record(split, i, f) for f in FAMILIES]
+        if cfg.drill_turns > 0:
+            records.append(make_drill(split, i, cfg.drill_turns))
+        for record in records:
+            a, m = encode_record(record, tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
             scene.append(i)
+            family.append(record["meta"]["family"])
     return {
         "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
         "patches": torch.from_numpy(patches),  # (N, len(PATCH_LABELS), P) int8
         "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_WORDS) int16 token ids
-        "family": [f for _ in range(cfg.n_scenes) for f in FAMILIES],  # of each record
+        "family": family,  # of each record
         "ids": ids,
         "masks": masks,
         "scene": torch.tensor(scene),
@@ -471,7 +479,8 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
-    path = out / f"data-v3-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok-{vocab_hash}.pt"  # fmt: skip
+    drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
+    path = out / f"data-v3-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
