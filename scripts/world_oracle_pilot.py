@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +27,19 @@ import torch
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from specvlm.world import evaluate as ev
-    from specvlm.world import grammar
     from specvlm.world import train_target as tt
-    from specvlm.world.language import make_record
-    from specvlm.world.scenes import render
-    from specvlm.world.splits import world_sample
+    from specvlm.world.evaluate import evaluate_model, format_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="a train-target output folder (tokenizer, data cache)")
     ap.add_argument("--config", default="small")
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--n", type=int, default=100, help="test scenes to evaluate")
+    ap.add_argument("--drill-turns", type=int, default=0, help="drills in the data (0: as measured in docs/world.md)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    cfg = tt.CONFIGS[args.config]
+    cfg = replace(tt.CONFIGS[args.config], drill_turns=args.drill_turns)
     tokenizer = AutoTokenizer.from_pretrained(str(args.out / "tokenizer"))
     model = tt.build_model(cfg, tokenizer)
     data = tt.cached_data(cfg, tokenizer, args.out, progress=True)
@@ -51,12 +48,7 @@ def main() -> None:
     current: dict[str, torch.Tensor] = {}  # patch words of the batch being run
 
     def oracle(_module, _args, output):
-        E = embed.weight.detach()
-        words = current["words"]  # (B, P, W)
-        has = words > 0
-        target = (E[words] * has[..., None]).sum(2)  # (B, P, d)
-        target = torch.where(has.any(-1, keepdim=True), target, E[blank_id].expand_as(target))
-        return target.to(output.dtype)
+        return tt.word_targets(current["words"], embed, blank_id)[0].to(output.dtype)
 
     model.model.multi_modal_projector.register_forward_hook(oracle)
     opt = tt.make_optimizer(cfg, model)
@@ -93,37 +85,13 @@ def main() -> None:
     processor = tt.build_processor(cfg, tokenizer)
     processor.tokenizer.padding_side = "left"
     grid = cfg.image_size // cfg.patch_size
-    closed, describe = [], []
-    for i in range(args.n):
-        scene = world_sample("test", i, "image")
-        image = render(scene, cfg.image_size)
-        words = torch.from_numpy(tt.patch_words(scene, grid, tokenizer)).long()
-        for family in ("conversation", "multiturn"):
-            rec = make_record("test", i, family)
-            meta = rec["meta"]["turns"][0] if family == "multiturn" else rec["meta"]
-            if meta.get("answer") is not None:
-                closed.append((meta, ev._question(rec), image, words))
-        rec = make_record("test", i, "detailed")
-        describe.append((rec["meta"], ev._question(rec), image, words))
-    right: dict[str, list[bool]] = defaultdict(list)
-    covered = []
-    for job, items, max_new in (("closed", closed, 40), ("describe", describe, 360)):
-        for s in range(0, len(items), 16):
-            chunk = items[s : s + 16]
-            current["words"] = torch.stack([w for *_, w in chunk])
-            outs = ev.answer(model, processor, [(q, im) for _, q, im, _ in chunk], max_new)
-            for (meta, _, _, _), (text, _) in zip(chunk, outs, strict=True):
-                if job == "closed":
-                    right[meta["qtype"]].append(bool(grammar.check_answer(meta, text)))
-                else:
-                    covered.append(all(grammar.mentions(text, *o.split()) for o in meta["objects"]))  # fmt: skip
-    groups = {g: [ok for t in ts for ok in right.get(t, [])] for g, ts in ev.CLOSED_GROUPS.items()}
-    headline = [ok for v in groups.values() for ok in v]
-    print(f"oracle pilot: {step} steps in {args.minutes:g} min, test n {args.n}")
-    print(f"closed questions: {100 * np.mean(headline):.1f}% of {len(headline)}")
-    for g, v in groups.items():
-        print(f"  {g:10s}  {100 * np.mean(v):.1f}%  ({len(v)})")
-    print(f"descriptions naming every object: {100 * np.mean(covered):.1f}%")
+
+    def oracle_words(scenes):
+        current["words"] = torch.stack([torch.from_numpy(tt.patch_words(sc, grid, tokenizer)).long() for sc in scenes])  # fmt: skip
+
+    r = evaluate_model(model, processor, "test", args.n, before_batch=oracle_words, progress=False)
+    print(f"oracle pilot: {step} steps in {args.minutes:g} min")
+    print(format_report({"model": "oracle decoder", **r}))
 
 
 if __name__ == "__main__":

@@ -66,11 +66,8 @@ def main() -> None:
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
         n_objects += len(scene.objects)
 
-    embed = model.get_input_embeddings().weight.detach().float()
     words = torch.from_numpy(np.stack([tt.patch_words(s, grid, tokenizer) for s in scenes])).long()
-    has = words > 0
-    target = (embed[words] * has[..., None]).sum(2)
-    centre = has.any(-1)
+    target, centre = tt.word_targets(words, model.get_input_embeddings())
     cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
     print(f"{args.out}  split {args.split}  n {args.n}")
     print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -106,9 +107,25 @@ def evaluate_target(
         raise InputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(2)
     model, processor = load(model_dir)
+    r = evaluate_model(model, processor, split, n, batch_size, max_description_tokens, progress)
+    return {"model": str(model_dir), **r}
+
+
+def evaluate_model(
+    model,
+    processor,
+    split: str = "test",
+    n: int = 200,
+    batch_size: int = 16,
+    max_description_tokens: int = 360,
+    progress: bool = True,
+    before_batch: Callable[[list[Scene]], None] | None = None,
+) -> dict:
+    """`evaluate_target` on a loaded model (the processor's tokenizer padding on the left);
+    `before_batch(scenes)` is called with each batch's scenes before it is answered."""
     size = processor.image_processor.crop_size["height"]
-    closed: list[tuple[dict, str, object]] = []  # (meta, question, image)
-    describe: list[tuple[dict, str, object]] = []
+    closed: list[tuple[dict, str, object, Scene]] = []  # (meta, question, image, scene)
+    describe: list[tuple[dict, str, object, Scene]] = []
     for i in range(n):
         scene = world_sample(split, i, "image")
         assert isinstance(scene, Scene)
@@ -117,9 +134,9 @@ def evaluate_target(
             rec = make_record(split, i, family)
             meta = rec["meta"]["turns"][0] if family == "multiturn" else rec["meta"]
             if meta.get("answer") is not None:
-                closed.append((meta, _question(rec), image))
+                closed.append((meta, _question(rec), image, scene))
         rec = make_record(split, i, "detailed")
-        describe.append((rec["meta"], _question(rec), image))
+        describe.append((rec["meta"], _question(rec), image, scene))
 
     right: dict[str, list[bool]] = defaultdict(list)
     entropies: list[float] = []
@@ -131,8 +148,10 @@ def evaluate_target(
     for job, items, max_new in jobs:
         for s in range(0, len(items), batch_size):
             chunk = items[s : s + batch_size]
-            outs = answer(model, processor, [(q, im) for _, q, im in chunk], max_new)
-            for (meta, q, _), (text, ent) in zip(chunk, outs, strict=True):
+            if before_batch is not None:
+                before_batch([scene for *_, scene in chunk])
+            outs = answer(model, processor, [(q, im) for _, q, im, _ in chunk], max_new)
+            for (meta, q, _, _), (text, ent) in zip(chunk, outs, strict=True):
                 entropies += ent
                 if job == "closed":
                     ok = bool(grammar.check_answer(meta, text))
@@ -149,7 +168,6 @@ def evaluate_target(
     groups = {g: [ok for t in ts for ok in right.get(t, [])] for g, ts in CLOSED_GROUPS.items()}
     headline = [ok for v in groups.values() for ok in v]
     return {
-        "model": str(model_dir),
         "split": split,
         "n": n,
         "closed_accuracy": sum(headline) / max(len(headline), 1),
@@ -184,4 +202,4 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CLOSED_GROUPS", "SPLITS", "evaluate_target", "format_report"]
+__all__ = ["CLOSED_GROUPS", "SPLITS", "evaluate_model", "evaluate_target", "format_report"]

@@ -23,11 +23,12 @@ vector, the never-input <image> embedding row, so patches without an object read
 Conversation and multi-turn records (the densest grounding signal per token) appear
 `qa_repeats` times per epoch. Stage 2 runs with eager attention (on this CPU the SDPA backward
 was a third of a step) and, with `compile`, a `torch.compile`d forward with dynamic shapes:
-about 2x the tokens per second after a compile of a few minutes. The patch heads are dropped when the model is saved;
-the alignment adds no parameters.
+about 2x the tokens per second after a compile of a few minutes. The patch heads are dropped
+when the model is saved; the alignment adds no parameters.
 
 Stage 2 data: every record of the first `n_scenes` train scenes (all five task families, plus
-one training-only drill of `drill_turns` short questions per scene; one sequence per record), rendered at the model resolution, tokenised with the chat template and cached in
+one training-only drill of `drill_turns` short questions per scene; one sequence per record),
+rendered at the model resolution, tokenised with the chat template and cached in
 `out/data-*.pt`; every other record gets a second <s> in front, as `processor(text=...)` adds
 one to the chat template's own. Loss on assistant answer tokens only (the chat template's generation spans,
 each answer's </s> and a lone leading space token included). AdamW (0.9, 0.95), linear warmup then cosine to 10% of the peak;
@@ -324,25 +325,34 @@ def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
     return out.reshape(grid * grid, N_PATCH_WORDS)
 
 
+def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """What the projector should output: words (B, P, N_PATCH_WORDS) ids (0 = none) ->
+    (targets (B, P, d): the summed (detached) embeddings of each patch's words, or, where a
+    patch has none and `blank_id` is given, that token's embedding row (else zeros);
+    named (B, P) bool: the patch has words)."""
+    E = embed.weight.detach()
+    has = words > 0  # (B, P, W)
+    target = (E[words] * has[..., None]).sum(2)  # (B, P, d)
+    named = has.any(-1)  # (B, P)
+    if blank_id is not None:
+        target = torch.where(named[..., None], target, E[blank_id].expand_as(target))
+    return target, named
+
+
 def align_loss(projected: torch.Tensor, words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None, blank_weight: float = 0.0) -> torch.Tensor:  # fmt: skip
     """projected (B, P, d) projector output; words (B, P, N_PATCH_WORDS) ids (0 = none).
     Mean squared distance to the summed word embeddings (detached) over patches with words,
     relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
     times the same distance of every other patch to the (detached) embedding of `blank_id`, so
     that patches holding no object's centre all read alike and are easy to ignore."""
-    E = embed.weight.detach()
-    has = words > 0  # (B, P, W)
-    target = (E[words] * has[..., None]).sum(2)  # (B, P, d)
-    keep = has.any(-1)  # (B, P)
+    target, named = word_targets(words, embed, blank_id)
+    sq = (projected.float() - target.float()).pow(2).sum(-1)  # (B, P)
+    norm = target.float().pow(2).sum(-1)  # (B, P)
     loss = projected.sum() * 0.0
-    if keep.any():
-        diff = (projected.float() - target.float())[keep]  # (n, d)
-        scale = target.float()[keep].pow(2).sum(-1).mean().clamp_min(1e-8)
-        loss = loss + diff.pow(2).sum(-1).mean() / scale
-    if blank_id is not None and blank_weight > 0 and (~keep).any():
-        blank = E[blank_id].float()  # (d,)
-        diff = projected.float()[~keep] - blank  # (m, d)
-        loss = loss + blank_weight * diff.pow(2).sum(-1).mean() / blank.pow(2).sum().clamp_min(1e-8)
+    if named.any():
+        loss = loss + sq[named].mean() / norm[named].mean().clamp_min(1e-8)
+    if blank_id is not None and blank_weight > 0 and (~named).any():
+        loss = loss + blank_weight * sq[~named].mean() / norm[~named].mean().clamp_min(1e-8)
     return loss
 
 
