@@ -7,7 +7,11 @@ for scenes of a split, reports:
   - false positives: patches the centre-colour head marks as holding an object's centre when
     none does, per object in the scenes;
   - for the projector: the cosine between its output at centre patches and the summed word
-    embeddings the alignment loss aims at, and the mean norm of the other patches' outputs.
+    embeddings the alignment loss aims at, and the mean norm of the other patches' outputs;
+  - what the projector's output says, word slot by word slot: for each object's centre patch
+    and each slot (colour, shape, size, region), the alternative target (the true words with
+    that slot's word swapped for each other choice) nearest to the output; the share of
+    objects where it is the true one.
 
 Run:  python scripts/world_vision_check.py runs/world-target4 [--split test] [--n 200]
 """
@@ -25,7 +29,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from specvlm.world import train_target as tt
-    from specvlm.world.scenes import COLORS, SHAPES, render
+    from specvlm.world.grammar import REGION_PHRASES, region
+    from specvlm.world.scenes import COLORS, SHAPES, SIZES, render
     from specvlm.world.splits import world_sample
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,6 +79,37 @@ def main() -> None:
     print(f"false centre patches per object: {false_pos / n_objects:.3f}")
     print(f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}")  # fmt: skip
     print(f"projector at other patches: norm {projected[~centre].norm(dim=-1).mean():.2f}")
+
+    # Slot by slot: is the true word the nearest of its alternatives?
+    E = model.get_input_embeddings().weight.detach().float()
+
+    def emb(words: list[str]) -> torch.Tensor:
+        return sum(E[tokenizer.encode(" " + w, add_special_tokens=False)[0]] for w in words)
+
+    slots = {
+        "colour": list(COLORS),
+        "shape": list(SHAPES),
+        "size": list(SIZES),
+        "region": list(REGION_PHRASES),
+    }
+    hits = {k: 0 for k in slots}
+    n_probe = 0
+    for b, scene in enumerate(scenes):
+        labels = tt.patch_labels(scene, grid)
+        for r, c, o in tt._centre_patches(scene, grid):
+            p = r * grid + c
+            if labels[2, p] != colors.index(o.color) + 1:
+                continue
+            n_probe += 1
+            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": region(o.x, o.y)}  # fmt: skip
+            for slot, choices in slots.items():
+                dist = []
+                for choice in choices:
+                    words = {**truth, slot: choice}
+                    target_words = [words["colour"], words["shape"], words["size"], *words["region"].split()]  # fmt: skip
+                    dist.append(float((projected[b, p] - emb(target_words)).norm()))
+                hits[slot] += int(choices[int(np.argmin(dist))] == truth[slot])
+    print("projector output, nearest alternative per word slot: " + ", ".join(f"{k} {100 * v / n_probe:.1f}%" for k, v in hits.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

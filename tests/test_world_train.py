@@ -131,6 +131,11 @@ def test_patch_labels_follow_the_scene():
     assert center_color[5, 2] == list(COLORS).index("red") + 1
     assert center_shape[5, 2] == list(SHAPES).index("star") + 1
     assert center_color[0, 6] == list(COLORS).index("blue") + 1
+    # ... and the region the grammar names for that centre: bottom left, top right
+    center_region = labels[list(tt.PATCH_LABELS).index("center_region")].reshape(grid, grid)
+    assert (center_region > 0).sum() == 2
+    assert center_region[5, 2] == tt.REGIONS.index("bottom left") + 1
+    assert center_region[0, 6] == tt.REGIONS.index("top right") + 1
     cover_color = labels[list(tt.PATCH_LABELS).index("cover_color")].reshape(grid, grid)
     # the large star covers several patches, all red; far corners show nothing
     assert (cover_color == list(COLORS).index("red") + 1).sum() >= 3
@@ -226,6 +231,6 @@ def test_drill_records_are_grounded_closed_questions():
 
 def test_tiny_run_trains_on_drills(run):
     out, _ = run
-    data = torch.load(next(out.glob("data-v3-*drill3*.pt")))
+    data = torch.load(next(out.glob("data-v4-*drill3*.pt")))
     assert data["family"].count("drill") == tt.CONFIGS["tiny"].n_scenes
     assert len(data["ids"]) == len(data["family"]) == len(data["scene"])
