@@ -45,7 +45,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(args.out / "tokenizer"))
     model = tt.build_model(cfg, tokenizer)
     heads = tt.PatchHeads(cfg.vision_hidden)
-    torch.nn.ModuleDict({"model": model, "heads": heads}).load_state_dict(ckpt["model"])
+    missing, unexpected = torch.nn.ModuleDict({"model": model, "heads": heads}).load_state_dict(ckpt["model"], strict=False)  # fmt: skip
+    if unexpected or any(not k.startswith("heads.heads.center_region") for k in missing):
+        raise SystemExit(f"{args.out}: checkpoint does not fit: missing {missing}, unexpected {unexpected}")  # fmt: skip
+    # (checkpoints from before the region head lack only that head, which this script never reads)
     model.eval()
     grid = cfg.image_size // cfg.patch_size
 
