@@ -4,6 +4,7 @@ Reads `OUT/checkpoint.pt` of `specvlm world train-target` (the model and its pat
 for scenes of a split, reports:
   - per object: the share of objects whose centre patch the centre heads label with the right
     colour AND shape (objects whose centre patch belongs to a front object are skipped);
+  - with the region head (checkpoints since run 6): the share whose region it gets right;
   - false positives: patches the centre-colour head marks as holding an object's centre when
     none does, per object in the scenes;
   - for the projector: the cosine between its output at centre patches and the summed word
@@ -60,9 +61,11 @@ def main() -> None:
         h = heads.norm(feats.float())
         color = heads.heads["center_color"](h).argmax(-1)  # (N, P)
         shape = heads.heads["center_shape"](h).argmax(-1)
+        has_region = "heads.heads.center_region.weight" in ckpt["model"]
+        region_head = heads.heads["center_region"](h).argmax(-1) if has_region else None
 
     colors, shapes = list(COLORS), list(SHAPES)
-    right = total = false_pos = n_objects = 0
+    right = total = false_pos = n_objects = region_right = 0
     for b, scene in enumerate(scenes):
         labels = tt.patch_labels(scene, grid)
         for r, c, o in tt._centre_patches(scene, grid):
@@ -71,6 +74,10 @@ def main() -> None:
                 continue  # another object's centre shares this patch and is in front
             total += 1
             right += int(color[b, p] == colors.index(o.color) + 1 and shape[b, p] == shapes.index(o.shape) + 1)  # fmt: skip
+            if region_head is not None:
+                region_right += int(
+                    region_head[b, p] == labels[list(tt.PATCH_LABELS).index("center_region"), p]
+                )
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
         n_objects += len(scene.objects)
 
@@ -79,6 +86,8 @@ def main() -> None:
     cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
     print(f"{args.out}  split {args.split}  n {args.n}")
     print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip
+    if region_head is not None:
+        print(f"objects with the region right at the centre patch (region head): {100 * region_right / total:.1f}%")  # fmt: skip
     print(f"false centre patches per object: {false_pos / n_objects:.3f}")
     print(f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}")  # fmt: skip
     print(f"projector at other patches: norm {projected[~centre].norm(dim=-1).mean():.2f}")
