@@ -112,6 +112,11 @@ def test_evaluate_runs_on_the_saved_folder(run):
     r = evaluate_target(run[0] / "model", "test", n=2, max_description_tokens=8, progress=False)
     assert 0.0 <= r["closed_accuracy"] <= 1.0 and r["closed_count"] >= 1
     assert 0.0 <= r["description_coverage"] <= 1.0
+    # the per-object-count split adds up to the whole, and every uncovered scene left one out
+    by_count = r["description_by_objects"]
+    assert sum(m for _, m in by_count.values()) == 2
+    assert sum(a * m for a, m in by_count.values()) == pytest.approx(2 * r["description_coverage"])
+    assert sum(r["description_missed"].values()) >= round(2 * (1 - r["description_coverage"]))
     assert 0.0 < r["mean_entropy"] < np.log(200_000)
     assert "closed questions" in format_report(r)
 

@@ -8,7 +8,9 @@ For each of `n` scenes of the split (kind image):
   `multiturn` record, answered greedily and scored with `grammar.check_answer`; accuracy per
   question type and over count, color, position and yes/no (exists, relation, corner);
 - descriptions: the `detailed` record's prompt, answered greedily; coverage is the fraction of
-  scenes whose description names every object (`grammar.mentions`, colour and shape);
+  scenes whose description names every object (`grammar.mentions`, colour and shape), also by
+  the number of objects in the scene; each object left out is counted as "wrong colour" (its
+  shape named with another colour) or "not named";
 - entropy: the mean, over every generated answer token, of the entropy (nats) of the model's
   next-token distribution at temperature 1 along the greedy answer.
 
@@ -145,6 +147,8 @@ def evaluate_model(
     total = sum(math.ceil(len(items) / batch_size) for _, items, _ in jobs)
     bar = tqdm(total=total, desc=f"eval {split}", unit="batch", disable=not progress)
     covered: list[bool] = []
+    by_count: dict[int, list[bool]] = defaultdict(list)  # objects in the scene -> covered
+    missed = {"not named": 0, "wrong colour": 0}  # objects a description left out
     for job, items, max_new in jobs:
         for s in range(0, len(items), batch_size):
             chunk = items[s : s + batch_size]
@@ -158,8 +162,13 @@ def evaluate_model(
                     right[meta["qtype"]].append(ok)
                 else:
                     names = [o.split() for o in meta["objects"]]
-                    ok = all(grammar.mentions(text, color, shape) for color, shape in names)
+                    named = [grammar.mentions(text, color, shape) for color, shape in names]
+                    ok = all(named)
                     covered.append(ok)
+                    by_count[len(names)].append(ok)
+                    for (_, shape), hit in zip(names, named, strict=True):
+                        if not hit:  # its shape named with another colour, or not at all
+                            missed["wrong colour" if grammar.mentions(text, None, shape) else "not named"] += 1  # fmt: skip
                 if len(examples) < 6 or (not ok and len(examples) < 12):
                     examples.append({"question": q, "answer": text, "ok": ok})
             bar.update(1)
@@ -177,6 +186,10 @@ def evaluate_model(
         },  # fmt: skip
         "per_type": {t: (acc, len(right[t])) for t, acc in per_type.items()},
         "description_coverage": sum(covered) / max(len(covered), 1),
+        "description_by_objects": {
+            k: (sum(v) / len(v), len(v)) for k, v in sorted(by_count.items())
+        },  # fmt: skip
+        "description_missed": missed,
         "mean_entropy": sum(entropies) / max(len(entropies), 1),
         "examples": examples,
     }
@@ -195,6 +208,8 @@ def format_report(r: dict) -> str:
         lines.append(f"  {g:<10} {100 * acc:5.1f}%  ({k})")
     lines.append("per question type: " + ", ".join(f"{t} {100 * a:.0f}% ({k})" for t, (a, k) in r["per_type"].items()))  # fmt: skip
     lines.append(f"descriptions naming every object: {100 * r['description_coverage']:.1f}%")
+    lines.append("  by objects in the scene: " + ", ".join(f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["description_by_objects"].items()))  # fmt: skip
+    lines.append("  objects left out: " + ", ".join(f"{k} {v}" for k, v in r["description_missed"].items()))  # fmt: skip
     lines.append(f"mean answer-token entropy at T=1: {r['mean_entropy']:.3f} nats")
     for ex in r["examples"][:8]:
         mark = "ok " if ex["ok"] else "BAD"
