@@ -155,12 +155,23 @@ def _assistant(ctx: BenchContext):
     ).eval()
 
 
+def _lookup(ctx: BenchContext) -> HFMethod:
+    """Prompt lookup copies what followed an earlier match of the last tokens; in a LLaVA prompt
+    that can be the image placeholders, and `transformers` then fails ("Image features and image
+    tokens do not match"). Banning the placeholder token (`bad_words_ids`, the usual workaround)
+    makes the lookup crop its candidates before it; the output is unchanged unless the model
+    itself would pick the placeholder, which the identical-output check would show."""
+    image_token = int(ctx.hf_model().config.image_token_id)
+    return HFMethod("hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens,
+                    bad_words_ids=[[image_token]])  # fmt: skip
+
+
 METHODS: dict[str, Callable[[BenchContext], Method]] = {
     "plain": lambda ctx: EngineMethod("plain", ctx.engine, speculative=False),
     "eaglevlm": lambda ctx: EngineMethod("eaglevlm", ctx.engine, speculative=True),
     "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),
     "hf-assisted": lambda ctx: HFMethod("hf-assisted", ctx, assistant_model=_assistant(ctx)),
-    "hf-lookup": lambda ctx: HFMethod("hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens),
+    "hf-lookup": _lookup,
 }
 
 
