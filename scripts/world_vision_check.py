@@ -65,6 +65,10 @@ def main() -> None:
         region_head = heads.heads["center_region"](h).argmax(-1) if has_region else None
 
     colors, shapes = list(COLORS), list(SHAPES)
+    E = model.get_input_embeddings().weight.detach().float()
+    word_row = {w: E[tokenizer.encode(" " + w, add_special_tokens=False)[0]] for w in [*COLORS, *SHAPES, *SIZES, "top", "bottom", "left", "right", "center"]}  # fmt: skip
+    slots = {"colour": list(COLORS), "shape": list(SHAPES), "size": list(SIZES), "region": list(REGION_PHRASES)}  # fmt: skip
+    hits = {k: 0 for k in slots}  # word slot -> objects whose true word is the nearest choice
     right = total = false_pos = n_objects = region_right = 0
     for b, scene in enumerate(scenes):
         labels = tt.patch_labels(scene, grid)
@@ -78,6 +82,15 @@ def main() -> None:
                 region_right += int(
                     region_head[b, p] == labels[list(tt.PATCH_LABELS).index("center_region"), p]
                 )
+            # the projector's output against each slot's alternatives, the other words true
+            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": region(o.x, o.y)}  # fmt: skip
+            for slot, choices in slots.items():
+                dist = []
+                for choice in choices:
+                    w = {**truth, slot: choice}
+                    names = [w["colour"], w["shape"], w["size"], *w["region"].split()]
+                    dist.append(float((projected[b, p] - sum(word_row[x] for x in names)).norm()))
+                hits[slot] += int(choices[int(np.argmin(dist))] == truth[slot])
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
         n_objects += len(scene.objects)
 
@@ -92,36 +105,7 @@ def main() -> None:
     print(f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}")  # fmt: skip
     print(f"projector at other patches: norm {projected[~centre].norm(dim=-1).mean():.2f}")
 
-    # Slot by slot: is the true word the nearest of its alternatives?
-    E = model.get_input_embeddings().weight.detach().float()
-
-    def emb(words: list[str]) -> torch.Tensor:
-        return sum(E[tokenizer.encode(" " + w, add_special_tokens=False)[0]] for w in words)
-
-    slots = {
-        "colour": list(COLORS),
-        "shape": list(SHAPES),
-        "size": list(SIZES),
-        "region": list(REGION_PHRASES),
-    }
-    hits = {k: 0 for k in slots}
-    n_probe = 0
-    for b, scene in enumerate(scenes):
-        labels = tt.patch_labels(scene, grid)
-        for r, c, o in tt._centre_patches(scene, grid):
-            p = r * grid + c
-            if labels[2, p] != colors.index(o.color) + 1:
-                continue
-            n_probe += 1
-            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": region(o.x, o.y)}  # fmt: skip
-            for slot, choices in slots.items():
-                dist = []
-                for choice in choices:
-                    words = {**truth, slot: choice}
-                    target_words = [words["colour"], words["shape"], words["size"], *words["region"].split()]  # fmt: skip
-                    dist.append(float((projected[b, p] - emb(target_words)).norm()))
-                hits[slot] += int(choices[int(np.argmin(dist))] == truth[slot])
-    print("projector output, nearest alternative per word slot: " + ", ".join(f"{k} {100 * v / n_probe:.1f}%" for k, v in hits.items()))  # fmt: skip
+    print("projector output, nearest alternative per word slot: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in hits.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

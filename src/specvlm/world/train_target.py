@@ -10,10 +10,10 @@ and its chat template and a LlavaProcessor with a CLIP image processor. `out/mod
 `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained` (fp16).
 
 Recipe, in two stages. Stage 1 (`vision_pretrain_steps`, minutes): the vision tower alone learns
-per-patch labels from the renderer's ground truth (which colour and shape covers each patch, and
-whose centre lies in it and in which ninth of the canvas), so the features the decoder reads already say what is where; learning
-that through the answer loss alone was the slow part (a first run without it stayed near chance
-on colours after 78 minutes). Stage 2: the whole LLaVA on the answers, with the patch loss kept
+per-patch labels from the renderer's ground truth (which colour and shape covers each patch,
+whose centre lies in it, and in which ninth of the canvas), so the features the decoder reads
+already say what is where; learning that through the answer loss alone was the slow part (a
+first run without it stayed near chance on colours after 78 minutes). Stage 2: the whole LLaVA on the answers, with the patch loss kept
 on at `aux_weight`, and an alignment loss (`align_weight`) that pulls the projector's output at
 each object's centre patch towards the sum of the decoder's own (detached) embeddings of the
 words naming it (" red", " star", " small", " top", " left"): the decoder then finds objects in
