@@ -126,6 +126,24 @@ def decoder_block(
     return h + block.mlp(block.post_attention_layernorm(h))
 
 
+def fast_linear_layout(module: nn.Module) -> int:
+    """Store every Linear weight (out, in) transposed in memory: same values, strides (1, out).
+
+    `F.linear(x, W)` multiplies by W^T; with W^T contiguous, the CPU matmul takes its fast path.
+    Measured with 2 threads (docs/benchmarks.md, "Linear weight layout"): a 192 -> 512 layer at
+    1-16 rows costs 1.5-2x less, and the world target's 16-node verify 4.7 ms instead of 6.9 ms.
+    Weights shared with an embedding table (tied LM heads) are left as they are, so row lookups
+    stay contiguous. Inference only: call it on frozen modules. Returns how many were changed.
+    """
+    tied = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    changed = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in tied and m.weight.is_contiguous():
+            m.weight.data = m.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
+            changed += 1
+    return changed
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -133,6 +151,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:  # one fused op (the same numbers in float32)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)

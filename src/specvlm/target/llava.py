@@ -25,7 +25,7 @@ from specvlm.errors import (
     UnsupportedModelError,
 )
 from specvlm.kv_cache import KVCache
-from specvlm.layers import AttentionShape, decoder_block
+from specvlm.layers import AttentionShape, decoder_block, fast_linear_layout
 from specvlm.media import load_images
 from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
 
@@ -85,6 +85,8 @@ class LlavaTarget:
             hf_logging.enable_progress_bar()
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
+        if self.device.type == "cpu":  # the CPU matmul's fast weight layout (values unchanged)
+            fast_linear_layout(self.model)  # sees the embedding table, so tied heads stay
         self.tokenizer = self.processor.tokenizer
         cfg = self.model.config
         text = cfg.text_config
