@@ -89,3 +89,28 @@ def test_rerank_is_closed_under_parents_for_any_budget():
         for node in range(tree.size):
             kids = tree.tokens[tree.children(node)].tolist()
             assert len(kids) == len(set(kids))
+
+
+def test_from_parents_matches_walking_up_the_tree_on_random_trees():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 40)
+        parents = [-1] + [rng.randrange(i) for i in range(1, n)]
+        tree = DraftTree.from_parents(list(range(100, 100 + n)), parents)
+
+        def lineage(i, parents=parents):
+            out = [i]
+            while parents[out[-1]] != -1:
+                out.append(parents[out[-1]])
+            return out[::-1]  # root first
+
+        leaves = [i for i in range(n) if i not in parents]
+        width = max(len(lineage(i)) for i in range(n))
+        for i in range(n):
+            assert tree.depths[i] == len(lineage(i)) - 1
+            assert tree.mask[i].nonzero().flatten().tolist() == sorted(lineage(i))
+        assert tree.paths.tolist() == [
+            lineage(i) + [-1] * (width - len(lineage(i))) for i in leaves
+        ]

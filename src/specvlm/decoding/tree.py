@@ -40,28 +40,30 @@ class DraftTree:
             raise ValueError("node 0 must be the root (parent -1)")
         if any(not 0 <= p < i for i, p in enumerate(parents[1:], start=1)):
             raise ValueError("every parent must come before its child")
+        # plain Python lists first, one tensor each at the end: a tree is built every round,
+        # and element-wise tensor writes would cost more than the arithmetic
         depths = [0] * n
-        mask = torch.eye(n, dtype=torch.bool)
+        lineage: list[list[int]] = [[0]]  # lineage[i]: the nodes from the root down to i
         has_child = [False] * n
         for i in range(1, n):
             p = parents[i]
             depths[i] = depths[p] + 1
-            mask[i] |= mask[p]  # ancestors of the parent, plus self from eye
+            lineage.append(lineage[p] + [i])
             has_child[p] = True
-        leaves = [i for i in range(n) if not has_child[i]]
-        max_depth = max(depths)
-        paths = torch.full((len(leaves), max_depth + 1), -1, dtype=torch.long)
-        for row, leaf in enumerate(leaves):
-            node = leaf
-            while node != -1:
-                paths[row, depths[node]] = node
-                node = parents[node]
+        mask = [[False] * n for _ in range(n)]
+        for i, line in enumerate(lineage):
+            for j in line:
+                mask[i][j] = True  # node i sees itself and its ancestors
+        width = max(depths) + 1
+        paths = [
+            lineage[i] + [-1] * (width - len(lineage[i])) for i in range(n) if not has_child[i]
+        ]
         return cls(
             tokens=torch.as_tensor(tokens, dtype=torch.long).reshape(n),
             parents=torch.tensor(parents, dtype=torch.long),
             depths=torch.tensor(depths, dtype=torch.long),
-            mask=mask,
-            paths=paths,
+            mask=torch.tensor(mask, dtype=torch.bool),
+            paths=torch.tensor(paths, dtype=torch.long),
         )
 
     @classmethod
@@ -134,8 +136,9 @@ def _rerank(
     keep = min(budget - 1, tokens.shape[0])
     # stable sort: on equal values the earlier-created candidate (a parent) wins
     order = torch.sort(-values, stable=True).indices[:keep]
-    kept = torch.sort(order).values.tolist()  # creation order: parents precede children
+    kept = sorted(order.tolist())  # creation order: parents precede children
     node_of = {c: i + 1 for i, c in enumerate(kept)}  # candidate index -> tree node index
+    parent_of = parents.tolist()
     # a KeyError here would mean the kept set is not closed under parents (a bug)
-    tree_parents = [-1] + [0 if parents[c] < 0 else node_of[int(parents[c])] for c in kept]
+    tree_parents = [-1] + [0 if parent_of[c] < 0 else node_of[parent_of[c]] for c in kept]
     return DraftTree.from_parents([root] + tokens[kept].tolist(), tree_parents)

@@ -104,10 +104,14 @@ class EagleHead(nn.Module):
         cache: KVCache,
         mask: torch.Tensor | str | None,
         start: int | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """features, embeds (T, d); positions (T,) -> predicted next features (T, d)."""
+        """features, embeds (T, d); positions (T,) -> predicted next features (T, d).
+
+        `rope`: the (cos, sin) of `positions` when the caller has them already."""
         x = self.fc(self.input_norm(torch.cat([features, embeds.to(features.dtype)], dim=-1)))
-        rope = self.rope(positions, x.dtype)
+        if rope is None:
+            rope = self.rope(positions, x.dtype)
         return decoder_block(self.midlayer, x, rope, self.config.attention, cache, 0, mask, start)
 
     # ---- files --------------------------------------------------------------------------
@@ -231,6 +235,13 @@ class EagleDrafter:
         assert self.cache is not None and self.root_logprobs is not None
         L = self.cache.length  # the root's children sit at position L
         device = self.root_feature.device
+        k = min(top_k, self.root_logprobs.shape[-1])  # rows of every expansion
+        # computed once per tree: level i's nodes sit at position L + i, and may see the whole
+        # committed prefix plus their ancestors among the scratch slots [L, L + S)
+        levels = torch.arange(L, L + depth, device=device)
+        cos, sin = self.head.rope(levels, self.root_feature.dtype)  # (depth, hd) each
+        mask = torch.ones(k, L + depth * k, dtype=torch.bool, device=device)  # (k, L + S_max)
+        eye = torch.eye(k, dtype=torch.bool, device=device)
         state = {
             "features": self.root_feature,  # (rows, d) draft outputs of the last frontier
             "ancestors": torch.zeros(1, 0, dtype=torch.bool, device=device),  # (rows, S)
@@ -238,22 +249,18 @@ class EagleDrafter:
         }
 
         def expand(tokens: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
-            k, S = tokens.shape[0], state["ancestors"].shape[1]
-            ancestors = torch.cat(  # (k, S + k): the parent's ancestors, then itself
-                [state["ancestors"][parent_rows], torch.eye(k, dtype=torch.bool, device=device)],
-                dim=1,
-            )
-            mask = torch.cat(  # (k, L + S + k): the whole committed prefix is visible
-                [torch.ones(k, L, dtype=torch.bool, device=device), ancestors], dim=1
-            )
-            positions = torch.full((k,), L + state["level"], device=device)
+            S, level = state["ancestors"].shape[1], state["level"]
+            # (k, S + k): the parent's ancestors, then itself
+            ancestors = torch.cat([state["ancestors"][parent_rows], eye], dim=1)
+            mask[:, L : L + S + k] = ancestors
             out = self.head(
                 state["features"][parent_rows],  # (k, d) the parent's predicted feature
                 self.embed(tokens.to(device)),
-                positions,
+                None,
                 self.cache,
-                mask,
+                mask[:, : L + S + k],  # (k, L + S + k)
                 start=L + S,  # scratch slots past the committed prefix, never committed
+                rope=(cos[level].expand(k, -1), sin[level].expand(k, -1)),  # (k, hd) each
             )
             state.update(features=out, ancestors=ancestors, level=state["level"] + 1)
             return self._logprobs(out)  # (k, V)
