@@ -84,6 +84,27 @@ def test_cli_generate_json(pair, tmp_path, capsys):
     assert out["stats"]["new_tokens"] == 24 and out["stats"]["tau"] >= 1
 
 
+def test_cli_generate_with_a_given_tree(pair, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    noise_image(0).save(image)
+    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
+            "--prompt", PROMPT, "--max-new-tokens", "24", "--json", "--tree", "2,3,4"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    engine = api.load(target=pair[0])
+    expected = engine.generate(PROMPT, images=[image], max_new_tokens=24, speculative=False)
+    assert out["token_ids"] == expected.token_ids
+    assert 1 < out["stats"]["mean_tree_size"] <= 4  # the budget given, root included
+    assert max(map(int, out["stats"]["accept_histogram"])) <= 3  # depth 2: 2 drafts + root
+
+
+def test_cli_rejects_a_malformed_tree(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--prompt", "hi", "--tree", "5,4"])
+    assert e.value.code == 2
+    assert "DEPTH,TOP_K,BUDGET" in capsys.readouterr().err
+
+
 def test_cli_generate_streams_text(pair, tmp_path, capsys):
     image = tmp_path / "x.png"
     noise_image(0).save(image)

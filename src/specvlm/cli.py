@@ -25,6 +25,29 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", help="draft head folder; default: the embedded target's draft")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument(
+        "--tree",
+        type=_tree,
+        default=None,
+        metavar="DEPTH,TOP_K,BUDGET",
+        help="draft tree, e.g. 5,4,12 (default: the one `bench --tune` chose on this machine, "
+        "else 5,4,16)",
+    )
+
+
+def _tree(value: str):
+    from specvlm.config import TreeConfig
+    from specvlm.errors import GenerationArgumentError
+
+    parts = value.split(",")
+    try:
+        depth, top_k, budget = (int(x) for x in parts)
+        return TreeConfig(depth=depth, top_k=top_k, budget=budget)
+    except (ValueError, GenerationArgumentError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a tree: give three integers >= 1 as DEPTH,TOP_K,BUDGET, "
+            f"e.g. 5,4,12 ({e})"
+        ) from None
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +69,8 @@ def _load(args: argparse.Namespace):
         if args.target is None and embedded_target() is None:
             print("note: no trained embedded models ship yet; using a tiny random LLaVA built "
                   "in code (gibberish output, unrepresentative speed)", file=sys.stderr)  # fmt: skip
-        return load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype)
+        return load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype,
+                    tree=args.tree)  # fmt: skip
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -147,15 +171,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.tune:
         from specvlm.bench.tune import tune
 
-        prompts = [(list(it.messages), list(it.images)) for it in items[:3]]
+        prompts = [(list(it.messages), list(it.images)) for it in items[:5]]
         res = tune(engine, prompts, max_new_tokens=args.max_new_tokens,
                    progress=sys.stderr.isatty())  # fmt: skip
         paper = res["paper_default"]
-        print(f"chosen tree {res['tree']}: tau {res['tau']:.2f}, est. "
-              f"{res['est_tokens_per_s']:.1f} tok/s; paper default {paper['tree']}: tau "
-              f"{paper['tau']:.2f}, est. {paper['est_tokens_per_s']:.1f} tok/s; gain "
-              f"{res['gain_over_paper_default']:.2f}x; plain est. "
-              f"{res['plain_est_tokens_per_s']:.1f} tok/s\nwrote {res['path']}")  # fmt: skip
+        print(f"chosen tree {res['tree']}: tau {res['tau']:.2f}, {res['tokens_per_s']:.1f} "
+              f"tok/s, {res['speedup']:.2f}x plain ({res['plain_tokens_per_s']:.1f} tok/s); "
+              f"paper default {paper['tree']}: tau {paper['tau']:.2f}, "
+              f"{paper['tokens_per_s']:.1f} tok/s; gain {res['gain_over_paper_default']:.2f}x "
+              f"(measured on {res['prompts']} prompts)\nwrote {res['path']}")  # fmt: skip
         return 0
     config = {"tree": vars(engine.tree), "max_new_tokens": args.max_new_tokens,
               "target": str(engine.target_dir), "draft": args.draft}  # fmt: skip
