@@ -8,6 +8,12 @@ Prints, for tiny LLaVA targets built in code:
      accept / commit / catch-up / the rest (the loop itself).
 
 Run:  python scripts/bench_engine.py [--sizes small,world] [--tokens 128] [--repeats 5]
+
+On a trained pair instead (the verify curve in both Linear weight layouts, interleaved, and the
+per-round split with the given tree):
+
+      python scripts/bench_engine.py --target runs/world-target5/model --draft runs/world-draft5 \
+          --tree 7,2,12 [--world 6]
 """
 
 from __future__ import annotations
@@ -105,6 +111,26 @@ def plain_vs_hf(folder: Path, prompts, tokens: int, repeats: int) -> dict[str, f
     return res
 
 
+def set_layout(module: torch.nn.Module, fast: bool) -> None:
+    """Linear weights in the fast (transposed in memory) or the checkpoint's own layout."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight.data
+            m.weight.data = w.t().contiguous().t() if fast else w.contiguous()
+
+
+def layout_curves(target, prompt, sizes=(1, 4, 8, 12, 16, 24, 32), rounds: int = 4) -> dict:
+    """verify_curve with the checkpoint's layout and the fast one, alternating `rounds` times."""
+    times: dict[str, dict[int, list[float]]] = {"checkpoint": {}, "fast": {}}
+    for _ in range(rounds):
+        for name, fast in (("checkpoint", False), ("fast", True)):
+            set_layout(target.model, fast)
+            for n, t in verify_curve(target, prompt, sizes, repeats=10).items():
+                times[name].setdefault(n, []).append(t)
+    set_layout(target.model, True)  # how the engine runs it
+    return {name: {n: statistics.median(ts) for n, ts in c.items()} for name, c in times.items()}
+
+
 def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeConfig) -> dict:
     """Per-round time split of speculative and plain decoding (wall clock, seconds per round)."""
     engine = api.load(target=folder, draft=draft, tree=tree)
@@ -136,17 +162,18 @@ def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeC
         for mode, speculative in (("speculative", True), ("plain", False)):
             engine.generate(*prompts[0], max_new_tokens=8, speculative=speculative)  # warm-up
             spent.clear()
-            rounds, decode = 0, 0.0
+            rounds, decode, accepted = 0, 0.0, 0
             for text, images in prompts:
                 out = engine.generate(
                     text, images=images, max_new_tokens=tokens, speculative=speculative
                 )
                 rounds += out.stats.target_forwards
                 decode += out.stats.decode_s
+                accepted += sum(out.stats.accept_lengths)
             parts = {k: v / rounds for k, v in spent.items()}
             parts["loop (the rest)"] = decode / rounds - sum(parts.values())
             parts["round"] = decode / rounds
-            parts["tau"] = len(prompts) * (tokens - 1) / rounds
+            parts["tau"] = accepted / rounds  # tokens per target forward
             result[mode] = parts
     finally:
         for obj, name, fn in originals:
@@ -160,12 +187,21 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--target", help="a trained LLaVA folder: measure it instead of tiny models")
+    ap.add_argument("--draft", help="its draft head folder (with --target)")
+    ap.add_argument("--tree", default="5,4,16", help="depth,top_k,budget (with --target)")
+    ap.add_argument("--world", type=int, default=6, help="world test items (with --target)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
     print(f"# engine benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {commit}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}\n")  # fmt: skip
+    if args.target:
+        results = trained_pair(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        return
     results = {}
     work = Path(tempfile.mkdtemp(prefix="specvlm-bench-"))
     texts = ["describe the image in detail.", "how many shapes are there? explain."]
@@ -199,6 +235,32 @@ def main() -> None:
         results[size] = {"verify_curve_s": curve, "plain": speed, "rounds": br}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+def trained_pair(args) -> dict:
+    from specvlm.bench.suites import load_suite
+
+    items = load_suite("world", n=args.world)
+    prompts = [(list(item.messages), list(item.images)) for item in items]
+    target = load_target(args.target)
+    curves = layout_curves(target, target.prepare(*prompts[0]))
+    print("| layout | " + " | ".join(f"c({n}) ms" for n in curves["fast"]) + " |")
+    print("|---|" + "---|" * len(curves["fast"]))
+    for name, c in curves.items():
+        print(f"| {name} | " + " | ".join(f"{v * 1000:.2f}" for v in c.values()) + " |")
+    print()
+    del target
+    depth, top_k, budget = (int(x) for x in args.tree.split(","))
+    tree = TreeConfig(depth, top_k, budget)
+    br = round_breakdown(Path(args.target), Path(args.draft), prompts, args.tokens, tree)
+    keys = ["draft", "verify", "accept", "commit", "catch-up", "loop (the rest)", "round"]
+    print(f"per-round time (ms), {len(prompts)} world test items, tree {tree}:\n")
+    print("| mode | tau | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for mode, parts in br.items():
+        cells = " | ".join(f"{parts.get(k, 0.0) * 1000:.3f}" for k in keys)
+        print(f"| {mode} | {parts['tau']:.2f} | {cells} |")
+    return {"layout_curves_s": curves, "rounds": br}
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class Stub:
         if self.fail:
             raise ValueError("this baseline is broken")
         return RunResult(self.tokens, "x", 0.1, 0.1, self.seconds - 0.1, tau=self.tau,
-                         accept_histogram={1: 1, 3: 2} if self.tau else {})  # fmt: skip
+                         accept_histogram={1: 1, round(2 * self.tau - 1): 1} if self.tau else {})  # fmt: skip
 
 
 def test_methods_are_interleaved_after_a_warm_up():
@@ -71,6 +71,35 @@ def test_a_method_with_a_wrong_token_is_reported_not_identical():
     for field in ("machine", "commit", "config", "method", "suite", "temperature", "tokens",
                   "seconds", "tau", "speedup"):  # fmt: skip
         assert field in records[0]
+
+
+class PerItem(Stub):
+    """Seconds and accepted lengths that differ per item."""
+
+    def __init__(self, name, calls, seconds_of, hist_of):
+        super().__init__(name, calls, tau=1.0)
+        self.seconds_of, self.hist_of = seconds_of, hist_of
+
+    def run(self, req):
+        q = req.messages[0]["content"]
+        secs, hist = self.seconds_of.get(q, 1.0), self.hist_of.get(q, {1: 3})
+        tau = sum(k * n for k, n in hist.items()) / sum(hist.values())
+        return RunResult(self.tokens, "x", 0.1, 0.1, secs - 0.1, tau=tau, accept_histogram=hist)
+
+
+def test_summary_speedup_is_the_workload_ratio_and_tau_is_per_round():
+    calls = []
+    spec = PerItem("spec", calls, seconds_of={"q0": 0.25, "q1": 1.0, "q2": 0.5},
+                   hist_of={"q0": {4: 1}, "q1": {1: 3}, "q2": {2: 1, 4: 1}})  # fmt: skip
+    records = runner.run_bench([Stub("plain", calls), spec], ITEMS, progress=False)
+    rows = {(r["suite"], r["method"]): r for r in runner.summarise(records)}
+    # s1 holds q0 and q1: plain 2 s, spec 1.25 s for the same tokens -> 1.6x (not (4 + 1) / 2)
+    assert rows[("s1", "spec")]["speedup"] == pytest.approx(1.6)
+    assert rows[("s1", "spec")]["speedup_sd"] == pytest.approx(1.5)  # per-item 4.0 and 1.0
+    assert rows[("all", "spec")]["speedup"] == pytest.approx(3.0 / 1.75)
+    # tau over rounds: s1 has 4 rounds accepting 4 + 1 + 1 + 1 tokens (not (4 + 1) / 2)
+    assert rows[("s1", "spec")]["tau"] == pytest.approx(7 / 4)
+    assert rows[("all", "spec")]["tau"] == pytest.approx(13 / 6)
 
 
 def test_a_failing_baseline_is_reported_and_the_rest_run():

@@ -20,9 +20,13 @@ def test_tune_writes_a_choice_that_load_uses(tiny_dir, tmp_path, monkeypatch):
     trees = [TreeConfig(**g["tree"]) for g in res["grid"]]
     assert TreeConfig(7, 10, 60) in trees and TreeConfig(2, 2, 4) in trees
     assert TreeConfig(2, 2, 60) not in trees  # more nodes than the tree can hold
-    best = max(res["grid"], key=lambda g: g["est_tokens_per_s"])
+    best = max(res["grid"], key=lambda g: g["tokens_per_s"])
     assert res["tree"] == best["tree"] and res["gain_over_paper_default"] >= 1.0
+    assert res["tokens_per_s"] == best["tokens_per_s"] > 0 and res["plain_tokens_per_s"] > 0
+    assert res["speedup"] == res["tokens_per_s"] / res["plain_tokens_per_s"]
     assert all(g["tau"] >= 1.0 for g in res["grid"])
+    deepest = max(res["grid"], key=lambda g: g["tau"])  # a fitted draft gets deep trees accepted
+    assert deepest["tree"]["depth"] == 7 and deepest["tau"] > 2
     assert set(res["costs_s"]["verify"]) == {"1", "4", "60"}
     again = api.load(target=tiny_dir, draft=tmp_path / "d")
     assert again.tree == TreeConfig(**res["tree"])

@@ -122,6 +122,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         for suite in (r["suite"], "all"):
             groups[(suite, r["method"], r["temperature"])].append(r)
+    plain_of = {(r["item"], r["temperature"], r.get("sample", 0)): r for r in records
+                if r["method"] == "plain" and "error" not in r}  # fmt: skip
     rows = []
     for (suite, method, temp), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][2], kv[0][0] != "all", kv[0][0])
@@ -132,13 +134,25 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ok:
             tokens, seconds = sum(r["tokens"] for r in ok), sum(r["seconds"] for r in ok)
             speedups = [r["speedup"] for r in ok if "speedup" in r]
-            taus = [r["tau"] for r in ok if r.get("tau") is not None]
+            # speedup: throughput over the whole group against plain on the same items (the
+            # wall-clock ratio of the workload at T = 0); sd: the spread of per-item speedups
+            pairs = [(r, plain_of[key]) for r in ok
+                     if (key := (r["item"], r["temperature"], r.get("sample", 0))) in plain_of]  # fmt: skip
+            speedup = None
+            if pairs and "speedup" in pairs[0][0]:
+                mine = sum(r["tokens"] for r, _ in pairs) / sum(r["seconds"] for r, _ in pairs)
+                base = sum(p["tokens"] for _, p in pairs) / sum(p["seconds"] for _, p in pairs)
+                speedup = mine / base
+            # tau: accepted tokens per target forward over all rounds of the group
+            hists = [r["accept_histogram"] for r in ok if r.get("tau") is not None]
+            rounds = sum(n for h in hists for n in h.values())
+            accepted = sum(int(k) * n for h in hists for k, n in h.items())
             same = [r["identical"] for r in ok if "identical" in r]
             row.update(
                 tokens_per_s=tokens / seconds if seconds else 0.0,
-                speedup=statistics.mean(speedups) if speedups else None,
+                speedup=speedup,
                 speedup_sd=statistics.pstdev(speedups) if len(speedups) > 1 else 0.0,
-                tau=statistics.mean(taus) if taus else None,
+                tau=accepted / rounds if rounds else None,
                 identical=sum(same) / len(same) if same else None,
                 ttft_s=statistics.mean(r["ttft_s"] for r in ok),
             )
