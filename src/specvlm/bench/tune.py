@@ -146,7 +146,7 @@ def tune(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(candidates) + passes * (finalists + 2), desc="tune", unit="run")
+        bar = tqdm(total=len(candidates), desc="tune", unit="run")
     measure_run(engine, prompts[:1], candidates[0], max_new_tokens)  # warm-up
     _, plain = measure_run(engine, prompts, None, max_new_tokens)
     grid = []
@@ -162,8 +162,13 @@ def tune(
     ranked = sorted(grid, key=lambda g: -g["tokens_per_s"])
     final = ranked[:finalists] + [g for g in grid if TreeConfig(**g["tree"]) == PAPER_DEFAULT]
     final = list({json.dumps(g["tree"]): g for g in final}.values())
+    if bar is not None:
+        bar.total += passes * (len(final) + 1)
+        bar.refresh()
     for _ in range(passes):
         plain = max(plain, measure_run(engine, prompts, None, max_new_tokens)[1])
+        if bar is not None:
+            bar.update(1)
         for g in final:
             speed = measure_run(engine, prompts, TreeConfig(**g["tree"]), max_new_tokens)[1]
             g["tokens_per_s"] = max(g["tokens_per_s"], speed)
