@@ -34,6 +34,7 @@ from specvlm.bench.tune import cost_probe_tree
 from specvlm.config import TreeConfig
 from specvlm.decoding import loop as loop_module
 from specvlm.draft.eagle import EagleDrafter
+from specvlm.layers import fast_linear_layout
 from specvlm.target import load_target
 from specvlm.tiny import build_tiny_llava
 from specvlm.train.quickfit import fit_head_to_target
@@ -112,11 +113,12 @@ def plain_vs_hf(folder: Path, prompts, tokens: int, repeats: int) -> dict[str, f
 
 
 def set_layout(module: torch.nn.Module, fast: bool) -> None:
-    """Linear weights in the fast (transposed in memory) or the checkpoint's own layout."""
+    """Linear weights in the engine's fast layout or in the checkpoint's own (contiguous) one."""
     for m in module.modules():
         if isinstance(m, torch.nn.Linear):
-            w = m.weight.data
-            m.weight.data = w.t().contiguous().t() if fast else w.contiguous()
+            m.weight.data = m.weight.data.contiguous()
+    if fast:
+        fast_linear_layout(module)  # as the engine does: tied heads keep the table's layout
 
 
 def layout_curves(target, prompt, sizes=(1, 4, 8, 12, 16, 24, 32), rounds: int = 4) -> dict:

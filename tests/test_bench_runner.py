@@ -102,6 +102,18 @@ def test_summary_speedup_is_the_workload_ratio_and_tau_is_per_round():
     assert rows[("all", "spec")]["tau"] == pytest.approx(13 / 6)
 
 
+def test_items_with_the_same_id_in_two_suites_are_paired_within_their_suite():
+    items = [Item("7", "s1", ({"role": "user", "content": "a"},)),
+             Item("7", "s2", ({"role": "user", "content": "b"},))]  # fmt: skip
+    calls = []
+    plain = PerItem("plain", calls, seconds_of={"a": 1.0, "b": 4.0}, hist_of={})
+    spec = PerItem("spec", calls, seconds_of={"a": 0.5, "b": 1.0}, hist_of={})
+    rows = {(r["suite"], r["method"]): r
+            for r in runner.summarise(runner.run_bench([plain, spec], items, progress=False))}  # fmt: skip
+    assert rows[("s1", "spec")]["speedup"] == pytest.approx(2.0)
+    assert rows[("s2", "spec")]["speedup"] == pytest.approx(4.0)
+
+
 def test_a_failing_baseline_is_reported_and_the_rest_run():
     calls = []
     methods = [Stub("plain", calls), Stub("broken", calls, fail=True), Stub("ok", calls)]

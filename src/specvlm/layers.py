@@ -151,7 +151,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype:  # one fused op (the same numbers in float32)
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused op, the same numbers
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()

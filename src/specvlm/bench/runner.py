@@ -122,8 +122,11 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         for suite in (r["suite"], "all"):
             groups[(suite, r["method"], r["temperature"])].append(r)
-    plain_of = {(r["item"], r["temperature"], r.get("sample", 0)): r for r in records
-                if r["method"] == "plain" and "error" not in r}  # fmt: skip
+
+    def key(r: dict[str, Any]) -> tuple:  # ids are unique within a suite, not across suites
+        return r["suite"], r["item"], r["temperature"], r.get("sample", 0)
+
+    plain_of = {key(r): r for r in records if r["method"] == "plain" and "error" not in r}
     rows = []
     for (suite, method, temp), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][2], kv[0][0] != "all", kv[0][0])
@@ -136,13 +139,12 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             speedups = [r["speedup"] for r in ok if "speedup" in r]
             # speedup: throughput over the whole group against plain on the same items (the
             # wall-clock ratio of the workload at T = 0); sd: the spread of per-item speedups
-            pairs = [(r, plain_of[key]) for r in ok
-                     if (key := (r["item"], r["temperature"], r.get("sample", 0))) in plain_of]  # fmt: skip
+            pairs = [(r, plain_of[key(r)]) for r in ok if key(r) in plain_of]
             speedup = None
-            if pairs and "speedup" in pairs[0][0]:
-                mine = sum(r["tokens"] for r, _ in pairs) / sum(r["seconds"] for r, _ in pairs)
-                base = sum(p["tokens"] for _, p in pairs) / sum(p["seconds"] for _, p in pairs)
-                speedup = mine / base
+            mine = [sum(r[f] for r, _ in pairs) for f in ("tokens", "seconds")]
+            base = [sum(p[f] for _, p in pairs) for f in ("tokens", "seconds")]
+            if pairs and "speedup" in pairs[0][0] and all(mine) and all(base):
+                speedup = (mine[0] / mine[1]) / (base[0] / base[1])
             # tau: accepted tokens per target forward over all rounds of the group
             hists = [r["accept_histogram"] for r in ok if r.get("tau") is not None]
             rounds = sum(n for h in hists for n in h.values())

@@ -183,9 +183,11 @@ def tune(
         "tokens_per_s": best["tokens_per_s"],
         "tau": best["tau"],
         "plain_tokens_per_s": plain,
-        "speedup": best["tokens_per_s"] / plain,
+        "speedup": best["tokens_per_s"] / plain if plain else None,
         "paper_default": paper,
-        "gain_over_paper_default": best["tokens_per_s"] / paper["tokens_per_s"],
+        "gain_over_paper_default": (
+            best["tokens_per_s"] / paper["tokens_per_s"] if paper["tokens_per_s"] else None
+        ),
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
         "costs_s": {

@@ -238,9 +238,10 @@ class EagleDrafter:
         k = min(top_k, self.root_logprobs.shape[-1])  # rows of every expansion
         # computed once per tree: level i's nodes sit at position L + i, and may see the whole
         # committed prefix plus their ancestors among the scratch slots [L, L + S)
-        levels = torch.arange(L, L + depth, device=device)
-        cos, sin = self.head.rope(levels, self.root_feature.dtype)  # (depth, hd) each
-        mask = torch.ones(k, L + depth * k, dtype=torch.bool, device=device)  # (k, L + S_max)
+        levels = torch.arange(L, L + depth - 1, device=device)  # depth - 1 expansions at most
+        cos, sin = self.head.rope(levels, self.root_feature.dtype)  # (depth - 1, hd) each
+        # (k, L + S_max), S_max = (depth - 1) * k scratch slots: every expansion adds k nodes
+        mask = torch.ones(k, L + (depth - 1) * k, dtype=torch.bool, device=device)
         eye = torch.eye(k, dtype=torch.bool, device=device)
         state = {
             "features": self.root_feature,  # (rows, d) draft outputs of the last frontier
