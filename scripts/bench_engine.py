@@ -183,6 +183,17 @@ def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeC
     return result
 
 
+def print_rounds(br: dict, title: str) -> None:
+    """round_breakdown's result as a Markdown table (ms per round)."""
+    keys = ["draft", "verify", "accept", "commit", "catch-up", "loop (the rest)", "round"]
+    print(f"per-round time (ms), {title}:\n")
+    print("| mode | tau | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for mode, parts in br.items():
+        cells = " | ".join(f"{parts.get(k, 0.0) * 1000:.3f}" for k in keys)
+        print(f"| {mode} | {parts['tau']:.2f} | {cells} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="small,world")
@@ -226,13 +237,7 @@ def main() -> None:
                                    new_tokens=args.tokens, steps=300)  # fmt: skip
         del draft
         br = round_breakdown(folder, work / f"{size}-draft", prompts, args.tokens, TreeConfig())
-        keys = ["draft", "verify", "accept", "commit", "catch-up", "loop (the rest)", "round"]
-        print(f"per-round time (ms), draft fitted to these prompts, tree {TreeConfig()}:\n")
-        print("| mode | tau | " + " | ".join(keys) + " |")
-        print("|---|---|" + "---|" * len(keys))
-        for mode, parts in br.items():
-            cells = " | ".join(f"{parts.get(k, 0.0) * 1000:.3f}" for k in keys)
-            print(f"| {mode} | {parts['tau']:.2f} | {cells} |")
+        print_rounds(br, f"draft fitted to these prompts, tree {TreeConfig()}")
         print()
         results[size] = {"verify_curve_s": curve, "plain": speed, "rounds": br}
     if args.json:
@@ -255,13 +260,7 @@ def trained_pair(args) -> dict:
     depth, top_k, budget = (int(x) for x in args.tree.split(","))
     tree = TreeConfig(depth, top_k, budget)
     br = round_breakdown(Path(args.target), Path(args.draft), prompts, args.tokens, tree)
-    keys = ["draft", "verify", "accept", "commit", "catch-up", "loop (the rest)", "round"]
-    print(f"per-round time (ms), {len(prompts)} world test items, tree {tree}:\n")
-    print("| mode | tau | " + " | ".join(keys) + " |")
-    print("|---|---|" + "---|" * len(keys))
-    for mode, parts in br.items():
-        cells = " | ".join(f"{parts.get(k, 0.0) * 1000:.3f}" for k in keys)
-        print(f"| {mode} | {parts['tau']:.2f} | {cells} |")
+    print_rounds(br, f"{len(prompts)} world test items, tree {tree}")
     return {"layout_curves_s": curves, "rounds": br}
 
 
