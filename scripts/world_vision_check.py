@@ -9,10 +9,11 @@ for scenes of a split, reports:
     none does, per object in the scenes;
   - for the projector: the cosine between its output at centre patches and the summed word
     embeddings the alignment loss aims at, and the mean norm of the other patches' outputs;
-  - what the projector's output says, word slot by word slot: for each object's centre patch
-    and each slot (colour, shape, size, region), the alternative target (the true words with
-    that slot's word swapped for each other choice) nearest to the output; the share of
-    objects where it is the true one.
+  - what the projector's output says, slot by slot: for each object's centre patch and each
+    slot (colour, shape, size, region), the alternative target (the true one with that slot
+    swapped for each other choice) nearest to the output; the share of objects where it is the
+    true one. The region slot reads the region codes of run 7 on; checkpoints of runs 4-6
+    aimed at the region's words instead (this script at commit 0b140bc checks those).
 
 Run:  python scripts/world_vision_check.py runs/world-target4 [--split test] [--n 200]
 """
@@ -30,7 +31,6 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from specvlm.world import train_target as tt
-    from specvlm.world.grammar import REGION_PHRASES, region
     from specvlm.world.scenes import COLORS, SHAPES, SIZES, render
     from specvlm.world.splits import world_sample
 
@@ -65,10 +65,18 @@ def main() -> None:
         region_head = heads.heads["center_region"](h).argmax(-1) if has_region else None
 
     colors, shapes = list(COLORS), list(SHAPES)
-    E = model.get_input_embeddings().weight.detach().float()
-    word_row = {w: E[tokenizer.encode(" " + w, add_special_tokens=False)[0]] for w in [*COLORS, *SHAPES, *SIZES, "top", "bottom", "left", "right", "center"]}  # fmt: skip
-    slots = {"colour": list(COLORS), "shape": list(SHAPES), "size": list(SIZES), "region": list(REGION_PHRASES)}  # fmt: skip
-    hits = {k: 0 for k in slots}  # word slot -> objects whose true word is the nearest choice
+    embed = model.get_input_embeddings()
+    tid = tt.word_id(tokenizer)
+    thirds = [(r, c) for r in range(3) for c in range(3)]
+    # slot -> (choices, how a choice rewrites an object's slots from `tt.object_slots`)
+    K = tt.N_PATCH_WORDS
+    slots = {
+        "colour": (list(COLORS), lambda v, ch: [tid(ch), *v[1:]]),
+        "shape": (list(SHAPES), lambda v, ch: [v[0], tid(ch), *v[2:]]),
+        "size": (list(SIZES), lambda v, ch: [*v[:2], tid(ch), *v[3:]]),
+        "region": (thirds, lambda v, ch: [*v[:K], 1 + ch[0], 4 + ch[1]]),
+    }
+    hits = {k: 0 for k in slots}  # slot -> objects whose true choice is the nearest
     right = total = false_pos = n_objects = region_right = 0
     for b, scene in enumerate(scenes):
         labels = tt.patch_labels(scene, grid)
@@ -82,20 +90,19 @@ def main() -> None:
                 region_right += int(
                     region_head[b, p] == labels[list(tt.PATCH_LABELS).index("center_region"), p]
                 )
-            # the projector's output against each slot's alternatives, the other words true
-            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": region(o.x, o.y)}  # fmt: skip
-            for slot, choices in slots.items():
-                dist = []
-                for choice in choices:
-                    w = {**truth, slot: choice}
-                    names = [w["colour"], w["shape"], w["size"], *w["region"].split()]
-                    dist.append(float((projected[b, p] - sum(word_row[x] for x in names)).norm()))
-                hits[slot] += int(choices[int(np.argmin(dist))] == truth[slot])
+            # the projector's output against each slot's alternatives, the other slots true
+            true = tt.object_slots(o, tid)
+            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": tt.region_thirds(o.x, o.y)}  # fmt: skip
+            for slot, (choices, swap) in slots.items():
+                alts = torch.tensor([[swap(true, ch) for ch in choices]])  # (1, n_choices, slots)
+                target = tt.word_targets(alts, embed)[0][0].float()  # (n_choices, d)
+                dist = (projected[b, p] - target).norm(dim=-1)
+                hits[slot] += int(choices[int(dist.argmin())] == truth[slot])
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
         n_objects += len(scene.objects)
 
     words = torch.from_numpy(np.stack([tt.patch_words(s, grid, tokenizer) for s in scenes])).long()
-    target, centre = tt.word_targets(words, model.get_input_embeddings())
+    target, centre = tt.word_targets(words, embed)
     cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
     print(f"{args.out}  split {args.split}  n {args.n}")
     print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip

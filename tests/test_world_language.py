@@ -87,6 +87,27 @@ def test_descriptions_are_long_and_name_every_object():
             assert mentions(text, color, shape), (rec["id"], name)
 
 
+def test_image_descriptions_name_objects_in_reading_order():
+    """Top band to bottom band (eighths of the canvas), left to right within a band: the order
+    of the objects among a LLaVA's image tokens."""
+    checked = 0
+    for i in range(40):
+        rec = make_record("train", i, "detailed", "image")
+        text = rec["conversations"][1]["value"]
+        objs = rec["meta"]["scene"]["objects"]
+        # where each object is first named (in its own sentence: summaries come after them)
+        first = {}
+        for o in objs:
+            own = "|".join(re.escape(w) for w, sh in WORD_SHAPE.items() if sh == o["shape"])
+            m = re.search(rf"\b{o['color']} (?:{own})\b", text)
+            assert m, (rec["id"], o)
+            first[(o["color"], o["shape"])] = m.start()
+        told = sorted(objs, key=lambda o: first[(o["color"], o["shape"])])
+        assert told == sorted(objs, key=lambda o: (min(int(o["y"] * 8), 7), o["x"])), rec["id"]
+        checked += len(objs) > 1
+    assert checked >= 20
+
+
 def test_event_records_never_name_object_colors():
     # Events carry no colour: objects are named by shape (and size); only the polarity
     # explanation ("red marks ... blue marks") may use colour words.

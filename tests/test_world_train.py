@@ -170,12 +170,40 @@ def test_patch_words_name_the_object_at_its_centre(run):
     a = SceneObject("star", "red", "large", x=0.10, y=0.90, z=0)
     b = SceneObject("circle", "blue", "small", x=0.50, y=0.50, z=1)
     words = tt.patch_words(Scene(objects=(a, b), background=_plain()), 8, tokenizer)
-    assert words.shape == (64, tt.N_PATCH_WORDS)
-    named = {i: tokenizer.decode([t for t in row if t]) for i, row in enumerate(words) if row.any()}
-    assert named == {
-        7 * 8 + 0: " red star large bottom left",
-        4 * 8 + 4: " blue circle small center",
-    }
+    assert words.shape == (64, tt.N_PATCH_SLOTS)
+    k = tt.N_PATCH_WORDS
+    named = {i: (tokenizer.decode(row[:k]), list(row[k:])) for i, row in enumerate(words) if row.any()}  # fmt: skip
+    # the region as codes: 1 + row third (0 top, 2 bottom), 4 + column third (0 left, 1 center)
+    assert named == {7 * 8 + 0: (" red star large", [3, 4]), 4 * 8 + 4: (" blue circle small", [2, 5])}  # fmt: skip
+
+
+def test_region_thirds_agree_with_the_grammar():
+    from specvlm.world.grammar import region
+
+    rows, cols = ("top", "", "bottom"), ("left", "", "right")
+    for x in np.linspace(0, 1, 13):
+        for y in np.linspace(0, 1, 13):
+            r, c = tt.region_thirds(x, y)
+            assert region(x, y) == (" ".join(w for w in (rows[r], cols[c]) if w) or "center")
+
+
+def test_word_targets_add_region_codes_at_a_share_of_the_word_norm():
+    embed = torch.nn.Embedding(10, 16)
+    words = torch.tensor([[[1, 2, 3, 1, 6], [1, 2, 3, 3, 4], [0, 0, 0, 0, 0]]])  # (B=1, P=3, 5)
+    target, named = tt.word_targets(words, embed)
+    assert named.tolist() == [[True, True, False]]
+    E = embed.weight.detach()
+    words_sum = E[1] + E[2] + E[3]
+    size = (E[1].norm() + E[2].norm() + E[3].norm()) / 3
+    codes = tt.region_codes(16)
+    assert torch.allclose(codes[1:] @ codes[1:].T, torch.eye(6), atol=1e-5)  # orthonormal
+    assert torch.equal(codes[0], torch.zeros(16))
+    expect = words_sum + tt.REGION_SCALE * size * (codes[1] + codes[6])
+    assert torch.allclose(target[0, 0], expect, atol=1e-6)
+    # same words, another region: the targets differ only along the codes
+    diff = target[0, 1] - target[0, 0]
+    assert torch.allclose(diff, tt.REGION_SCALE * size * (codes[3] + codes[4] - codes[1] - codes[6]), atol=1e-6)  # fmt: skip
+    assert torch.equal(target[0, 2], torch.zeros(16))
 
 
 def test_align_loss_is_zero_at_the_word_embeddings():
@@ -234,8 +262,19 @@ def test_drill_records_are_grounded_closed_questions():
     assert make_record("train", 7, "multiturn")["conversations"] != rec["conversations"][:4]
 
 
+def test_drills_ask_where_things_are_in_about_half_the_turns():
+    from specvlm.world.language import make_drill
+
+    where, total = 0, 0
+    for i in range(60):
+        metas = make_drill("train", i, n_turns=6)["meta"]["turns"]
+        where += sum(m["qtype"] in ("position", "relation", "corner") for m in metas)
+        total += len(metas)
+    assert total == 360 and where / total > 0.45  # the conversation family alone: ~1 in 3
+
+
 def test_tiny_run_trains_on_drills(run):
     out, _ = run
-    data = torch.load(next(out.glob("data-v4-*drill3*.pt")))
+    data = torch.load(next(out.glob("data-v5-*drill3*.pt")))
     assert data["family"].count("drill") == tt.CONFIGS["tiny"].n_scenes
     assert len(data["ids"]) == len(data["family"]) == len(data["scene"])

@@ -67,11 +67,21 @@ def check_families(families: Sequence[str] | None) -> tuple[str, ...]:
 
 def _first(gens: Sequence[QuestionFn], facts: object, g: np.random.Generator) -> QA:
     """The first question, in a random order of the generators, that fits the sample."""
+    qa = _fits(gens, facts, g)
+    if qa is None:
+        raise RuntimeError(
+            "no question generator fits this sample"
+        )  # the last-resort ones always do
+    return qa
+
+
+def _fits(gens: Sequence[QuestionFn], facts: object, g: np.random.Generator) -> QA | None:
+    """Like `_first`, or None when no generator fits the sample."""
     for k in g.permutation(len(gens)):
         qa = gens[k](facts, g)
         if qa is not None:
             return qa
-    raise RuntimeError("no question generator fits this sample")  # the last-resort ones always do
+    return None
 
 
 def qa_for(world: Scene | Clip, family: str, rng_: np.random.Generator, pairs: tuple, events: bool = False) -> list[QA]:  # fmt: skip
@@ -160,9 +170,14 @@ def make_drill(split: str, index: int, n_turns: int = 8) -> dict:
     g = rng(seed, STREAM_LANGUAGE, DRILL_STREAM, KINDS.index("image"))
     facts = qa_image.Facts(scene, split_spec(split).pairs)
     turns: list[QA] = []
+    new = lambda qa: qa is not None and all(qa.question != t.question for t in turns)  # noqa: E731
     for _ in range(20 * n_turns):
-        qa = _first(qa_image.CONVERSATION, facts, g)
-        if all(qa.question != t.question for t in turns):
+        # every third turn asks where something is (if a new such question fits the image): in
+        # the conversation family they are one question in nine, and the hardest to learn
+        qa = _fits(qa_image.WHERE, facts, g) if len(turns) % 3 == 1 else None
+        if not new(qa):
+            qa = _first(qa_image.CONVERSATION, facts, g)
+        if new(qa):
             turns.append(qa)
         if len(turns) == n_turns:
             break

@@ -40,6 +40,7 @@ Gradient clipping at 1.0, bf16 autocast on CPU, batches of similar length. A che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -309,13 +310,33 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     return out.reshape(len(PATCH_LABELS), grid * grid)
 
 
-N_PATCH_WORDS = 5  # colour, shape, size, and up to two region words
+N_PATCH_WORDS = 3  # colour, shape, size: token ids whose embeddings the target sums
+N_PATCH_SLOTS = N_PATCH_WORDS + 2  # ... then the region as a row code and a column code
+N_REGION_CODES = 6  # row thirds (top, middle, bottom), then column thirds (left, center, right)
+# Each region code adds this much of the mean norm of the object's word embeddings to its target.
+# Run 6 put the region's words themselves into the sum (a fifth of the norm or more): the
+# projector held them, but colour answers fell from 92% to 64%, since colour embeddings lie close
+# to each other and the extra words blurred them. Fixed directions orthogonal to each other, at
+# a smaller share, keep where an object is apart from what it is.
+REGION_SCALE = 0.6
 
 
-def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
-    """(grid * grid, N_PATCH_WORDS) token ids of the words naming the object whose centre lies
-    in each patch (the front one): " red", " star", " small", then its region as the grammar
-    names it (" top" / " bottom", " left" / " right", or " center"); 0 = no word."""
+def region_thirds(x: float, y: float) -> tuple[int, int]:
+    """(row, column) third of the canvas holding the point, 0-2 each: `grammar.region` in
+    numbers (row 0 = " top", column 0 = " left", (1, 1) = " center")."""
+    return min(max(int(y * 3), 0), 2), min(max(int(x * 3), 0), 2)
+
+
+def object_slots(o: SceneObject, tid) -> list[int]:
+    """The N_PATCH_SLOTS numbers naming object `o` in `patch_words`: the token ids (`tid(word)`)
+    of its colour, shape and size words, then 1 + its row third and 4 + its column third (the
+    region codes' numbers, 1-6)."""
+    row, col = region_thirds(o.x, o.y)
+    return [tid(o.color), tid(o.shape), tid(o.size), 1 + row, 4 + col]
+
+
+def word_id(tokenizer):
+    """word -> the token id of " word" (which must be one token)."""
 
     def tid(word: str) -> int:
         ids = tokenizer.encode(" " + word, add_special_tokens=False)
@@ -323,23 +344,45 @@ def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
             raise ValueError(f"{word!r} is not one token of this tokenizer")
         return ids[0]
 
-    out = np.zeros((grid, grid, N_PATCH_WORDS), dtype=np.int64)
+    return tid
+
+
+def patch_words(scene: Scene, grid: int, tokenizer) -> np.ndarray:
+    """(grid * grid, N_PATCH_SLOTS) what names the object whose centre lies in each patch (the
+    front one), as `object_slots`: " red", " star", " small", then its region codes; 0 = none."""
+    tid = word_id(tokenizer)
+    out = np.zeros((grid, grid, N_PATCH_SLOTS), dtype=np.int64)
     for r, c, o in _centre_patches(scene, grid):
-        words = [o.color, o.shape, o.size] + (region(o.x, o.y).split() or ["center"])
-        out[r, c] = 0
-        out[r, c, : len(words)] = [tid(w) for w in words]
-    return out.reshape(grid * grid, N_PATCH_WORDS)
+        out[r, c] = object_slots(o, tid)
+    return out.reshape(grid * grid, N_PATCH_SLOTS)
+
+
+@functools.cache
+def region_codes(dim: int) -> torch.Tensor:
+    """(1 + N_REGION_CODES, dim): row 0 zero (no code), rows 1-6 fixed orthonormal directions
+    (the same for every run of a width; not parameters, never saved: the projector learns to
+    emit them from the pixels, the decoder to read them)."""
+    g = torch.Generator().manual_seed(2026)
+    q, _ = torch.linalg.qr(torch.randn(dim, N_REGION_CODES, generator=g, dtype=torch.float64))
+    return torch.cat([torch.zeros(1, dim), q.T.float()])
 
 
 def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """What the projector should output: words (B, P, N_PATCH_WORDS) ids (0 = none) ->
-    (targets (B, P, d): the summed (detached) embeddings of each patch's words, or, where a
-    patch has none and `blank_id` is given, that token's embedding row (else zeros);
-    named (B, P) bool: the patch has words)."""
+    """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
+    token ids only; W = N_PATCH_SLOTS: the region codes too; 0 = none) -> (targets (B, P, d):
+    the summed (detached) embeddings of each patch's words, plus REGION_SCALE times their mean
+    norm along each of its region codes; or, where a patch has no words and `blank_id` is
+    given, that token's embedding row (else zeros); named (B, P) bool: the patch has words)."""
     E = embed.weight.detach()
-    has = words > 0  # (B, P, W)
-    target = (E[words] * has[..., None]).sum(2)  # (B, P, d)
+    ids = words[..., :N_PATCH_WORDS]  # (B, P, w)
+    has = ids > 0
+    vecs = E[ids] * has[..., None]  # (B, P, w, d)
+    target = vecs.sum(2)  # (B, P, d)
     named = has.any(-1)  # (B, P)
+    if words.shape[-1] > N_PATCH_WORDS:
+        codes = region_codes(E.shape[-1]).to(E.device, E.dtype)[words[..., N_PATCH_WORDS:]].sum(2)  # fmt: skip
+        size = vecs.norm(dim=-1).sum(2) / has.sum(2).clamp_min(1)  # (B, P) mean word norm
+        target = target + REGION_SCALE * size[..., None] * codes
     if blank_id is not None:
         target = torch.where(named[..., None], target, E[blank_id].expand_as(target))
     return target, named
@@ -465,7 +508,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     images = np.zeros((cfg.n_scenes, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     grid = cfg.image_size // cfg.patch_size
     patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
-    words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_WORDS), dtype=np.int16)
+    words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_SLOTS), dtype=np.int16)
     ids, masks, scene, family = [], [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
         sample = world_sample(split, i, "image")
@@ -485,7 +528,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     return {
         "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
         "patches": torch.from_numpy(patches),  # (N, len(PATCH_LABELS), P) int8
-        "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_WORDS) int16 token ids
+        "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_SLOTS) int16, as patch_words
         "family": family,  # of each record
         "ids": ids,
         "masks": masks,
@@ -496,7 +539,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
     drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
-    path = out / f"data-v4-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v5-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
@@ -544,7 +587,7 @@ def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None,
     img = data["images"][scenes]  # (B, H, W, 3) uint8
     return {
         "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
-        "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_WORDS)
+        "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_SLOTS)
         "input_ids": input_ids,
         "attention_mask": attn,
         "labels": labels_from_mask(input_ids, mask),
