@@ -117,6 +117,11 @@ def test_evaluate_runs_on_the_saved_folder(run):
     assert sum(m for _, m in by_count.values()) == 2
     assert sum(a * m for a, m in by_count.values()) == pytest.approx(2 * r["description_coverage"])
     assert sum(r["description_missed"].values()) >= round(2 * (1 - r["description_coverage"]))
+    # position questions split by objects in the scene add up to the position type's count
+    positions = r["per_type"].get("position", (0.0, 0))
+    by_objects = r["position_by_objects"]
+    assert sum(m for _, m in by_objects.values()) == positions[1]
+    assert sum(a * m for a, m in by_objects.values()) == pytest.approx(positions[0] * positions[1])
     assert 0.0 < r["mean_entropy"] < np.log(200_000)
     assert "closed questions" in format_report(r)
 

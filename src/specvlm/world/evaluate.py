@@ -148,6 +148,7 @@ def evaluate_model(
     bar = tqdm(total=total, desc=f"eval {split}", unit="batch", disable=not progress)
     covered: list[bool] = []
     by_count: dict[int, list[bool]] = defaultdict(list)  # objects in the scene -> covered
+    position_by_count: dict[int, list[bool]] = defaultdict(list)  # objects -> position right
     missed = {"not named": 0, "wrong colour": 0}  # objects a description left out
     for job, items, max_new in jobs:
         for s in range(0, len(items), batch_size):
@@ -155,11 +156,13 @@ def evaluate_model(
             if before_batch is not None:
                 before_batch([scene for *_, scene in chunk])
             outs = answer(model, processor, [(q, im) for _, q, im, _ in chunk], max_new)
-            for (meta, q, _, _), (text, ent) in zip(chunk, outs, strict=True):
+            for (meta, q, _, scene), (text, ent) in zip(chunk, outs, strict=True):
                 entropies += ent
                 if job == "closed":
                     ok = bool(grammar.check_answer(meta, text))
                     right[meta["qtype"]].append(ok)
+                    if meta["qtype"] == "position":
+                        position_by_count[len(scene.objects)].append(ok)
                 else:
                     names = [o.split() for o in meta["objects"]]
                     named = [grammar.mentions(text, color, shape) for color, shape in names]
@@ -185,6 +188,9 @@ def evaluate_model(
             g: (sum(v) / len(v) if v else float("nan"), len(v)) for g, v in groups.items()
         },  # fmt: skip
         "per_type": {t: (acc, len(right[t])) for t, acc in per_type.items()},
+        "position_by_objects": {
+            k: (sum(v) / len(v), len(v)) for k, v in sorted(position_by_count.items())
+        },  # fmt: skip
         "description_coverage": sum(covered) / max(len(covered), 1),
         "description_by_objects": {
             k: (sum(v) / len(v), len(v)) for k, v in sorted(by_count.items())
@@ -207,6 +213,8 @@ def format_report(r: dict) -> str:
     for g, (acc, k) in r["closed_groups"].items():
         lines.append(f"  {g:<10} {100 * acc:5.1f}%  ({k})")
     lines.append("per question type: " + ", ".join(f"{t} {100 * a:.0f}% ({k})" for t, (a, k) in r["per_type"].items()))  # fmt: skip
+    if r.get("position_by_objects"):
+        lines.append("  position by objects in the scene: " + ", ".join(f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["position_by_objects"].items()))  # fmt: skip
     lines.append(f"descriptions naming every object: {100 * r['description_coverage']:.1f}%")
     lines.append("  by objects in the scene: " + ", ".join(f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["description_by_objects"].items()))  # fmt: skip
     lines.append("  objects left out: " + ", ".join(f"{k} {v}" for k, v in r["description_missed"].items()))  # fmt: skip
