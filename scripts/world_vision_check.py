@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     ckpt = torch.load(args.out / "checkpoint.pt", weights_only=False)
-    cfg = tt.TrainConfig(**ckpt["config"])
+    cfg = tt.TrainConfig(**{"region_scale": 0.6, **ckpt["config"]})  # run 7 predates the field
     tokenizer = AutoTokenizer.from_pretrained(str(args.out / "tokenizer"))
     model = tt.build_model(cfg, tokenizer)
     heads = tt.PatchHeads(cfg.vision_hidden)
@@ -95,14 +95,14 @@ def main() -> None:
             truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": tt.region_thirds(o.x, o.y)}  # fmt: skip
             for slot, (choices, swap) in slots.items():
                 alts = torch.tensor([[swap(true, ch) for ch in choices]])  # (1, n_choices, slots)
-                target = tt.word_targets(alts, embed)[0][0].float()  # (n_choices, d)
+                target = tt.word_targets(alts, embed, region_scale=cfg.region_scale)[0][0].float()  # fmt: skip
                 dist = (projected[b, p] - target).norm(dim=-1)
                 hits[slot] += int(choices[int(dist.argmin())] == truth[slot])
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
         n_objects += len(scene.objects)
 
     words = torch.from_numpy(np.stack([tt.patch_words(s, grid, tokenizer) for s in scenes])).long()
-    target, centre = tt.word_targets(words, embed)
+    target, centre = tt.word_targets(words, embed, region_scale=cfg.region_scale)
     cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
     print(f"{args.out}  split {args.split}  n {args.n}")
     print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip

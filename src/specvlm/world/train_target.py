@@ -103,6 +103,12 @@ class TrainConfig:
     drill_turns: int = 8
     # ... and pull every other patch towards one fixed vector (the never-input <image> row)
     align_blank_weight: float = 0.5
+    # each region code (`region_codes`) adds this share of the mean norm of the object's word
+    # embeddings to its centre patch's target. Run 6 summed the region's own words instead: the
+    # projector held them, but colour answers fell from 92% to 64%, colour embeddings lying close
+    # to each other. Run 7 took orthonormal codes at 0.6: colour 100%, but the region of one
+    # named object among several was read poorly (position answers 33%); run 8 on: 1.0.
+    region_scale: float = 1.0
     # stage 2 speed: eager attention (faster than SDPA's CPU backward at these sizes) and
     # torch.compile with dynamic shapes (~2x tokens/s on a 2-core CPU after a ~4 min compile)
     compile: bool = True
@@ -313,12 +319,6 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
 N_PATCH_WORDS = 3  # colour, shape, size: token ids whose embeddings the target sums
 N_PATCH_SLOTS = N_PATCH_WORDS + 2  # ... then the region as a row code and a column code
 N_REGION_CODES = 6  # row thirds (top, middle, bottom), then column thirds (left, center, right)
-# Each region code adds this much of the mean norm of the object's word embeddings to its target.
-# Run 6 put the region's words themselves into the sum (a fifth of the norm or more): the
-# projector held them, but colour answers fell from 92% to 64%, since colour embeddings lie close
-# to each other and the extra words blurred them. Fixed directions orthogonal to each other, at
-# a smaller share, keep where an object is apart from what it is.
-REGION_SCALE = 0.6
 
 
 def region_thirds(x: float, y: float) -> tuple[int, int]:
@@ -367,10 +367,10 @@ def region_codes(dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim), q.T.float()])
 
 
-def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None, region_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
     token ids only; W = N_PATCH_SLOTS: the region codes too; 0 = none) -> (targets (B, P, d):
-    the summed (detached) embeddings of each patch's words, plus REGION_SCALE times their mean
+    the summed (detached) embeddings of each patch's words, plus `region_scale` times their mean
     norm along each of its region codes; or, where a patch has no words and `blank_id` is
     given, that token's embedding row (else zeros); named (B, P) bool: the patch has words)."""
     E = embed.weight.detach()
@@ -382,19 +382,19 @@ def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int |
     if words.shape[-1] > N_PATCH_WORDS:
         codes = region_codes(E.shape[-1]).to(E.device, E.dtype)[words[..., N_PATCH_WORDS:]].sum(2)  # fmt: skip
         size = vecs.norm(dim=-1).sum(2) / has.sum(2).clamp_min(1)  # (B, P) mean word norm
-        target = target + REGION_SCALE * size[..., None] * codes
+        target = target + region_scale * size[..., None] * codes
     if blank_id is not None:
         target = torch.where(named[..., None], target, E[blank_id].expand_as(target))
     return target, named
 
 
-def align_loss(projected: torch.Tensor, words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None, blank_weight: float = 0.0) -> torch.Tensor:  # fmt: skip
+def align_loss(projected: torch.Tensor, words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None, blank_weight: float = 0.0, region_scale: float = 1.0) -> torch.Tensor:  # fmt: skip
     """projected (B, P, d) projector output; words (B, P, N_PATCH_WORDS) ids (0 = none).
     Mean squared distance to the summed word embeddings (detached) over patches with words,
     relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
     times the same distance of every other patch to the (detached) embedding of `blank_id`, so
     that patches holding no object's centre all read alike and are easy to ignore."""
-    target, named = word_targets(words, embed, blank_id)
+    target, named = word_targets(words, embed, blank_id, region_scale)
     sq = (projected.float() - target.float()).pow(2).sum(-1)  # (B, P)
     norm = target.float().pow(2).sum(-1)  # (B, P)
     loss = projected.sum() * 0.0
@@ -539,7 +539,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
     drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
-    path = out / f"data-v5-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v6-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
@@ -790,7 +790,7 @@ def train_target(
                 loss = loss + cfg.aux_weight * aux
             if cfg.align_weight > 0:
                 embed = model.get_input_embeddings()
-                align = align_loss(projected, batch["patch_words"], embed, blank_id, cfg.align_blank_weight)  # fmt: skip
+                align = align_loss(projected, batch["patch_words"], embed, blank_id, cfg.align_blank_weight, cfg.region_scale)  # fmt: skip
                 loss = loss + cfg.align_weight * align
                 align_ema = align.item() if align_ema is None else 0.98 * align_ema + 0.02 * align.item()  # fmt: skip
         opt.zero_grad(set_to_none=True)
