@@ -16,9 +16,10 @@ already say what is where; learning that through the answer loss alone was the s
 first run without it stayed near chance on colours after 78 minutes). Stage 2: the whole LLaVA on the answers, with the patch loss kept
 on at `aux_weight`, and an alignment loss (`align_weight`) that pulls the projector's output at
 each object's centre patch towards the sum of the decoder's own (detached) embeddings of the
-words naming it (" red", " star", " small", " top", " left"): the decoder then finds objects in
-the image the way it finds words earlier in its context, which it learns far sooner than an
-arbitrary visual code; every other patch is pulled (at `align_blank_weight`) towards one fixed
+words naming it (" red", " star", " small"), plus two fixed codes for its region (row third,
+column third; `region_codes`): the decoder then finds objects in the image the way it finds
+words earlier in its context, which it learns far sooner than an arbitrary visual code; every
+other patch is pulled (at `align_blank_weight`) towards one fixed
 vector, the never-input <image> embedding row, so patches without an object read alike.
 Conversation and multi-turn records (the densest grounding signal per token) appear
 `qa_repeats` times per epoch. Stage 2 runs with eager attention (on this CPU the SDPA backward
@@ -389,8 +390,8 @@ def word_targets(words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int |
 
 
 def align_loss(projected: torch.Tensor, words: torch.Tensor, embed: torch.nn.Embedding, blank_id: int | None = None, blank_weight: float = 0.0, region_scale: float = 1.0) -> torch.Tensor:  # fmt: skip
-    """projected (B, P, d) projector output; words (B, P, N_PATCH_WORDS) ids (0 = none).
-    Mean squared distance to the summed word embeddings (detached) over patches with words,
+    """projected (B, P, d) projector output; words (B, P, W) as `word_targets` reads them.
+    Mean squared distance to `word_targets` (detached) over patches with words,
     relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
     times the same distance of every other patch to the (detached) embedding of `blank_id`, so
     that patches holding no object's centre all read alike and are easy to ignore."""
