@@ -257,8 +257,7 @@ def trained_pair(args) -> dict:
         print(f"| {name} | " + " | ".join(f"{v * 1000:.2f}" for v in c.values()) + " |")
     print()
     del target
-    depth, top_k, budget = (int(x) for x in args.tree.split(","))
-    tree = TreeConfig(depth, top_k, budget)
+    tree = TreeConfig.parse(args.tree)
     br = round_breakdown(Path(args.target), Path(args.draft), prompts, args.tokens, tree)
     print_rounds(br, f"{len(prompts)} world test items, tree {tree}")
     return {"layout_curves_s": curves, "rounds": br}

@@ -105,6 +105,16 @@ def test_cli_rejects_a_malformed_tree(capsys):
     assert "DEPTH,TOP_K,BUDGET" in capsys.readouterr().err
 
 
+def test_tree_config_parses_depth_top_k_budget():
+    from specvlm.config import TreeConfig
+    from specvlm.errors import GenerationArgumentError
+
+    assert TreeConfig.parse("5,4,12") == TreeConfig(depth=5, top_k=4, budget=12)
+    for bad in ("5,4", "5,x,12", "0,4,12", "5,4,12,1"):
+        with pytest.raises(GenerationArgumentError, match="DEPTH,TOP_K,BUDGET"):
+            TreeConfig.parse(bad)
+
+
 def test_cli_generate_streams_text(pair, tmp_path, capsys):
     image = tmp_path / "x.png"
     noise_image(0).save(image)

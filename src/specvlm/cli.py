@@ -39,15 +39,10 @@ def _tree(value: str):
     from specvlm.config import TreeConfig
     from specvlm.errors import GenerationArgumentError
 
-    parts = value.split(",")
     try:
-        depth, top_k, budget = (int(x) for x in parts)
-        return TreeConfig(depth=depth, top_k=top_k, budget=budget)
-    except (ValueError, GenerationArgumentError) as e:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a tree: give three integers >= 1 as DEPTH,TOP_K,BUDGET, "
-            f"e.g. 5,4,12 ({e})"
-        ) from None
+        return TreeConfig.parse(value)
+    except GenerationArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,18 @@ class TreeConfig:
             if not isinstance(value, int) or value < 1:
                 raise GenerationArgumentError(f"tree {name} must be an integer >= 1, got {value!r}")
 
+    @classmethod
+    def parse(cls, value: str) -> TreeConfig:
+        """ "DEPTH,TOP_K,BUDGET" (e.g. "5,4,12") -> TreeConfig."""
+        try:
+            depth, top_k, budget = (int(x) for x in value.split(","))
+            return cls(depth=depth, top_k=top_k, budget=budget)
+        except (ValueError, GenerationArgumentError) as e:
+            raise GenerationArgumentError(
+                f"{value!r} is not a tree: give three integers >= 1 as DEPTH,TOP_K,BUDGET, "
+                f"e.g. 5,4,12 ({e})"
+            ) from None
+
 
 @dataclass(frozen=True)
 class SamplingConfig:

@@ -130,8 +130,8 @@ def fast_linear_layout(module: nn.Module) -> int:
     """Store every Linear weight (out, in) transposed in memory: same values, strides (1, out).
 
     `F.linear(x, W)` multiplies by W^T; with W^T contiguous, the CPU matmul takes its fast path.
-    Measured with 2 threads (docs/benchmarks.md, "Linear weight layout"): a 192 -> 512 layer at
-    1-16 rows costs 1.5-2x less, and the world target's 16-node verify 4.7 ms instead of 6.9 ms.
+    Measured on the world target with 2 threads (docs/benchmarks.md, "Linear weight layout"):
+    a flatter verify cost curve (a 16-node verify 4.92 ms instead of 5.50 ms).
     Weights shared with an embedding table (tied LM heads) are left as they are, so row lookups
     stay contiguous. Inference only: call it on frozen modules. Returns how many were changed.
     """

@@ -100,7 +100,7 @@ class EagleHead(nn.Module):
         self,
         features: torch.Tensor,
         embeds: torch.Tensor,
-        positions: torch.Tensor,
+        positions: torch.Tensor | None,
         cache: KVCache,
         mask: torch.Tensor | str | None,
         start: int | None = None,
@@ -108,7 +108,8 @@ class EagleHead(nn.Module):
     ) -> torch.Tensor:
         """features, embeds (T, d); positions (T,) -> predicted next features (T, d).
 
-        `rope`: the (cos, sin) of `positions` when the caller has them already."""
+        `rope`: the (cos, sin) of `positions` when the caller has them already (positions may
+        then be None)."""
         x = self.fc(self.input_norm(torch.cat([features, embeds.to(features.dtype)], dim=-1)))
         if rope is None:
             rope = self.rope(positions, x.dtype)
@@ -263,7 +264,7 @@ class EagleDrafter:
                 start=L + S,  # scratch slots past the committed prefix, never committed
                 rope=(cos[level].expand(k, -1), sin[level].expand(k, -1)),  # (k, hd) each
             )
-            state.update(features=out, ancestors=ancestors, level=state["level"] + 1)
+            state.update(features=out, ancestors=ancestors, level=level + 1)
             return self._logprobs(out)  # (k, V)
 
         return grow_dynamic_tree(
