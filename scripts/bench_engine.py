@@ -34,7 +34,7 @@ from specvlm.bench.tune import cost_probe_tree
 from specvlm.config import TreeConfig
 from specvlm.decoding import loop as loop_module
 from specvlm.draft.eagle import EagleDrafter
-from specvlm.layers import fast_linear_layout
+from specvlm.layers import prepare_for_inference
 from specvlm.target import load_target
 from specvlm.tiny import build_tiny_llava
 from specvlm.train.quickfit import fit_head_to_target
@@ -117,8 +117,8 @@ def set_layout(module: torch.nn.Module, fast: bool) -> None:
     for m in module.modules():
         if isinstance(m, torch.nn.Linear):
             m.weight.data = m.weight.data.contiguous()
-    if fast:
-        fast_linear_layout(module)  # as the engine does: tied heads keep the table's layout
+    # fuse again from the now-contiguous weights, in the layout asked for (as the engine does)
+    prepare_for_inference(module, fast_layout=fast)
 
 
 def layout_curves(target, prompt, sizes=(1, 4, 8, 12, 16, 24, 32), rounds: int = 4) -> dict:

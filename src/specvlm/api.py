@@ -15,7 +15,7 @@ from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.errors import GenerationArgumentError, InputError
-from specvlm.layers import fast_linear_layout
+from specvlm.layers import prepare_for_inference
 from specvlm.target import Target, load_target
 
 
@@ -194,8 +194,7 @@ def load(
     head = None
     if draft is not None:
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
-        if torch.device(device).type == "cpu":
-            fast_linear_layout(head)
+        prepare_for_inference(head, fast_layout=torch.device(device).type == "cpu")
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
     if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
         from specvlm.bench.tune import load_tuned

@@ -27,6 +27,9 @@ class KVCache:
         shape = (n_layers, n_kv_heads, capacity, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # per-layer views (kv_heads, capacity, head_dim): a write is then two ops, not six
+        self._k = [self.k[i] for i in range(n_layers)]
+        self._v = [self.v[i] for i in range(n_layers)]
         self.capacity = capacity
         self.length = 0
 
@@ -41,9 +44,10 @@ class KVCache:
         end = start + k.shape[1]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: need {end} slots, capacity is {self.capacity}")
-        self.k[layer, :, start:end] = k
-        self.v[layer, :, start:end] = v
-        return self.k[layer, :, :end], self.v[layer, :, :end]  # (kv_heads, end, head_dim)
+        keys, values = self._k[layer], self._v[layer]
+        keys.narrow(1, start, end - start).copy_(k)
+        values.narrow(1, start, end - start).copy_(v)
+        return keys.narrow(1, 0, end), values.narrow(1, 0, end)  # (kv_heads, end, head_dim)
 
     def commit(self, path: list[int]) -> None:
         """Keep the pending slots `length + path[i]`, moved to `length + i`, and advance."""

@@ -70,6 +70,14 @@ class _BlockLike(Protocol):
     mlp: nn.Module
 
 
+def _qkv(attn: _AttnLike, x: torch.Tensor) -> torch.Tensor:
+    """x (T, d) -> the q, k and v projections side by side (T, (H + 2 Hkv) hd)."""
+    fused = getattr(attn, "fused_qkv", None)  # set by `prepare_for_inference`
+    if fused is not None:
+        return F.linear(x, *fused)  # one matmul; the same numbers as three
+    return torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+
+
 def cached_attention(
     attn: _AttnLike,
     x: torch.Tensor,
@@ -87,15 +95,16 @@ def cached_attention(
     """
     T = x.shape[0]
     H, Hkv, hd = shape.n_heads, shape.n_kv_heads, shape.head_dim
-    q = attn.q_proj(x).view(T, H, hd).transpose(0, 1)  # (H, T, hd)
-    k = attn.k_proj(x).view(T, Hkv, hd).transpose(0, 1)  # (Hkv, T, hd)
-    v = attn.v_proj(x).view(T, Hkv, hd).transpose(0, 1)  # (Hkv, T, hd)
-    q_norm = getattr(attn, "q_norm", None)  # Qwen3-style per-head norms
-    if q_norm is not None:
-        q, k = q_norm(q), attn.k_norm(k)
+    heads = _qkv(attn, x).view(T, H + 2 * Hkv, hd).transpose(0, 1)  # (H + 2 Hkv, T, hd)
     cos, sin = rope
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    keys, values = cache.write(layer, k, v, start)  # (Hkv, S, hd)
+    q_norm = getattr(attn, "q_norm", None)  # Qwen3-style per-head norms
+    if q_norm is None:
+        qk = apply_rope(heads[: H + Hkv], cos, sin)  # (H + Hkv, T, hd): q and k in one pass
+        q, k = qk[:H], qk[H:]
+    else:
+        q = apply_rope(q_norm(heads[:H]), cos, sin)  # (H, T, hd)
+        k = apply_rope(attn.k_norm(heads[H : H + Hkv]), cos, sin)  # (Hkv, T, hd)
+    keys, values = cache.write(layer, k, heads[H + Hkv :], start)  # (Hkv, S, hd)
     causal = isinstance(mask, str)
     out = F.scaled_dot_product_attention(
         q[None],  # (1, H, T, hd)
@@ -107,6 +116,23 @@ def cached_attention(
         enable_gqa=Hkv != H,
     )  # (1, H, T, hd)
     return attn.o_proj(out[0].transpose(0, 1).reshape(T, H * hd))  # (T, d)
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    plain = getattr(norm, "plain_rms", None)  # set by `prepare_for_inference`: (weight, eps)
+    if plain is not None and x.dtype == torch.float32:
+        return F.rms_norm(x, plain[0].shape, plain[0], plain[1])  # one op, the same numbers
+    return norm(x)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    fused = getattr(mlp, "fused_gate_up", None)  # set by `prepare_for_inference`
+    if fused is None:
+        return mlp(x)
+    gate, up = F.linear(x, *fused).chunk(2, dim=-1)  # (T, I) each, strided views
+    # the activation on a contiguous copy: its vectorized kernel rounds differently on strided
+    # input, and the numbers must be those of the unfused module
+    return mlp.down_proj(getattr(mlp, "act_fn", F.silu)(gate.contiguous()) * up)
 
 
 def decoder_block(
@@ -121,9 +147,9 @@ def decoder_block(
 ) -> torch.Tensor:
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.)). x (T, d)."""
     h = x + cached_attention(
-        block.self_attn, block.input_layernorm(x), rope, shape, cache, layer, mask, start
+        block.self_attn, _norm(block.input_layernorm, x), rope, shape, cache, layer, mask, start
     )
-    return h + block.mlp(block.post_attention_layernorm(h))
+    return h + _mlp(block.mlp, _norm(block.post_attention_layernorm, h))
 
 
 def fast_linear_layout(module: nn.Module) -> int:
@@ -142,6 +168,62 @@ def fast_linear_layout(module: nn.Module) -> int:
             m.weight.data = m.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
             changed += 1
     return changed
+
+
+def prepare_for_inference(
+    module: nn.Module, *, fast_layout: bool, plain_rms: tuple[type, ...] = ()
+) -> None:
+    """Ready frozen modules for `decoder_block` with fewer, larger ops; values never change.
+
+    1. Every attention's q/k/v weights (and biases) and every gated MLP's gate/up weights are
+       concatenated into one tensor, which `decoder_block` multiplies once (`fused_qkv`,
+       `fused_gate_up`); the separate Linears' weights become views of it, so no memory is added
+       and the modules still work on their own (e.g. in `transformers`' own forward).
+    2. `fast_layout` (for the CPU): `fast_linear_layout` on the fused and the other weights.
+    3. Norms of the classes in `plain_rms` (w * x * rsqrt(mean(x^2) + eps), Hugging Face's
+       `variance_epsilon`) are computed by the fused `F.rms_norm`, which gives the same float32
+       numbers (checked bitwise in tests/test_layers.py).
+    Inference only: a module trained afterwards would leave the fused copies stale.
+    """
+    for m in list(module.modules()):
+        qkv = _linears(m, ("q_proj", "k_proj", "v_proj"))
+        if qkv is not None:
+            m.fused_qkv = _fuse(qkv, fast_layout)
+        gate_up = _linears(m, ("gate_proj", "up_proj"))
+        if gate_up is not None and isinstance(getattr(m, "down_proj", None), nn.Linear):
+            m.fused_gate_up = _fuse(gate_up, fast_layout)
+        eps = getattr(m, "variance_epsilon", None)
+        fp32 = getattr(getattr(m, "weight", None), "dtype", None) == torch.float32
+        if plain_rms and isinstance(m, plain_rms) and eps is not None and fp32:
+            m.plain_rms = (m.weight, float(eps))
+    if fast_layout:
+        fast_linear_layout(module)  # the rest; views of the fused weights are left as they are
+
+
+def _linears(m: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:
+    """The named Linears of `m` if they can share one matmul: same input, dtype, bias or none."""
+    lins = [getattr(m, n, None) for n in names]
+    if not all(isinstance(lin, nn.Linear) for lin in lins):
+        return None
+    if len({(lin.in_features, lin.weight.dtype, lin.weight.device, lin.bias is None) for lin in lins}) != 1:  # fmt: skip
+        return None
+    return lins
+
+
+def _fuse(linears: list[nn.Linear], fast_layout: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum out, in) weight (+ bias) for Linears that read the same input; they become views."""
+    weight = torch.cat([lin.weight.data for lin in linears])  # (sum out, in)
+    if fast_layout:
+        weight = weight.t().contiguous().t()  # strides (1, sum out): see fast_linear_layout
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.data for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.out_features
+        lin.weight.data = weight[row : row + n]
+        if bias is not None:
+            lin.bias.data = bias[row : row + n]
+        row += n
+    return weight, bias
 
 
 class RMSNorm(nn.Module):

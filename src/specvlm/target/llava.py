@@ -25,7 +25,7 @@ from specvlm.errors import (
     UnsupportedModelError,
 )
 from specvlm.kv_cache import KVCache
-from specvlm.layers import AttentionShape, decoder_block, fast_linear_layout
+from specvlm.layers import AttentionShape, decoder_block, prepare_for_inference
 from specvlm.media import load_images
 from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
 
@@ -85,8 +85,6 @@ class LlavaTarget:
             hf_logging.enable_progress_bar()
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
-        if self.device.type == "cpu":  # the CPU matmul's fast weight layout (values unchanged)
-            fast_linear_layout(self.model)  # sees the embedding table, so tied heads stay
         self.tokenizer = self.processor.tokenizer
         cfg = self.model.config
         text = cfg.text_config
@@ -96,6 +94,12 @@ class LlavaTarget:
                 f"supported: {', '.join(SUPPORTED_TEXT_MODELS)}"
             )
         lm = self.model.model.language_model
+        # fused q/k/v and gate/up matmuls, the fused RMSNorm op (every supported family's norm
+        # is the plain w * x * rsqrt(mean(x^2) + eps)), and on the CPU its fast weight layout;
+        # values unchanged, and `transformers`' own forward still runs on the same weights
+        prepare_for_inference(
+            self.model, fast_layout=self.device.type == "cpu", plain_rms=(type(lm.norm),)
+        )
         self._embed_tokens = lm.embed_tokens
         self._layers = list(lm.layers)
         self._norm = lm.norm
