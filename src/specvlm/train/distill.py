@@ -205,15 +205,17 @@ def evaluate_tau(target: Target, head: EagleHead, convs: list[Conversation], max
 
 # ---- regenerated answers ------------------------------------------------------------------
 def regenerate_answers(
-    target: Target, convs: list[Conversation], max_new_tokens: int = 256
+    target: Target, convs: list[Conversation], max_new_tokens: int = 256, progress: bool = False
 ) -> list[Conversation]:
     """Replace every answer by the target's own greedy answer, turn by turn."""
+    from tqdm import tqdm
+
     from specvlm.config import SamplingConfig, TreeConfig
     from specvlm.decoding.loop import decode
     from specvlm.decoding.stats import SpecStats
 
     out = []
-    for conv in convs:
+    for conv in tqdm(convs, desc="regenerate", unit="conv", disable=not progress, mininterval=2):
         turns = list(conv.turns)
         for k, (role, _) in enumerate(turns):
             if role != "assistant":
@@ -230,11 +232,17 @@ def regenerate_answers(
 
 
 def _regenerated(
-    target: Target, convs: list[Conversation], cache: Path, rank: int, world: int, max_new: int
+    target: Target,
+    convs: list[Conversation],
+    cache: Path,
+    rank: int,
+    world: int,
+    max_new: int,
+    progress: bool = False,
 ):
     """Regenerate once (sharded over processes), cached as LLaVA JSONL in the output folder."""
     if not cache.is_file():
-        mine = regenerate_answers(target, convs[rank::world], max_new)
+        mine = regenerate_answers(target, convs[rank::world], max_new, progress and rank == 0)
         shards = [mine]
         if world > 1:
             shards = [None] * world
@@ -284,7 +292,7 @@ def train_draft(
         log(f"data: {report.summary()}")
     if regenerate:
         convs = _regenerated(target, convs, out / "regenerated.jsonl", rank, world,
-                             cfg.regenerate_max_new_tokens)  # fmt: skip
+                             cfg.regenerate_max_new_tokens, progress)  # fmt: skip
     eval_convs = []
     if eval_data:
         eval_convs = read_conversations(eval_data, None, "skip")[0][: cfg.eval_n]
