@@ -110,3 +110,19 @@ def test_fused_biases_are_views_and_transformers_forward_still_runs(tiny_dirs):
         weight, bias = attn.fused_qkv
         assert bias is not None and attn.k_proj.bias.data_ptr() == bias[attn.q_proj.out_features :].data_ptr()  # fmt: skip
         torch.testing.assert_close(model(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_additive_mask_gives_bitwise_the_same_attention_as_the_bool_mask():
+    from specvlm.layers import additive_mask
+
+    torch.manual_seed(0)
+    shape = AttentionShape(4, 2, 8)
+    block = DecoderBlock(32, shape, 48, 1e-6).eval()
+    x, positions = torch.randn(6, 32), torch.arange(6)
+    allowed = torch.rand(6, 6) < 0.5
+    allowed |= torch.eye(6, dtype=torch.bool)  # every node sees itself
+    with torch.no_grad():
+        ref, _ = _run_block(block, shape, x, positions, allowed)
+        out, _ = _run_block(block, shape, x, positions, additive_mask(allowed, torch.float32))
+    assert torch.equal(out, ref)
+    assert additive_mask(allowed, torch.float32)[~allowed].eq(float("-inf")).all()

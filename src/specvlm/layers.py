@@ -70,6 +70,14 @@ class _BlockLike(Protocol):
     mlp: nn.Module
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool (T, S), True = may attend -> (T, S) of 0 / -inf, what attention adds to its scores.
+
+    `scaled_dot_product_attention` turns a bool mask into this itself, once per call; a target
+    forward over a tree passes it once for all its layers (the same numbers)."""
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
 def _qkv(attn: _AttnLike, x: torch.Tensor) -> torch.Tensor:
     """x (T, d) -> the q, k and v projections side by side (T, (H + 2 Hkv) hd)."""
     fused = getattr(attn, "fused_qkv", None)  # set by `prepare_for_inference`
@@ -91,7 +99,8 @@ def cached_attention(
     """Self-attention of T new tokens over the cache plus themselves.
 
     x (T, d). mask: None (each query sees every slot, right for T == 1), "causal" (prefill into an
-    empty span), or a bool tensor (T, S) with True = may attend, S = start + T.
+    empty span), or a tensor (T, S), S = start + T: bool with True = may attend, or additive
+    (`additive_mask`).
     """
     T = x.shape[0]
     H, Hkv, hd = shape.n_heads, shape.n_kv_heads, shape.head_dim

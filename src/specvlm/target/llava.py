@@ -25,7 +25,7 @@ from specvlm.errors import (
     UnsupportedModelError,
 )
 from specvlm.kv_cache import KVCache
-from specvlm.layers import AttentionShape, decoder_block, prepare_for_inference
+from specvlm.layers import AttentionShape, additive_mask, decoder_block, prepare_for_inference
 from specvlm.media import load_images
 from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
 
@@ -306,9 +306,9 @@ class LlavaTarget:
         assert self.cache is not None, "prefill first"
         L, N = self.cache.length, tokens.shape[0]
         mask = None
-        if N > 1:
-            mask = torch.ones(N, L + N, dtype=torch.bool, device=self.device)  # prefix visible
-            mask[:, L:] = tree_mask  # (N, N) ancestors-or-self inside the tree
+        if N > 1:  # additive (0 = may attend, -inf = may not), built once for all layers
+            mask = torch.zeros(N, L + N, dtype=self.info.dtype, device=self.device)  # prefix
+            mask[:, L:] = additive_mask(tree_mask.to(self.device), self.info.dtype)  # (N, N)
         features, aux = self._run(
             self.embed(tokens.to(self.device)), L + depths.to(self.device), mask
         )
