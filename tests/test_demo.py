@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 from specvlm import api, embedded
@@ -29,4 +30,5 @@ def test_load_and_demo_prefer_the_embedded_pair(tiny_dir, tmp_path, monkeypatch,
     assert run_demo(max_new_tokens=8, out_dir=tmp_path) == 0
     out = capsys.readouterr().out
     assert "embedded world target" in out and "TINY RANDOM" not in out
-    assert "summary: 5 prompts, identical output: all" in out
+    assert "summary: 8 prompts, identical output: all" in out
+    assert len(set(re.findall(r"image: (\S+)", out))) == 8  # eight different scenes
