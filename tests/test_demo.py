@@ -32,3 +32,12 @@ def test_load_and_demo_prefer_the_embedded_pair(tiny_dir, tmp_path, monkeypatch,
     assert "embedded world target" in out and "TINY RANDOM" not in out
     assert "summary: 8 prompts, identical output: all" in out
     assert len(set(re.findall(r"image: (\S+)", out))) == 8  # eight different scenes
+
+
+def test_demo_samples_at_temperature_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(embedded, "ASSETS", tmp_path / "no-assets")
+    assert run_demo(max_new_tokens=12, out_dir=tmp_path, temperature=1.0, top_p=0.9) == 0
+    out = capsys.readouterr().out
+    assert "sampling at T=1, top-p 0.9" in out
+    assert out.count("identical to plain: n/a (sampled)") == 4
+    assert "summary: 4 prompts, identical output: n/a (sampled)" in out

@@ -103,7 +103,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from specvlm.demo import run_demo
 
-    return run_demo(max_new_tokens=args.max_new_tokens)
+    return run_demo(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
 
 
 def cmd_train_draft(args: argparse.Namespace) -> int:
@@ -199,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="plain vs speculative decoding side by side")
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="answer a prompt about images")
