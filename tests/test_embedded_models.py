@@ -87,3 +87,23 @@ def test_baseline_is_a_two_layer_llava_with_the_targets_tokenizer():
         return json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
 
     assert vocab(embedded.embedded_baseline()) == vocab(embedded.embedded_target())
+
+
+@pytest.mark.skipif(embedded.embedded_draft() is None, reason="no embedded draft shipped")
+def test_shipped_pair_is_lossless_and_accepts_on_every_task_family():
+    """load() with no arguments: the trained pair; greedy speculative output equals plain
+    decoding on world test items of all five families, and the draft really accepts."""
+    from specvlm.api import load
+    from specvlm.bench.suites import load_suite
+    from specvlm.config import TreeConfig
+
+    engine = load(tree=TreeConfig(3, 4, 8))
+    assert engine.draft is not None and engine.target_dir == embedded.embedded_target()
+    accepted: list[int] = []  # tokens per target forward, every round
+    for item in load_suite("world", n=10):  # two items per family
+        plain = engine.generate(list(item.messages), images=list(item.images),
+                                max_new_tokens=64, speculative=False)  # fmt: skip
+        spec = engine.generate(list(item.messages), images=list(item.images), max_new_tokens=64)
+        assert spec.token_ids == plain.token_ids, item.suite
+        accepted += spec.stats.accept_lengths
+    assert sum(accepted) / len(accepted) > 2.5  # τ; the shipped draft at this tree: 3.6
