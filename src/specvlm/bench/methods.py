@@ -72,9 +72,7 @@ class BenchContext:
 
             if self.target_dir is None:
                 raise InputError("the hf-* methods need the target folder")
-            self._hf = LlavaForConditionalGeneration.from_pretrained(
-                self.target_dir, dtype=self.engine.target.info.dtype
-            ).eval()
+            self._hf = _quiet_load(LlavaForConditionalGeneration, self.target_dir, self.engine)
         return self._hf
 
 
@@ -150,9 +148,19 @@ def _assistant(ctx: BenchContext):
 
     if ctx.assistant_dir is None:
         raise InputError("hf-assisted needs a small separate draft model (--assistant DIR)")
-    return LlavaForConditionalGeneration.from_pretrained(
-        ctx.assistant_dir, dtype=ctx.engine.target.info.dtype
-    ).eval()
+    return _quiet_load(LlavaForConditionalGeneration, ctx.assistant_dir, ctx.engine)
+
+
+def _quiet_load(cls, folder, engine):
+    """`cls.from_pretrained(folder)` in the engine's dtype, without `transformers`' loading bar
+    (it would break the bench's own progress bar)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(folder, dtype=engine.target.info.dtype).eval()
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _lookup(ctx: BenchContext) -> HFMethod:
