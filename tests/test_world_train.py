@@ -280,6 +280,76 @@ def test_drills_ask_where_a_named_object_is_in_about_half_the_turns():
 
 def test_tiny_run_trains_on_drills(run):
     out, _ = run
-    data = torch.load(next(out.glob("data-v6-*drill3*.pt")))
+    data = torch.load(next(out.glob("data-v7-*drill3*.pt")))
     assert data["family"].count("drill") == tt.CONFIGS["tiny"].n_scenes
     assert len(data["ids"]) == len(data["family"]) == len(data["scene"])
+
+
+def test_answer_pointers_point_at_the_named_objects_centre_patch():
+    """Colour / shape / position answers point every answer token at their object's patch."""
+    from transformers import AutoTokenizer
+
+    from specvlm.world.language import make_drill
+    from specvlm.world.splits import world_sample
+
+    tok = AutoTokenizer.from_pretrained("src/specvlm/assets/world-target")
+    grid, pointed, checked = 8, 0, 0
+    for i in range(12):
+        rec, scene = make_drill("train", i, n_turns=8), world_sample("train", i, "image")
+        ids, mask = tt.encode_record(rec, tok, grid * grid)
+        ptr = tt.answer_pointers(rec, scene, mask, grid)
+        assert ptr.shape == mask.shape and (ptr[~mask] == -1).all()  # answers only
+        starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+        for meta, s in zip(rec["meta"]["turns"], starts, strict=True):
+            if "obj" not in meta:
+                assert ptr[s] == -1
+                continue
+            assert meta["qtype"] in ("color", "shape", "position")
+            o = scene.objects[meta["obj"]]
+            if ptr[s] >= 0:  # unless another object's centre shares (and owns) the patch
+                assert ptr[s] == min(int(o.y * grid), 7) * grid + min(int(o.x * grid), 7)
+                pointed += 1
+            checked += 1
+    assert checked > 20 and pointed >= 0.8 * checked
+
+
+def test_collate_shifts_pointers_to_the_queries_and_the_image_tokens():
+    """Query t predicts token t + 1: it gets token t + 1's pointer, as a key position."""
+    image_id, grid = 3, 2
+    ids = torch.tensor([1, 3, 3, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x4 q a a </s>
+    mask = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    ptr = torch.tensor([-1, -1, -1, -1, -1, -1, 2, 2, 2], dtype=torch.int16)
+    data = {"ids": [ids], "masks": [mask], "pointers": [ptr], "scene": torch.tensor([0]),
+            "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+            "patches": torch.zeros(1, 6, grid * grid, dtype=torch.int8),
+            "patch_words": torch.zeros(1, grid * grid, 5, dtype=torch.int16)}  # fmt: skip
+    for extra in (False, True):
+        b = tt.collate(data, np.array([0]), 0, 1, np.array([extra]), image_id)
+        p, o = b["pointer"][0], int(extra)
+        # the image tokens start at 1 (+1 with a second <s>); patch 2 is key 3 (+1)
+        want = torch.full_like(p, -1)
+        want[5 + o : 8 + o] = 3 + o  # queries 5, 6, 7 predict tokens 6, 7, 8
+        assert torch.equal(p, want)
+        assert (b["labels"][0] >= 0).nonzero().flatten().tolist() == [6 + o, 7 + o, 8 + o]
+    no_image = tt.collate(data, np.array([0]), 0, 1, None)
+    assert (no_image["pointer"] == -1).all()
+
+
+def test_pointer_loss_is_the_cross_entropy_at_the_pointed_keys():
+    att = torch.full((1, 3, 4), 0.25)
+    att[0, 1] = torch.tensor([0.1, 0.7, 0.1, 0.1])
+    ptr = torch.tensor([[-1, 1, 3]])
+    want = -(np.log(0.7) + np.log(0.25)) / 2
+    assert abs(tt.pointer_loss(att, ptr).item() - want) < 1e-6
+    assert tt.pointer_loss(att, torch.full((1, 3), -1)).item() == 0.0
+
+
+def test_tiny_run_learns_to_point(run):
+    """The tiny run's pointer head moves its attention towards the named objects."""
+    out, _ = run
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["pointer_weight"] > 0 and ckpt["config"]["pointer_layer"] == 1
+    losses = [x for x in ckpt["pointer_losses"] if x > 0]  # batches with no pointed answer: 0
+    assert len(losses) > 20
+    print(np.mean(losses[:5]), np.mean(losses[-5:]))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5

@@ -62,6 +62,11 @@ class Facts:
         self.objs = scene.objects
         self.pairs = pairs  # pairs allowed in this split: distractors never leak held-out pairs
 
+    def index(self, o: SceneObject) -> int:
+        """Where `o` is in `scene.objects` (recorded as a question's "obj": the one object the
+        answer is about, which target training points an attention head at)."""
+        return next(i for i, p in enumerate(self.objs) if p is o)
+
     @cached_property
     def areas(self) -> list[int]:
         return [int(object_mask(o).sum()) for o in self.objs]
@@ -179,7 +184,7 @@ def q_color(f: Facts, rng: np.random.Generator) -> QA | None:
     w = shape_word(rng, o.shape)
     q = pick(rng, (f"What color is the {w}?", f"What is the color of the {w}?", f"Which color does the {w} have?"))  # fmt: skip
     ans = pick(rng, (f"The {w} is {o.color}.", f"It is {o.color}.", f"{cap(o.color)}."))
-    return QA(q, ans, closed("color", o.color, "color"))
+    return QA(q, ans, closed("color", o.color, "color", obj=f.index(o)))
 
 
 def q_shape(f: Facts, rng: np.random.Generator) -> QA | None:
@@ -189,7 +194,7 @@ def q_shape(f: Facts, rng: np.random.Generator) -> QA | None:
     w = shape_word(rng, o.shape)
     q = pick(rng, (f"What shape is the {o.color} object?", f"What is the {o.color} shape?", f"Which shape is {o.color}?"))  # fmt: skip
     ans = pick(rng, (f"The {o.color} object is {a(w)}.", f"It is {a(w)}.", f"{cap(a(w))}."))
-    return QA(q, ans, closed("shape", o.shape, "shape"))
+    return QA(q, ans, closed("shape", o.shape, "shape", obj=f.index(o)))
 
 
 def q_position(f: Facts, rng: np.random.Generator) -> QA | None:
@@ -200,7 +205,7 @@ def q_position(f: Facts, rng: np.random.Generator) -> QA | None:
     q = pick(rng, (f"Where is the {name}?", f"Where is the {name} located?", f"In which part of the image is the {name}?"))  # fmt: skip
     ph = region_phrase(rng, reg)
     ans = pick(rng, (f"The {name} is {ph}.", f"It is {ph}.", f"{cap(ph)}."))
-    return QA(q, ans, closed("position", reg, "region"))
+    return QA(q, ans, closed("position", reg, "region", obj=f.index(o)))
 
 
 def q_exists(f: Facts, rng: np.random.Generator) -> QA | None:

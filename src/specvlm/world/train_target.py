@@ -108,8 +108,17 @@ class TrainConfig:
     # embeddings to its centre patch's target. Run 6 summed the region's own words instead: the
     # projector held them, but colour answers fell from 92% to 64%, colour embeddings lying close
     # to each other. Run 7 took orthonormal codes at 0.6: colour 100%, but the region of one
-    # named object among several was read poorly (position answers 33%); run 8 on: 1.0.
-    region_scale: float = 1.0
+    # named object among several was read poorly (position answers 33%); run 8 took 1.0 and
+    # colour fell again (62%), so run 9 on: 0.6 again.
+    region_scale: float = 0.6
+    # stage 2: point one attention head (head 0 of decoder layer `pointer_layer`) at the object
+    # a closed answer is about: at every token of a colour, shape or position answer, a
+    # cross-entropy between that head's attention and the object's centre patch, times
+    # `pointer_weight` (0 = off). Run 7 answered "where is the X?" with another object's region
+    # 77 times in 80 errors, 47 of them the last object in reading order: the region was in the
+    # image tokens and was read, but from the wrong object (docs/world.md, "Run 9").
+    pointer_weight: float = 0.2
+    pointer_layer: int = 6
     # stage 2 speed: eager attention (faster than SDPA's CPU backward at these sizes) and
     # torch.compile with dynamic shapes (~2x tokens/s on a 2-core CPU after a ~4 min compile)
     compile: bool = True
@@ -124,7 +133,7 @@ CONFIGS: dict[str, TrainConfig] = {
     # the shipped embedded target
     "small": TrainConfig(hidden=192, intermediate=512, vision_hidden=128),
     # the classic separate draft model (hf-assisted baseline): same tokenizer, two layers
-    "baseline": TrainConfig(hidden=192, layers=2, intermediate=512, vision_hidden=128),
+    "baseline": TrainConfig(hidden=192, layers=2, intermediate=512, vision_hidden=128, pointer_layer=1),
     # for tests: seconds on a CPU
     "tiny": TrainConfig(
         hidden=64,
@@ -145,6 +154,7 @@ CONFIGS: dict[str, TrainConfig] = {
         vision_batch_size=8,
         compile=False,
         drill_turns=3,
+        pointer_layer=1,
     ),
 }
 
@@ -441,16 +451,32 @@ def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def llava_forward(model, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def llava_forward(model, input_ids: torch.Tensor, pixel_values: torch.Tensor, pointer_layer: int | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """The LLaVA forward pass spelled out, so training can read its parts without hooks (and be
     compiled): (B, T) ids, (B, 3, H, W) pixels -> logits (B, T, V), vision features (B, P, Dv),
-    projector output (B, P, d). Same logits as `model(input_ids=..., pixel_values=...)`."""
+    projector output (B, P, d). Same logits as `model(input_ids=..., pixel_values=...)`.
+    With `pointer_layer` (eager attention), also the attention weights of head 0 of that decoder
+    layer (B, T, T): query rows, key columns."""
     feats = vision_features(model, pixel_values)  # (B, P, Dv)
     projected = model.model.multi_modal_projector(feats)  # (B, P, d)
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, d)
     image = (input_ids == model.config.image_token_id)[..., None]  # (B, T, 1)
     embeds = embeds.masked_scatter(image, projected.to(embeds.dtype))
-    return model(inputs_embeds=embeds).logits, feats, projected
+    if pointer_layer is None:
+        return model(inputs_embeds=embeds).logits, feats, projected
+    out = model(inputs_embeds=embeds, output_attentions=True)
+    return out.logits, feats, projected, out.attentions[pointer_layer][:, 0]
+
+
+def pointer_loss(attention: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+    """attention (B, T, T) one head's weights, pointer (B, T) key per query (-1: none) -> mean
+    cross-entropy -log a[b, t, pointer[b, t]] over the queries that have one (0 if none)."""
+    rows = pointer >= 0  # (B, T)
+    if not rows.any():
+        return attention.sum() * 0.0
+    b, t = rows.nonzero(as_tuple=True)
+    picked = attention[b, t, pointer[b, t]].float()  # (Q,)
+    return -picked.clamp_min(1e-6).log().mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,6 +525,32 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndar
     return ids, mask
 
 
+def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> np.ndarray:
+    """(T,) int16 per token of `encode_record`'s sequence: the patch (row-major, among the
+    image tokens) holding the centre of the object its answer is about, or -1.
+
+    Answer spans (runs of `mask`) pair with the record's turns in order; a turn points when its
+    meta names one object ("obj": colour, shape and position questions) and that object owns
+    its centre patch (no object in front has its centre in the same patch)."""
+    out = np.full(len(mask), -1, dtype=np.int16)
+    meta = record["meta"]
+    turns = meta.get("turns", [meta])
+    starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+    ends = np.flatnonzero(mask & ~np.concatenate([mask[1:], [False]])) + 1
+    if len(starts) != len(turns):
+        return out  # cannot pair the answers with their questions: no pointers
+    owner = {r * grid + c: o for r, c, o in _centre_patches(scene, grid)}  # the front one wins
+    for turn, a, b in zip(turns, starts, ends, strict=True):
+        k = turn.get("obj")
+        if k is None:
+            continue
+        o = scene.objects[k]
+        row, col = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
+        if owner.get(row * grid + col) is o:
+            out[a:b] = row * grid + col
+    return out
+
+
 def labels_from_mask(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Labels for the loss: the token where `mask` is set, IGNORE elsewhere."""
     return torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
@@ -510,7 +562,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     grid = cfg.image_size // cfg.patch_size
     patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
     words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_SLOTS), dtype=np.int16)
-    ids, masks, scene, family = [], [], [], []
+    ids, masks, pointers, scene, family = [], [], [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
         sample = world_sample(split, i, "image")
         assert isinstance(sample, Scene)
@@ -524,6 +576,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
             a, m = encode_record(record, tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
+            pointers.append(torch.from_numpy(answer_pointers(record, sample, m, grid)))
             scene.append(i)
             family.append(record["meta"]["family"])
     return {
@@ -533,6 +586,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
         "family": family,  # of each record
         "ids": ids,
         "masks": masks,
+        "pointers": pointers,  # (T,) int16 per record, as answer_pointers
         "scene": torch.tensor(scene),
     }
 
@@ -540,7 +594,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
     drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
-    path = out / f"data-v6-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v7-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
@@ -565,10 +619,11 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, rep
     return [batches[k] for k in g.permutation(len(batches))]
 
 
-def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None, extra_bos: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None, extra_bos: np.ndarray | None = None, image_id: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Right-padded batch. Sequences flagged in `extra_bos` get a second <s> in front: that is
     what `processor(text=apply_chat_template(..., tokenize=False))` gives (the template writes
-    <s> and the tokenizer adds one), so the model is trained on both forms of its prompt."""
+    <s> and the tokenizer adds one), so the model is trained on both forms of its prompt.
+    "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without."""
     seqs = [data["ids"][k].long() for k in idx]
     if extra_bos is not None:
         bos = torch.tensor([bos_id])
@@ -579,11 +634,20 @@ def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None,
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(seqs), T), dtype=torch.bool)  # (B, T) answer tokens
     attn = torch.zeros((len(seqs), T), dtype=torch.long)  # (B, T) real tokens
+    # (B, T) the key position query t must attend to (-1: none): token t + 1's pointer, shifted
+    # to the image tokens' place in the sequence, since query t predicts token t + 1
+    pointer = torch.full((len(seqs), T), -1, dtype=torch.long)
     for b, k in enumerate(idx):
         n = len(seqs[b])
         input_ids[b, :n] = seqs[b]
-        mask[b, n - len(data["masks"][k]) : n] = data["masks"][k]
+        shift = n - len(data["masks"][k])  # a second <s> in front, or none
+        mask[b, shift:n] = data["masks"][k]
         attn[b, :n] = 1
+        if "pointers" in data and image_id is not None:
+            p = data["pointers"][k].long()  # (n - shift,)
+            first = int((seqs[b] == image_id).nonzero()[0])
+            keys = torch.where(p >= 0, p + first, p)
+            pointer[b, shift : n - 1] = keys[1:]
     scenes = data["scene"][torch.as_tensor(idx)]
     img = data["images"][scenes]  # (B, H, W, 3) uint8
     return {
@@ -592,6 +656,7 @@ def collate(data: dict, idx: np.ndarray, pad_id: int, bos_id: int | None = None,
         "input_ids": input_ids,
         "attention_mask": attn,
         "labels": labels_from_mask(input_ids, mask),
+        "pointer": pointer,
         "pixel_values": normalize(img),
     }
 
@@ -712,6 +777,8 @@ def train_target(
         raise InputError(f"--steps must be at least 1, got {steps}")
     if minutes is not None and minutes <= 0:
         raise InputError(f"--minutes must be positive, got {minutes}")
+    if cfg.pointer_weight > 0 and not 0 <= cfg.pointer_layer < cfg.layers:
+        raise InputError(f"pointer_layer {cfg.pointer_layer} is not a layer of a {cfg.layers}-layer decoder; accepted: 0 to {cfg.layers - 1}")  # fmt: skip
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, but {out} is a file")
@@ -728,7 +795,7 @@ def train_target(
     heads = PatchHeads(cfg.vision_hidden)
     trained = torch.nn.ModuleDict({"model": model, "heads": heads})  # what the optimizer steps
     opt = make_optimizer(cfg, trained)
-    state = {"step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": [], "vision": {}}  # fmt: skip
+    state = {"step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": [], "pointer_losses": [], "vision": {}}  # fmt: skip
     if resume:
         ckpt = torch.load(ckpt_path, weights_only=False)
         if ckpt["config"] != asdict(cfg):
@@ -741,7 +808,7 @@ def train_target(
                 f"weights do not fit this model: {str(e).splitlines()[0]}); start a new --out"
             ) from e
         opt.load_state_dict(ckpt["optimizer"])
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}
     data = cached_data(cfg, tokenizer, out, progress=progress)
     t_start = time.perf_counter() - state["elapsed"]
     if state["vision_step"] < cfg.vision_pretrain_steps:
@@ -764,28 +831,34 @@ def train_target(
     model.train()
     forward = torch.compile(llava_forward, dynamic=True) if cfg.compile else llava_forward
     blank_id = tokenizer.convert_tokens_to_ids("<image>")
+    pointer_layer = cfg.pointer_layer if cfg.pointer_weight > 0 else None
     epoch, order = -1, []
     t0 = time.perf_counter() - state["elapsed"]  # wall clock, carried over a resume
     last_ckpt = time.perf_counter()
     window_t, window_tokens = time.perf_counter(), 0
     bar = tqdm(total=steps, initial=state["step"], desc="train-target", unit="step", disable=not progress, mininterval=2)  # fmt: skip
-    ema = align_ema = None
+    ema = align_ema = point_ema = None
     while progress_of(state["step"], time.perf_counter() - t0) < 1.0 and state["step"] != stop_at:
         step = state["step"]
         if step // per_epoch != epoch:
             epoch = step // per_epoch
             order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
         idx = order[step % per_epoch]
-        batch = collate(data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1)  # fmt: skip
+        batch = collate(data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1, blank_id)  # fmt: skip
         lr = lr_at(cfg, step, progress_of(step, time.perf_counter() - t0))
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             # Right padding under a causal mask: real tokens never see the pads, so no padding
             # mask is passed (it would force a slow attention path); pads carry no loss.
-            logits, feats, projected = forward(model, batch["input_ids"], batch["pixel_values"])
+            outs = forward(model, batch["input_ids"], batch["pixel_values"], pointer_layer)
+            logits, feats, projected = outs[:3]
             answer = answer_loss(logits, batch["labels"])
             loss = answer
+            if pointer_layer is not None:
+                point = pointer_loss(outs[3], batch["pointer"])
+                loss = loss + cfg.pointer_weight * point
+                point_ema = point.item() if point_ema is None else 0.98 * point_ema + 0.02 * point.item()  # fmt: skip
             if cfg.aux_weight > 0:
                 aux, _ = heads(feats, batch["patch_labels"])
                 loss = loss + cfg.aux_weight * aux
@@ -804,6 +877,8 @@ def train_target(
         state["tokens"] += n_tok
         state["elapsed"] = time.perf_counter() - t0
         state["losses"].append(answer.item())  # the answer-token loss alone
+        if pointer_layer is not None:
+            state["pointer_losses"].append(point.item())
         window_tokens += n_tok
         ema = answer.item() if ema is None else 0.98 * ema + 0.02 * answer.item()
         tok_s = window_tokens / max(time.perf_counter() - window_t, 1e-9)
@@ -814,6 +889,7 @@ def train_target(
         bar.update(1)
         if state["step"] % log_every == 0:
             align_txt = "" if align_ema is None else f" align {align_ema:.4f}"
+            align_txt += "" if point_ema is None else f" pointer {point_ema:.4f}"
             print(f"step {state['step']} loss {ema:.4f}{align_txt} lr {lr:.2e} tok/s {tok_s:.0f} "
                   f"elapsed {state['elapsed'] / 60:.1f}m epoch {state['step'] / per_epoch:.2f}",
                   file=sys.stderr, flush=True)  # fmt: skip
