@@ -133,7 +133,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # the shipped embedded target
     "small": TrainConfig(hidden=192, intermediate=512, vision_hidden=128),
     # the classic separate draft model (hf-assisted baseline): same tokenizer, two layers
-    "baseline": TrainConfig(hidden=192, layers=2, intermediate=512, vision_hidden=128, pointer_layer=1),
+    "baseline": TrainConfig(
+        hidden=192, layers=2, intermediate=512, vision_hidden=128, pointer_layer=1
+    ),
     # for tests: seconds on a CPU
     "tiny": TrainConfig(
         hidden=64,
