@@ -126,3 +126,17 @@ def test_additive_mask_gives_bitwise_the_same_attention_as_the_bool_mask():
         out, _ = _run_block(block, shape, x, positions, additive_mask(allowed, torch.float32))
     assert torch.equal(out, ref)
     assert additive_mask(allowed, torch.float32)[~allowed].eq(float("-inf")).all()
+
+
+def test_quiet_transformers_restores_what_it_found():
+    from transformers.utils import logging as hf_logging
+
+    from specvlm.hf_quiet import quiet_transformers
+
+    before = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    with quiet_transformers():
+        with quiet_transformers():  # nested: the inner exit must not turn the bar back on
+            pass
+        assert not hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from specvlm.hf_quiet import quiet_transformers
+
 CORPUS = [
     "a red circle is left of a blue square on a plain background.",
     "there are three objects: a green triangle, a yellow star and a small purple hexagon.",
@@ -91,7 +93,6 @@ def build_tiny_llava(
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     tokenizer = tiny_tokenizer()
@@ -137,10 +138,7 @@ def build_tiny_llava(
             model.model.language_model.embed_tokens.weight.normal_(0.0, head_std)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         from transformers import CLIPImageProcessor  # PIL fallback without torchvision: fine
 
         image_processor = CLIPImageProcessor(
@@ -157,9 +155,6 @@ def build_tiny_llava(
         )
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     return folder
 
 

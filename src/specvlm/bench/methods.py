@@ -17,6 +17,7 @@ import torch
 
 from specvlm.api import Engine
 from specvlm.errors import InputError
+from specvlm.hf_quiet import quiet_transformers
 
 
 @dataclass
@@ -154,13 +155,8 @@ def _assistant(ctx: BenchContext):
 def _quiet_load(cls, folder, engine):
     """`cls.from_pretrained(folder)` in the engine's dtype, without `transformers`' loading bar
     (it would break the bench's own progress bar)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         return cls.from_pretrained(folder, dtype=engine.target.info.dtype).eval()
-    finally:
-        hf_logging.enable_progress_bar()
 
 
 def _lookup(ctx: BenchContext) -> HFMethod:

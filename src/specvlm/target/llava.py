@@ -24,6 +24,7 @@ from specvlm.errors import (
     PromptError,
     UnsupportedModelError,
 )
+from specvlm.hf_quiet import quiet_transformers
 from specvlm.kv_cache import KVCache
 from specvlm.layers import AttentionShape, additive_mask, decoder_block, prepare_for_inference
 from specvlm.media import load_images
@@ -60,15 +61,11 @@ class LlavaTarget:
         aux_layers: tuple[int, ...] = (),
     ):
         from transformers import AutoProcessor, LlavaForConditionalGeneration
-        from transformers.utils import logging as hf_logging
 
         folder = Path(folder)
         read_config(folder)
         dtype = dtype or torch.float32
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # e.g. the torchvision-less image processor notice
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_transformers():
             try:
                 self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
             except (OSError, ValueError) as e:
@@ -80,9 +77,6 @@ class LlavaTarget:
                     f"cannot load the tokenizer/processor from {folder}: {e}; a LLaVA folder needs "
                     "tokenizer files, preprocessor_config.json and processor_config.json"
                 ) from e
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.tokenizer = self.processor.tokenizer

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from specvlm.errors import InputError
+from specvlm.hf_quiet import quiet_transformers
 from specvlm.world.grammar import REGION_PHRASES, region
 from specvlm.world.language import FAMILIES, make_drill, make_record
 from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, render, visible_masks
@@ -246,19 +247,11 @@ def save_model(model, processor, folder: Path) -> None:
     """Save an fp16 copy of `model` (and the processor) so that Auto* classes load it."""
     import copy
 
-    from transformers.utils import logging as hf_logging
-
     half = copy.deepcopy(model).half().eval()
     tmp = folder.with_name(folder.name + ".tmp")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         half.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     _replace_dir(tmp, folder)
 
 
