@@ -2,7 +2,8 @@
 
 One expansion of the embedded draft head, written as one pure function (input norm and fc,
 the decoder layer with its KV-cache write, the target's LM head, log-softmax and top-k, k = 4
-rows), timed eager and compiled (inductor, dynamic shapes) over cache lengths 150-349,
+rows), timed eager and compiled (inductor, dynamic shapes) over cache lengths 150-349 (plus
+8 scratch slots),
 alternating eager / compiled twice after the compile. Prints the median ms of each pass and
 the largest difference between the two outputs.
 

@@ -2,8 +2,10 @@
 
 For test scenes with two or more objects, asks one position question (`qa_image.q_position`,
 its own random stream) and answers it greedily; each wrong answer is classed by the region it
-names: another object's region (the first / last in reading order, the largest, one sharing the
-colour or the shape of the object asked about), or a region no object is in.
+names: no region at all, a region no object is in, or another object's region, and then by
+which objects hold that region (the first / last in reading order, the largest, one of the
+same colour or shape as the object asked about: classes that can overlap, counted once per
+answer when any object in that region fits).
 
 Run:  python scripts/world_position_errors.py [--model FOLDER] [--n 200] [--show 10]
       (default model: the embedded target)
@@ -20,6 +22,8 @@ from specvlm import api
 from specvlm.world import grammar, qa_image
 from specvlm.world.scenes import render
 from specvlm.world.splits import split_spec, world_sample
+
+REGION_WORDS = {"top", "upper", "bottom", "lower", "left", "right", "middle", "center", "centre"}
 
 
 def main() -> None:
@@ -44,20 +48,25 @@ def main() -> None:
         out = engine.generate(qa.question, images=[render(scene, size)], max_new_tokens=30,
                               speculative=False)  # fmt: skip
         true, got = qa.meta["answer"], grammar.text_region(out.text.lower())
-        region_of = {id(o): grammar.region(o.x, o.y) for o in scene.objects}
-        holders = [o for o in scene.objects if region_of[id(o)] == got]
+        asked = scene.objects[qa.meta["obj"]]
+        others = [o for o in scene.objects if o is not asked]
+        holders = [o for o in others if grammar.region(o.x, o.y) == got]
         if grammar.check_answer(qa.meta, out.text):
             tally["right"] += 1
             continue
-        tally["another object's region" if holders else "a region with no object"] += 1
-        if holders:
-            asked, named = scene.objects[qa.meta["obj"]], holders[0]
+        if not set(out.text.lower().replace(".", " ").split()) & REGION_WORDS:
+            tally["no region named"] += 1  # text_region reads that as "center"
+        elif holders:
+            tally["another object's region"] += 1
             order = sorted(scene.objects, key=qa_image.reading_order)
-            wrong_by["first in reading order"] += region_of[id(order[0])] == got
-            wrong_by["last in reading order"] += region_of[id(order[-1])] == got
-            wrong_by["largest"] += max(scene.objects, key=lambda o: o.radius) is named
-            wrong_by["same colour"] += named.color == asked.color
-            wrong_by["same shape"] += named.shape == asked.shape
+            largest = max(scene.objects, key=lambda o: o.radius)
+            wrong_by["first in reading order"] += any(o is order[0] for o in holders)
+            wrong_by["last in reading order"] += any(o is order[-1] for o in holders)
+            wrong_by["largest"] += any(o is largest for o in holders)
+            wrong_by["same colour"] += any(o.color == asked.color for o in holders)
+            wrong_by["same shape"] += any(o.shape == asked.shape for o in holders)
+        else:
+            tally["a region with no object"] += 1
         if shown < args.show:
             print(
                 f"{len(scene.objects)} objects | {qa.question} | {out.text.strip()} | truth: {true}"

@@ -133,10 +133,20 @@ def test_quiet_transformers_restores_what_it_found():
 
     from specvlm.hf_quiet import quiet_transformers
 
-    before = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    with quiet_transformers():
-        with quiet_transformers():  # nested: the inner exit must not turn the bar back on
-            pass
-        assert not hf_logging.is_progress_bar_enabled()
-        assert hf_logging.get_verbosity() == hf_logging.ERROR
-    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    hf_logging.set_verbosity_warning()
+    try:
+        with quiet_transformers():
+            with quiet_transformers():  # nested: the inner exit must not turn the bar back on
+                pass
+            assert not hf_logging.is_progress_bar_enabled()
+            assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.WARNING
+        with quiet_transformers(log=True):  # the bar off, the log as it was
+            assert not hf_logging.is_progress_bar_enabled()
+            assert hf_logging.get_verbosity() == hf_logging.WARNING
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()

@@ -7,15 +7,17 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """`transformers`' log below error level (e.g. the notice that the image processor falls back
-    to PIL without torchvision) and its weight-loading bar off (it would break our own progress
-    bars); both restored as they were on exit, so nested uses are safe."""
+def quiet_transformers(log: bool = False) -> Iterator[None]:
+    """`transformers`' weight-loading bar off (it would break our own progress bars) and, unless
+    `log`, its log below error level (e.g. the notice that the image processor falls back to PIL
+    without torchvision; but also a checkpoint's load report of missing or unexpected keys); both
+    restored as they were on exit, so nested uses are safe."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
+    if not log:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield

@@ -155,7 +155,7 @@ def _assistant(ctx: BenchContext):
 def _quiet_load(cls, folder, engine):
     """`cls.from_pretrained(folder)` in the engine's dtype, without `transformers`' loading bar
     (it would break the bench's own progress bar)."""
-    with quiet_transformers():
+    with quiet_transformers(log=True):  # a bad checkpoint's load report stays visible
         return cls.from_pretrained(folder, dtype=engine.target.info.dtype).eval()
 
 

@@ -471,7 +471,7 @@ def pointer_loss(attention: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor
         return attention.sum() * 0.0
     b, t = rows.nonzero(as_tuple=True)
     picked = attention[b, t, pointer[b, t]].float()  # (Q,)
-    return -picked.clamp_min(1e-6).log().mean()
+    return -(picked + 1e-6).log().mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,20 +520,21 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndar
     return ids, mask
 
 
-def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> np.ndarray:
+def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> np.ndarray | None:
     """(T,) int16 per token of `encode_record`'s sequence: the patch (row-major, among the
     image tokens) holding the centre of the object its answer is about, or -1.
 
     Answer spans (runs of `mask`) pair with the record's turns in order; a turn points when its
     meta names one object ("obj": colour, shape and position questions) and that object owns
-    its centre patch (no object in front has its centre in the same patch)."""
+    its centre patch (no object in front has its centre in the same patch). None when the
+    answer spans do not pair one to one with the turns."""
     out = np.full(len(mask), -1, dtype=np.int16)
     meta = record["meta"]
     turns = meta.get("turns", [meta])
     starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
     ends = np.flatnonzero(mask & ~np.concatenate([mask[1:], [False]])) + 1
     if len(starts) != len(turns):
-        return out  # cannot pair the answers with their questions: no pointers
+        return None
     owner = {r * grid + c: o for r, c, o in _centre_patches(scene, grid)}  # the front one wins
     for turn, a, b in zip(turns, starts, ends, strict=True):
         k = turn.get("obj")
@@ -558,6 +559,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
     patches = np.zeros((cfg.n_scenes, len(PATCH_LABELS), grid * grid), dtype=np.int8)
     words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_SLOTS), dtype=np.int16)
     ids, masks, pointers, scene, family = [], [], [], [], []
+    unpaired = 0  # records whose answers could not be paired with their turns
     for i in tqdm(range(cfg.n_scenes), desc="world data", unit="scene", disable=not progress, mininterval=5):  # fmt: skip
         sample = world_sample(split, i, "image")
         assert isinstance(sample, Scene)
@@ -571,9 +573,14 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
             a, m = encode_record(record, tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
-            pointers.append(torch.from_numpy(answer_pointers(record, sample, m, grid)))
+            ptr = answer_pointers(record, sample, m, grid)
+            unpaired += ptr is None
+            pointers.append(torch.from_numpy(np.full(len(m), -1, np.int16) if ptr is None else ptr))
             scene.append(i)
             family.append(record["meta"]["family"])
+    if unpaired:
+        print(f"world data: {unpaired} records have answers that do not pair with their turns; "
+              "they train without pointers", file=sys.stderr)  # fmt: skip
     return {
         "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
         "patches": torch.from_numpy(patches),  # (N, len(PATCH_LABELS), P) int8
@@ -850,7 +857,8 @@ def train_target(
             logits, feats, projected = outs[:3]
             answer = answer_loss(logits, batch["labels"])
             loss = answer
-            if pointer_layer is not None:
+            pointed = pointer_layer is not None and bool((batch["pointer"] >= 0).any())
+            if pointed:
                 point = pointer_loss(outs[3], batch["pointer"])
                 loss = loss + cfg.pointer_weight * point
                 point_ema = point.item() if point_ema is None else 0.98 * point_ema + 0.02 * point.item()  # fmt: skip
@@ -872,7 +880,7 @@ def train_target(
         state["tokens"] += n_tok
         state["elapsed"] = time.perf_counter() - t0
         state["losses"].append(answer.item())  # the answer-token loss alone
-        if pointer_layer is not None:
+        if pointed:  # batches with a pointed answer only
             state["pointer_losses"].append(point.item())
         window_tokens += n_tok
         ema = answer.item() if ema is None else 0.98 * ema + 0.02 * answer.item()
