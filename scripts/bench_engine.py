@@ -133,11 +133,8 @@ def layout_curves(target, prompt, sizes=(1, 4, 8, 12, 16, 24, 32), rounds: int =
     return {name: {n: statistics.median(ts) for n, ts in c.items()} for name, c in times.items()}
 
 
-def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeConfig) -> dict:
-    """Per-round time split of speculative and plain decoding (wall clock, seconds per round)."""
-    engine = api.load(target=folder, draft=draft, tree=tree)
-    target = engine.target
-    spent: dict[str, float] = {}
+def timer(spent: dict[str, float]):
+    """timed(name, fn): fn, wrapped to add its wall-clock seconds to spent[name] on each call."""
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -148,6 +145,16 @@ def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeC
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
 
         return wrapper
+
+    return timed
+
+
+def round_breakdown(folder: Path, draft: Path, prompts, tokens: int, tree: TreeConfig) -> dict:
+    """Per-round time split of speculative and plain decoding (wall clock, seconds per round)."""
+    engine = api.load(target=folder, draft=draft, tree=tree)
+    target = engine.target
+    spent: dict[str, float] = {}
+    timed = timer(spent)
 
     patches = [
         (target, "verify", timed("verify", target.verify)),

@@ -25,6 +25,7 @@ import subprocess
 import time
 
 import torch
+from bench_engine import timer  # this folder's sibling script
 
 from specvlm import api
 from specvlm.bench.suites import load_suite
@@ -38,21 +39,12 @@ def measure(engine, items, tokens: int) -> dict[str, float]:
     """Alternating plain / speculative requests; seconds summed over the items."""
     target = engine.target
     spent: dict[str, float] = {}
+    timed = timer(spent)
     forwards = {"spec": 0, "plain": 0}
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-
-        return wrapper
 
     originals = [(EagleDrafter, n, getattr(EagleDrafter, n)) for n in DRAFTER_CALLS]
     originals.append((target, "verify", target.verify))
-    totals = {"plain": 0.0, "spec": 0.0, "tokens": 0, "tau_num": 0, "tau_den": 0}
+    totals = {"plain": 0.0, "spec": 0.0, "tau_num": 0, "tau_den": 0}
     try:
         for cls, name, fn in originals[:-1]:
             setattr(cls, name, timed(name, fn))
@@ -72,7 +64,6 @@ def measure(engine, items, tokens: int) -> dict[str, float]:
                 totals[mode] += time.perf_counter() - t0
                 forwards[mode] += out.stats.target_forwards
                 if speculative:
-                    totals["tokens"] += len(out.token_ids)
                     totals["tau_num"] += sum(out.stats.accept_lengths)
                     totals["tau_den"] += len(out.stats.accept_lengths)
     finally:

@@ -535,15 +535,15 @@ def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> 
     ends = np.flatnonzero(mask & ~np.concatenate([mask[1:], [False]])) + 1
     if len(starts) != len(turns):
         return None
-    owner = {r * grid + c: o for r, c, o in _centre_patches(scene, grid)}  # the front one wins
+    centres = [(r * grid + c, o) for r, c, o in _centre_patches(scene, grid)]
+    owner = dict(centres)  # patch -> its object; back to front, so the front one wins
     for turn, a, b in zip(turns, starts, ends, strict=True):
-        k = turn.get("obj")
-        if k is None:
+        if turn.get("obj") is None:
             continue
-        o = scene.objects[k]
-        row, col = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
-        if owner.get(row * grid + col) is o:
-            out[a:b] = row * grid + col
+        o = scene.objects[turn["obj"]]
+        patch = next(p for p, q in centres if q is o)
+        if owner[patch] is o:
+            out[a:b] = patch
     return out
 
 
