@@ -520,14 +520,17 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndar
     return ids, mask
 
 
-def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> np.ndarray | None:
+def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int, ids: np.ndarray | None = None, tokenizer=None) -> np.ndarray | None:  # fmt: skip
     """(T,) int16 per token of `encode_record`'s sequence: the patch (row-major, among the
     image tokens) holding the centre of the object its answer is about, or -1.
 
     Answer spans (runs of `mask`) pair with the record's turns in order; a turn points when its
     meta names one object ("obj": colour, shape and position questions) and that object owns
-    its centre patch (no object in front has its centre in the same patch). None when the
-    answer spans do not pair one to one with the turns."""
+    its centre patch (no object in front has its centre in the same patch). With `ids` and the
+    (byte-level) `tokenizer`, a description's tokens point too: those whose last character lies
+    in the sentence about an object (meta "sentences": [start, end, object] in the answer's
+    characters) point at that object. None when the answer spans do not pair one to one with
+    the turns."""
     out = np.full(len(mask), -1, dtype=np.int16)
     meta = record["meta"]
     turns = meta.get("turns", [meta])
@@ -537,13 +540,24 @@ def answer_pointers(record: dict, scene: Scene, mask: np.ndarray, grid: int) -> 
         return None
     centres = [(r * grid + c, o) for r, c, o in _centre_patches(scene, grid)]
     owner = dict(centres)  # patch -> its object; back to front, so the front one wins
-    for turn, a, b in zip(turns, starts, ends, strict=True):
-        if turn.get("obj") is None:
-            continue
-        o = scene.objects[turn["obj"]]
+
+    def patch_of(k: int) -> int:  # scene.objects[k]'s centre patch if it owns it, else -1
+        o = scene.objects[k]
         patch = next(p for p, q in centres if q is o)
-        if owner[patch] is o:
-            out[a:b] = patch
+        return patch if owner[patch] is o else -1
+
+    answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+    for turn, answer, a, b in zip(turns, answers, starts, ends, strict=True):
+        if turn.get("obj") is not None:
+            out[a:b] = patch_of(turn["obj"])
+        elif turn.get("sentences") and ids is not None and tokenizer is not None:
+            pieces = tokenizer.batch_decode([[int(t)] for t in ids[a:b]])
+            at = "".join(pieces).find(answer)
+            if at < 0:  # a tokenizer that does not decode token by token: no pointers
+                continue
+            last = np.cumsum([len(p) for p in pieces]) - 1 - at  # (b - a,) each token's last character, in the answer's  # fmt: skip
+            for lo, hi, k in turn["sentences"]:
+                out[a:b][(last >= lo) & (last < hi)] = patch_of(k)
     return out
 
 
@@ -573,7 +587,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
             a, m = encode_record(record, tokenizer, cfg.n_image_tokens)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
-            ptr = answer_pointers(record, sample, m, grid)
+            ptr = answer_pointers(record, sample, m, grid, a, tokenizer)
             unpaired += ptr is None
             pointers.append(torch.from_numpy(np.full(len(m), -1, np.int16) if ptr is None else ptr))
             scene.append(i)
@@ -596,7 +610,7 @@ def build_data(cfg: TrainConfig, tokenizer, split: str = "train", progress: bool
 def cached_data(cfg: TrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
     drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
-    path = out / f"data-v7-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
+    path = out / f"data-v8-train-{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok{drill}-{vocab_hash}.pt"  # fmt: skip
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)
