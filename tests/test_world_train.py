@@ -319,6 +319,47 @@ def test_answer_pointers_point_at_the_named_objects_centre_patch():
     assert tt.answer_pointers(rec, scene, np.zeros_like(mask), grid) is None
 
 
+def test_description_sentences_point_at_the_object_they_tell_of():
+    """Each object's sentence in a description points its tokens at that object's patch; the
+    intro, relations and summaries point nowhere; without the tokenizer, descriptions do not point."""
+    from transformers import AutoTokenizer
+
+    from specvlm.world import grammar
+    from specvlm.world.language import make_record
+    from specvlm.world.splits import world_sample
+
+    tok = AutoTokenizer.from_pretrained("src/specvlm/assets/world-target")
+    grid, checked = 8, 0
+    for i in range(16):
+        rec, scene = make_record("train", i, "detailed", "image"), world_sample("train", i, "image")
+        ids, mask = tt.encode_record(rec, tok, grid * grid)
+        ptr = tt.answer_pointers(rec, scene, mask, grid, ids, tok)
+        assert (ptr[~mask] == -1).all()
+        answer = rec["conversations"][1]["value"]
+        spans = rec["meta"]["sentences"]
+        assert len(spans) == len(scene.objects)
+        # runs of one pointer, decoded: each pointed run is exactly one object's sentence
+        runs, cur = [], None
+        for t, p in zip(ids[mask], ptr[mask], strict=True):
+            if cur is None or p != cur[0]:
+                cur = [p, []]
+                runs.append(cur)
+            cur[1].append(int(t))
+        pointed = [(p, tok.decode(t).strip()) for p, t in runs if p >= 0]
+        for p, text in pointed:
+            lo, hi, k = next(s for s in spans if answer[s[0] : s[1]] == text)
+            o = scene.objects[k]
+            assert grammar.mentions(text, o.color, o.shape)
+            assert p == min(int(o.y * grid), 7) * grid + min(int(o.x * grid), 7)
+            checked += 1
+        assert len(pointed) <= len(spans)
+        unpointed = "".join(tok.decode(t) for p, t in runs if p < 0)
+        assert answer.split(".")[0] in unpointed  # the intro
+        no_tok = tt.answer_pointers(rec, scene, mask, grid)
+        assert (no_tok == -1).all()
+    assert checked >= 30
+
+
 def test_collate_shifts_pointers_to_the_queries_and_the_image_tokens():
     """Query t predicts token t + 1: it gets token t + 1's pointer, as a key position."""
     image_id, grid = 3, 2
