@@ -87,6 +87,8 @@ def test_make_video_and_events(tmp_path):
         ),  # fmt: skip
         (("show", "--out", "sheet.jpg"), ".png"),
         (("show", "--n", "0", "--out", "s.png"), "between 1 and 64"),
+        (("train-target", "--out", "t", "--steps", "5", "--lr", "0"), "--lr must be positive"),
+        (("train-target", "--out", "t", "--steps", "5", "--init", "nowhere"), "not a model folder"),
     ],
 )
 def test_bad_arguments_raise_input_error(tmp_path, monkeypatch, argv, message):

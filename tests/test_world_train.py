@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from specvlm.world import train_target as tt
 from specvlm.world.language import make_record
@@ -84,6 +85,42 @@ def test_resume_without_checkpoint_is_an_input_error(tmp_path):
 
     with pytest.raises(InputError):
         tt.train_target(tmp_path / "none", "tiny", steps=5, resume=True, progress=False)
+
+
+def test_init_starts_from_a_trained_target_and_skips_the_vision_stage(run, tmp_path):
+    """--init: the LLaVA stage starts from the saved model's weights (its first loss is the
+    trained model's, far below a fresh start's) and no vision-stage step runs."""
+    from transformers import AutoModelForImageTextToText
+
+    out, summary = run
+    part = tmp_path / "ft"
+    part.mkdir()
+    (part / "tokenizer").symlink_to(out / "tokenizer")
+    # 0 steps of the LLaVA stage: the saved model is the init, rounded to fp16 twice
+    model = tt.build_model(
+        tt.CONFIGS["tiny"], AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    )
+    tt.init_weights(model, AutoTokenizer.from_pretrained(str(out / "tokenizer")), out / "model")
+    saved = AutoModelForImageTextToText.from_pretrained(str(out / "model"), dtype=torch.float32)
+    for name, w in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[name], w), name
+    ft = tt.train_target(part, "tiny", steps=5, progress=False, init=out / "model")
+    ckpt = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert ckpt["vision"] == {} and ckpt["init"] == str(out / "model")
+    fresh = torch.load(out / "checkpoint.pt", weights_only=False)["losses"]
+    assert ft["first_loss"] < fresh[0] - 1.0
+    assert abs(ft["first_loss"] - np.mean(fresh[-5:])) < 1.0
+
+
+def test_init_rejects_what_does_not_fit(run, tmp_path):
+    from specvlm.errors import InputError
+
+    out, _ = run
+    with pytest.raises(InputError, match="not a model folder"):
+        tt.train_target(tmp_path / "a", "tiny", steps=2, progress=False, init=tmp_path)
+    wide = tt.build_model(tt.replace(tt.CONFIGS["tiny"], hidden=96), AutoTokenizer.from_pretrained(str(out / "tokenizer")))  # fmt: skip
+    with pytest.raises(InputError, match="does not fit this config"):
+        tt.init_weights(wide, AutoTokenizer.from_pretrained(str(out / "tokenizer")), out / "model")
 
 
 def test_loss_mask_covers_answer_tokens_only(run):

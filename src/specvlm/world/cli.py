@@ -5,7 +5,7 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline]
+                               [--config small|default|baseline] [--init MODEL] [--lr LR]
     specvlm world eval-target --model runs/world-target/model [--split test|hard] [--n 200]
 
 Each handler is a thin call into the library and returns an exit code; bad arguments raise
@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--minutes", type=float, default=None, help="training time budget")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--init", default=None, help="start from this trained world target's model folder (skips the vision stage)")  # fmt: skip
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's, 1e-3)")  # fmt: skip
     train.add_argument(
         "--config",
         default="small",
@@ -136,7 +138,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError(f"unknown --config {args.config!r}; accepted: small, default, baseline")
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
-    r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, progress=sys.stderr.isatty())  # fmt: skip
+    if args.lr is not None and not args.lr > 0:
+        raise InputError(f"--lr must be positive, got {args.lr}")
+    extra = {} if args.lr is None else {"lr": args.lr}
+    r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, init=args.init, progress=sys.stderr.isatty(), **extra)  # fmt: skip
     print(f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, final loss {r['final_loss']:.4f}; wrote {r['model']}")  # fmt: skip
     return 0
 

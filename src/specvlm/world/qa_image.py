@@ -261,7 +261,11 @@ CONVERSATION: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
 # the conversation questions about where things are (every third turn of a training drill).
 # Runs 8 and 9 left corner questions out (run 7: corner 95%, position 33%, relation 41%); corner
 # fell to 76% and descriptions naming every object from 87% to ~71%, so run 10 drills all three.
-WHERE: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (q_position, q_relation, q_corner)
+WHERE: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
+    q_position,
+    q_relation,
+    q_corner,
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,6 +243,22 @@ def build_processor(cfg: TrainConfig, tokenizer):
     )
 
 
+def init_weights(model, tokenizer, folder: Path) -> None:
+    """Load a trained world target's weights (`folder`, as `save_model` wrote it) into `model`,
+    in `model`'s dtype; InputError when its tokenizer or any weight's name or shape differs."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    if AutoTokenizer.from_pretrained(str(folder)).get_vocab() != tokenizer.get_vocab():
+        raise InputError(f"--init: {folder} has another tokenizer than this recipe's")
+    with quiet_transformers():
+        src = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
+    own, theirs = model.state_dict(), src.state_dict()
+    bad = sorted(k for k in own.keys() | theirs.keys() if k not in own or k not in theirs or own[k].shape != theirs[k].shape)  # fmt: skip
+    if bad:
+        raise InputError(f"--init: {folder} does not fit this config ({len(bad)} weights differ in name or shape, e.g. {bad[0]!r})")  # fmt: skip
+    model.load_state_dict(theirs)
+
+
 def save_model(model, processor, folder: Path) -> None:
     """Save an fp16 copy of `model` (and the processor) so that Auto* classes load it."""
     import copy
@@ -774,6 +790,7 @@ def train_target(
     log_every: int = 50,
     progress: bool = True,
     stop_at: int | None = None,
+    init: str | Path | None = None,
     **overrides,
 ) -> dict:
     """Train (or continue) a world target under `out`; return a summary dict.
@@ -781,12 +798,19 @@ def train_target(
     Stops after `steps` optimizer steps or `minutes` of training (whichever comes first; at least
     one must be given). Writes `out/model/` (fp16, loadable by Auto* classes) at the end.
     `stop_at` ends this call at that step without changing the schedule (an interruption that
-    `resume=True` continues from).
+    `resume=True` continues from). `init`: a trained world target's model folder (same config
+    and tokenizer) to start the LLaVA stage from instead of a fresh model; the vision stage is
+    skipped (the patch heads, not saved with a model, start fresh).
+    bf16 autocast falls back to fp32 on a CPU without native bf16 (oneDNN's check; AVX2-only
+    CPUs emulate bf16 about ten times slower than fp32).
     """
     cfg = CONFIGS[config] if isinstance(config, str) else config
     if isinstance(config, str) and config not in CONFIGS:
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(CONFIGS)}")
     cfg = replace(cfg, **overrides)
+    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
+        cfg = replace(cfg, bf16=False)
     if steps is None and minutes is None:
         raise InputError("give --steps or --minutes (or both)")
     if steps is not None and steps < 1:
@@ -801,20 +825,27 @@ def train_target(
     ckpt_path = out / "checkpoint.pt"
     if resume and not ckpt_path.is_file():
         raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+    if init is not None and not (Path(init) / "config.json").is_file():
+        raise InputError(f"--init: {init} is not a model folder (no config.json); give a world target's model/ folder")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
     tokenizer = world_tokenizer(cfg, out)
     processor = build_processor(cfg, tokenizer)
     model = build_model(cfg, tokenizer)
+    if init is not None and not resume:
+        init_weights(model, tokenizer, Path(init))
     model.set_attn_implementation("eager")  # for training; saved with the default (sdpa)
     heads = PatchHeads(cfg.vision_hidden)
     trained = torch.nn.ModuleDict({"model": model, "heads": heads})  # what the optimizer steps
     opt = make_optimizer(cfg, trained)
-    state = {"step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": [], "pointer_losses": [], "vision": {}}  # fmt: skip
+    state = {"step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg), "losses": [], "pointer_losses": [], "vision": {}, "init": None}  # fmt: skip
+    if init is not None:  # a trained vision tower: no vision stage
+        state["vision_step"], state["init"] = cfg.vision_pretrain_steps, str(init)
     if resume:
         ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt["config"] != asdict(cfg):
+        same = lambda c: {k: v for k, v in c.items() if k != "bf16"}  # noqa: E731  (a machine's choice)
+        if same(ckpt["config"]) != same(asdict(cfg)):
             raise InputError(f"--resume: {ckpt_path} was trained with another config")
         try:
             trained.load_state_dict(ckpt["model"])
