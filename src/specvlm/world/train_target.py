@@ -801,8 +801,8 @@ def train_target(
     `resume=True` continues from). `init`: a trained world target's model folder (same config
     and tokenizer) to start the LLaVA stage from instead of a fresh model; the vision stage is
     skipped (the patch heads, not saved with a model, start fresh).
-    bf16 autocast falls back to fp32 on a CPU without native bf16 (oneDNN's check; AVX2-only
-    CPUs emulate bf16 about ten times slower than fp32).
+    bf16 autocast falls back to fp32 on a CPU without native bf16 (oneDNN's check): an AVX2-only
+    CPU emulates it, and the vision stage took ~7 s a step instead of ~0.25 (docs/world.md).
     """
     cfg = CONFIGS[config] if isinstance(config, str) else config
     if isinstance(config, str) and config not in CONFIGS:
