@@ -92,15 +92,14 @@ def test_init_starts_from_a_trained_target_and_skips_the_vision_stage(run, tmp_p
     trained model's, far below a fresh start's) and no vision-stage step runs."""
     from transformers import AutoModelForImageTextToText
 
-    out, summary = run
+    out, _ = run
     part = tmp_path / "ft"
     part.mkdir()
     (part / "tokenizer").symlink_to(out / "tokenizer")
-    # 0 steps of the LLaVA stage: the saved model is the init, rounded to fp16 twice
-    model = tt.build_model(
-        tt.CONFIGS["tiny"], AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    )
-    tt.init_weights(model, AutoTokenizer.from_pretrained(str(out / "tokenizer")), out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    # init_weights: a fresh model takes exactly the saved (fp16) weights
+    model = tt.build_model(tt.CONFIGS["tiny"], tokenizer)
+    tt.init_weights(model, tokenizer, out / "model")
     saved = AutoModelForImageTextToText.from_pretrained(str(out / "model"), dtype=torch.float32)
     for name, w in saved.state_dict().items():
         assert torch.equal(model.state_dict()[name], w), name
@@ -118,9 +117,10 @@ def test_init_rejects_what_does_not_fit(run, tmp_path):
     out, _ = run
     with pytest.raises(InputError, match="not a model folder"):
         tt.train_target(tmp_path / "a", "tiny", steps=2, progress=False, init=tmp_path)
-    wide = tt.build_model(tt.replace(tt.CONFIGS["tiny"], hidden=96), AutoTokenizer.from_pretrained(str(out / "tokenizer")))  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    wide = tt.build_model(tt.replace(tt.CONFIGS["tiny"], hidden=96), tokenizer)
     with pytest.raises(InputError, match="does not fit this config"):
-        tt.init_weights(wide, AutoTokenizer.from_pretrained(str(out / "tokenizer")), out / "model")
+        tt.init_weights(wide, tokenizer, out / "model")
 
 
 def test_loss_mask_covers_answer_tokens_only(run):
