@@ -174,3 +174,26 @@ def test_engine_methods_on_a_tiny_target(tiny_dir, tmp_path):
         build_methods(["medusa"], ctx)
     with pytest.raises(InputError, match="needs a draft head"):
         EngineMethod("eaglevlm", api.Engine(engine.target, None), speculative=True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "device", "warns"),
+    [("PASSIVE", "cpu", True), ("passive ", "cpu", True), ("ACTIVE", "cpu", False),
+     (None, "cpu", False), ("PASSIVE", "cuda", False)],
+)  # fmt: skip
+def test_timing_warning_names_a_passive_openmp_wait_policy(monkeypatch, policy, device, warns):
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    warning = runner.timing_warning(device)
+    assert (warning is not None) == warns
+    if warns:
+        assert "OMP_WAIT_POLICY=PASSIVE" in warning and "Unset it" in warning
+
+
+def test_machine_records_the_openmp_wait_policy(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert "OMP_WAIT_POLICY" not in runner.machine()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert ", OMP_WAIT_POLICY=PASSIVE," in runner.machine()

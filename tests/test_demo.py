@@ -12,8 +12,10 @@ from specvlm.train.quickfit import fit_head_to_target
 
 def test_demo_on_the_stand_in_pair(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(embedded, "ASSETS", tmp_path / "no-assets")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the warning, not by OpenMP now
     assert run_demo(max_new_tokens=16, out_dir=tmp_path) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "warning: OMP_WAIT_POLICY=PASSIVE" in err
     assert "TINY RANDOM LLaVA" in out
     assert out.count("identical to plain: yes") == 4
     assert "summary: 4 prompts, identical output: all" in out
@@ -25,10 +27,12 @@ def test_load_and_demo_prefer_the_embedded_pair(tiny_dir, tmp_path, monkeypatch,
     shutil.copytree(tiny_dir, assets / "world-target")
     fit_head_to_target(assets / "world-target", assets / "world-draft", steps=10)
     monkeypatch.setattr(embedded, "ASSETS", assets)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     engine = api.load()
     assert engine.target_dir == assets / "world-target" and engine.draft is not None
     assert run_demo(max_new_tokens=8, out_dir=tmp_path) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "OMP_WAIT_POLICY" not in err
     assert "embedded world target" in out and "TINY RANDOM" not in out
     assert "summary: 8 prompts, identical output: all" in out
     assert len(set(re.findall(r"image: (\S+)", out))) == 8  # eight different scenes

@@ -156,6 +156,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.n = args.n or 2
         args.max_new_tokens = min(args.max_new_tokens, 48)
     engine = _load(args)
+    if (warning := runner.timing_warning(args.device)) is not None:
+        print(warning, file=sys.stderr)
     names = args.methods.split(",")
     if args.assistant is None and args.target is None:  # the embedded pair: shipped baseline
         from specvlm.embedded import embedded_baseline

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from specvlm.api import Engine, load
+from specvlm.bench.runner import timing_warning
 
 DEMO_PROMPTS = 8  # on the embedded pair
 
@@ -74,6 +75,8 @@ def run_demo(
         else f"sampling at T={temperature:g}" + (f", top-p {top_p:g}" if top_p < 1 else "")
     )
     print(f"{header}; tree {engine.tree}; {mode}\n")
+    if (warning := timing_warning("cpu")) is not None:
+        print(warning + "\n", file=sys.stderr)
     sampling = dict(temperature=temperature, top_p=top_p)
     first = prompts[0]
     engine.generate(first[0], images=first[1], max_new_tokens=8)  # warm-up, both paths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -27,7 +28,24 @@ from specvlm.bench.methods import Method, Request, RunResult
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+    omp = os.environ.get("OMP_WAIT_POLICY")  # changes CPU timings a lot (timing_warning)
+    wait = f", OMP_WAIT_POLICY={omp}" if omp else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{wait}, {gpu}, torch {torch.__version__}"
+
+
+def timing_warning(device: str | torch.device = "cpu") -> str | None:
+    """Why CPU timings taken now would mislead, or None. With `OMP_WAIT_POLICY=PASSIVE` the
+    OpenMP threads sleep between ops and every op pays a wake-up; decoding is thousands of small
+    ops, and speculative decoding (draft steps, tree bookkeeping) pays more of them per token than
+    plain decoding. Measured on a 2-core AVX2 box (docs/benchmarks.md, "Target run 10"): bench
+    1.41x -> 1.01x, plain 151 -> 89 tok/s. Training, with its large ops, barely notices."""
+    if torch.device(device).type != "cpu":
+        return None
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return ("warning: OMP_WAIT_POLICY=PASSIVE is set; it slows CPU decoding, speculative "
+                "decoding most, so these timings understate the speedup. Unset it for "
+                "benchmarks (it is meant for sharing the cores with a training job).")  # fmt: skip
+    return None
 
 
 def commit() -> str:
