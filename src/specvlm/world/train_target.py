@@ -34,7 +34,7 @@ rendered at the model resolution, tokenised with the chat template and cached in
 one to the chat template's own. Loss on assistant answer tokens only (the chat template's generation spans,
 each answer's </s> and a lone leading space token included). AdamW (0.9, 0.95), linear warmup then cosine to 10% of the peak;
 the cosine runs on the fraction of the budget used, steps or minutes, whichever is further.
-Gradient clipping at 1.0, bf16 autocast on CPU, batches of similar length. A checkpoint
+Gradient clipping at 1.0, bf16 autocast on CPUs with native bf16 (fp32 elsewhere), batches of similar length. A checkpoint
 (weights, optimizer, step, elapsed time) is written atomically to `out/checkpoint.pt` every
 `ckpt_minutes` and at the end; `resume=True` continues from it.
 """
