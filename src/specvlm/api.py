@@ -2,38 +2,89 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from specvlm.config import SamplingConfig, TreeConfig
+from specvlm.config import SamplingConfig, TreeConfig, check_seed
 from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
-from specvlm.errors import GenerationArgumentError, InputError
+from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
 from specvlm.layers import prepare_for_inference
 from specvlm.target import Target, load_target
+from specvlm.target.base import Prompt
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """The options of one request: the keyword arguments of `Engine.generate` / `Engine.stream`.
+
+    Sampling is greedy at temperature 0; top_k 0 and top_p 1.0 mean no truncation;
+    repetition_penalty 1.0 means none. `seed` (None or an int in [0, 2**63)) seeds the sampler.
+    `speculative=False` decodes plainly, through the same loop, with no draft.
+    """
+
+    video: Any = None
+    events: Any = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    speculative: bool = True
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> GenerationRequest:
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise GenerationArgumentError(
+                f"unknown generation option(s) {', '.join(unknown)}; accepted: "
+                + ", ".join(f.name for f in fields(cls))
+            )
+        request = cls(**options)
+        m = request.max_new_tokens
+        if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
+            raise GenerationArgumentError(f"max_new_tokens must be a positive integer, got {m!r}")
+        check_seed(request.seed)
+        return request
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.top_k, self.repetition_penalty)
 
 
 @dataclass
 class GenerationOutput:
     text: str  # the new text only
     token_ids: list[int]  # the new tokens only (EOS included when generated)
-    stats: SpecStats
+    stats: SpecStats  # stats.stop_reason: "eos", "max_new_tokens" or "context"
+
+    @property
+    def stop_reason(self) -> str:
+        return self.stats.stop_reason
 
 
 @dataclass
 class StreamPiece:
     text: str  # new text since the previous piece (may be "" while a character is incomplete)
-    token_ids: list[int]  # the tokens that arrived with it
+    token_ids: list[int]  # the tokens that arrived with it (one verification round's)
 
 
 class Engine:
-    """A target and (optionally) a draft head, ready to generate. One request at a time."""
+    """A target and (optionally) a draft head, ready to generate.
+
+    One request at a time: the engine owns one KV cache, so a `generate` or `stream` that starts
+    while another request is decoding raises `EngineBusyError` (from any thread; a stream holds
+    the engine from its first piece until it is exhausted or closed). Servers queue requests in
+    front of an engine.
+    """
 
     def __init__(
         self,
@@ -46,114 +97,97 @@ class Engine:
         self.draft = draft
         self.tree = tree or TreeConfig()
         self.target_dir = target_dir  # the checkpoint folder, when loaded from one
+        self._busy = threading.Lock()
 
     def _drafter(self) -> EagleDrafter | None:
         if self.draft is None:
             return None
         return EagleDrafter(self.draft, self.target.embed, self.target.lm_head)
 
-    def _run(
-        self,
-        prompt: str | list[dict[str, Any]],
-        images: Any,
-        video: Any,
-        events: Any,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        seed: int | None,
-        speculative: bool,
-        stats: SpecStats,
-    ) -> Iterator[list[int]]:
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise GenerationArgumentError(
-                f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
-            )
-        if video is not None or events is not None:
-            kind = "video" if video is not None else "events"
+    def _start(self, prompt: str | list[dict[str, Any]], images: Any, options: dict[str, Any],
+               stats: SpecStats) -> Iterator[list[int]]:  # fmt: skip
+        """Check the request now (bad input raises here, before anything runs); decode lazily."""
+        request = GenerationRequest.from_options(options)
+        if request.video is not None or request.events is not None:
+            kind = "video" if request.video is not None else "events"
             raise InputError(
                 f"this target ({self.target.info.architecture}) does not read {kind}; "
                 "it accepts a prompt and images"
             )
-        sampling = SamplingConfig(temperature, top_p, top_k, repetition_penalty)
-        generator = None
-        if not sampling.greedy:
-            generator = torch.Generator()
-            if seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(seed)
+        sampling = request.sampling
         prepared = self.target.prepare(prompt, images)
-        drafter = self._drafter() if speculative else None
-        return decode(
-            self.target,
-            prepared,
-            drafter=drafter,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            tree=self.tree,
-            stats=stats,
-            generator=generator,
-        )
+        return self._rounds(prepared, request, sampling, stats)
+
+    def _rounds(self, prepared: Prompt, request: GenerationRequest, sampling: SamplingConfig,
+                stats: SpecStats) -> Iterator[list[int]]:  # fmt: skip
+        if not self._busy.acquire(blocking=False):
+            raise EngineBusyError(
+                "this engine is already decoding a request (one at a time: it owns one KV "
+                "cache); finish or close the other stream first, or queue requests"
+            )
+        try:
+            generator = None
+            if not sampling.greedy:
+                generator = torch.Generator(device=prepared.input_ids.device)
+                if request.seed is None:
+                    generator.seed()
+                else:
+                    generator.manual_seed(request.seed)
+            yield from decode(
+                self.target,
+                prepared,
+                drafter=self._drafter() if request.speculative else None,
+                max_new_tokens=request.max_new_tokens,
+                sampling=sampling,
+                tree=self.tree,
+                stats=stats,
+                generator=generator,
+            )
+        finally:
+            self._busy.release()
 
     def generate(
-        self,
-        prompt: str | list[dict[str, Any]],
-        images: Any = None,
-        video: Any = None,
-        events: Any = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        speculative: bool = True,
+        self, prompt: str | list[dict[str, Any]], images: Any = None, **options: Any
     ) -> GenerationOutput:
+        """Answer a prompt (a string, or a chat: a list of {"role", "content"} messages).
+
+        images: PIL images or paths, one per image placeholder (or put before a string prompt).
+        options: the fields of `GenerationRequest` (max_new_tokens=256, temperature=0.0,
+        top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None, speculative=True, video, events).
+        """
         stats = SpecStats()
-        rounds = self._run(
-            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k,
-            repetition_penalty, seed, speculative, stats,
-        )  # fmt: skip
-        ids = [tok for new in rounds for tok in new]
+        ids = [tok for new in self._start(prompt, images, options, stats) for tok in new]
         return GenerationOutput(text=self.target.decode(ids), token_ids=ids, stats=stats)
 
     def stream(
         self,
         prompt: str | list[dict[str, Any]],
         images: Any = None,
-        video: Any = None,
-        events: Any = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        speculative: bool = True,
         stats: SpecStats | None = None,
+        **options: Any,
     ) -> Iterator[StreamPiece]:
         """Same arguments as `generate`; yields text pieces with their token ids as they land.
 
-        Pass a `SpecStats` to read the statistics once the stream is exhausted.
+        Bad input raises at the call; decoding starts at the first piece. Pass a `SpecStats`
+        to read the statistics once the stream is exhausted.
         """
-        stats = stats if stats is not None else SpecStats()
-        rounds = self._run(
-            prompt, images, video, events, max_new_tokens, temperature, top_p, top_k,
-            repetition_penalty, seed, speculative, stats,
-        )  # fmt: skip
+        rounds = self._start(prompt, images, options, stats if stats is not None else SpecStats())
+        return self._pieces(rounds)
+
+    def _pieces(self, rounds: Iterator[list[int]]) -> Iterator[StreamPiece]:
         ids: list[int] = []
         shown = ""
-        for new in rounds:
-            ids += new
-            text = self.target.decode(ids)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
-                yield StreamPiece("", new)
-                continue
-            yield StreamPiece(text[len(shown) :], new)
-            shown = text
+        try:
+            for new in rounds:
+                ids += new
+                text = self.target.decode(ids)
+                if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+                    yield StreamPiece("", new)
+                    continue
+                yield StreamPiece(text[len(shown) :], new)
+                shown = text
+        finally:
+            rounds.close()  # a stream closed early frees the engine at once
 
 
 def load(
@@ -173,6 +207,7 @@ def load(
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
     """
     dtype = _dtype(dtype)
+    device = _device(device)
     if target is None:
         from specvlm import embedded
 
@@ -201,6 +236,26 @@ def load(
 
         tree = load_tuned(tgt.info.fingerprint)
     return Engine(tgt, head, tree, target_dir=Path(target))
+
+
+def _device(value: str | torch.device) -> str:
+    """A torch device this machine has, e.g. "cpu", "cuda", "cuda:1", "mps"."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device {value!r}; accepted: cpu, cuda, cuda:N, mps") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {value!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {value!r}: MPS is not available on this machine (use cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {value!r} is not supported; accepted: cpu, cuda, cuda:N, mps")
+    return str(device)
 
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:

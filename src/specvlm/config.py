@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from specvlm.errors import GenerationArgumentError
+
+MIN_TEMPERATURE = 1e-4  # below this (but above 0) logits / T overflows; use 0 for greedy
+SEED_LIMIT = 2**63  # torch generators take seeds in [0, 2**63)
 
 
 @dataclass(frozen=True)
@@ -54,21 +58,40 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
+        t = self.temperature
+        if not (_is_number(t) and (t == 0 or t >= MIN_TEMPERATURE)):
             raise GenerationArgumentError(
-                f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}"
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {t!r}"
             )
-        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise GenerationArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+        if not (
+            isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0
+        ):
             raise GenerationArgumentError(
                 f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"
             )
-        if not (isinstance(self.repetition_penalty, int | float) and self.repetition_penalty > 0):
+        if not (_is_number(self.repetition_penalty) and self.repetition_penalty > 0):
             raise GenerationArgumentError(
-                f"repetition_penalty must be a number > 0 (1.0 = off), got {self.repetition_penalty!r}"
+                "repetition_penalty must be a finite number > 0 (1.0 = off), "
+                f"got {self.repetition_penalty!r}"
             )
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool, not inf or nan)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_seed(seed: object) -> None:
+    """A sampling seed is None (fresh entropy) or an integer in [0, 2**63)."""
+    if seed is None:
+        return
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+        raise GenerationArgumentError(
+            f"seed must be None or an integer in [0, 2**63), got {seed!r}"
+        )

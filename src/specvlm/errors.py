@@ -36,3 +36,11 @@ class DraftMismatchError(InputError):
 
 class DataError(InputError):
     """Bad training or benchmark data: a malformed row, a missing file, an unknown format."""
+
+
+class EngineBusyError(RuntimeError):
+    """An `Engine` is already decoding a request (it owns one KV cache: one request at a time).
+
+    Not an input error: the same call succeeds once the running request has finished. Servers
+    queue requests in front of an engine instead of calling it concurrently.
+    """

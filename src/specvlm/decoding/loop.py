@@ -27,6 +27,15 @@ def _choose(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator
     return sample(target_probs(logits[None], sampling)[0], gen)
 
 
+def _stop_reason(token: int, emitted: int, max_new: int, max_new_tokens: int, eos: tuple[int, ...]) -> str:  # fmt: skip
+    """Why decoding stops after `token` (the emitted-th new token), or "" if it goes on."""
+    if token in eos:
+        return "eos"
+    if emitted >= max_new:
+        return "max_new_tokens" if max_new == max_new_tokens else "context"
+    return ""
+
+
 def decode(
     target: Target,
     prompt: Prompt,
@@ -41,6 +50,7 @@ def decode(
     """Yield the new tokens of each round. Stops on EOS, max_new_tokens or the context limit."""
     start = time.perf_counter()
     T = prompt.input_ids.shape[0]
+    device = prompt.input_ids.device  # the target's: every tensor of the loop lives there
     budget = 1 if drafter is None else tree.budget
     max_new = min(max_new_tokens, target.info.max_context - T)  # prompt + new <= context
     stats.prompt_tokens = T
@@ -52,7 +62,9 @@ def decode(
     process.observe([root])
     stats.prefill_s = stats.ttft_s = time.perf_counter() - start
     emitted = 1
-    done = root in target.info.eos_token_ids or emitted >= max_new
+    eos = target.info.eos_token_ids
+    stats.stop_reason = _stop_reason(root, emitted, max_new, max_new_tokens, eos)
+    done = bool(stats.stop_reason)
     stats.new_tokens = emitted
     yield [root]
     if drafter is not None and not done:
@@ -62,7 +74,7 @@ def decode(
         remaining = max_new - emitted  # a round emits at most depth + 1 tokens
         # 2. draft a tree rooted at the last token (or just the root, for plain decoding)
         if drafter is None or remaining == 1:
-            draft = DraftTree.single(root)
+            draft = DraftTree.single(root, device=device)
         else:
             draft = drafter.propose(
                 root, depth=min(tree.depth, remaining - 1), top_k=tree.top_k, budget=budget
@@ -81,7 +93,8 @@ def decode(
         stats.accept_lengths.append(len(path))
         stats.tree_sizes.append(draft.size)
         for i, tok in enumerate(new):  # cut at EOS / the token limit
-            if tok in target.info.eos_token_ids or emitted + i + 1 >= max_new:
+            stats.stop_reason = _stop_reason(tok, emitted + i + 1, max_new, max_new_tokens, eos)
+            if stats.stop_reason:
                 new, done = new[: i + 1], True
                 break
         emitted += len(new)
@@ -91,6 +104,6 @@ def decode(
         yield new
         # 6. the drafter catches up on the target's real features at the accepted nodes
         if drafter is not None and not done:
-            drafter.observe(out.features[path], torch.tensor(new, device=out.features.device))
+            drafter.observe(out.features[path], torch.tensor(new, device=device))
         root = bonus
     stats.decode_s = time.perf_counter() - start - stats.ttft_s

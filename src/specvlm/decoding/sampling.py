@@ -19,9 +19,10 @@ class LogitsProcessor:
     def __init__(self, cfg: SamplingConfig, prompt_ids: torch.Tensor, vocab_size: int) -> None:
         self.cfg = cfg
         self.active = cfg.repetition_penalty != 1.0
-        self.seen = torch.zeros(vocab_size, dtype=torch.bool)  # (V,) tokens in the context
+        # (V,) tokens in the context, on the prompt's (the target's) device
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=prompt_ids.device)
         if self.active:
-            self.seen[prompt_ids.cpu()] = True
+            self.seen[prompt_ids] = True
 
     def observe(self, tokens: list[int]) -> None:
         """Tokens that joined the context (the accepted ones, in order)."""
@@ -34,12 +35,12 @@ class LogitsProcessor:
             return logits
         seen = self.seen.expand(logits.shape[0], -1)  # (N, V)
         if tree is not None:  # node i's context also holds its ancestors and itself
-            onehot = torch.zeros(tree.size, logits.shape[-1])
-            onehot[torch.arange(tree.size), tree.tokens] = 1.0  # (N, V)
+            onehot = torch.zeros(tree.size, logits.shape[-1], device=logits.device)  # (N, V)
+            onehot[torch.arange(tree.size, device=logits.device), tree.tokens] = 1.0
             seen = seen | (tree.mask.float() @ onehot).bool()  # (N, N) @ (N, V)
         penalty = self.cfg.repetition_penalty
         penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
-        return torch.where(seen.to(logits.device), penalised, logits)
+        return torch.where(seen, penalised, logits)
 
 
 def target_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

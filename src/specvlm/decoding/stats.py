@@ -16,6 +16,8 @@ class SpecStats:
     prefill_s: float = 0.0  # vision tower + projector + prompt, up to the first token
     ttft_s: float = 0.0  # request start -> first new token ready
     decode_s: float = 0.0  # first token -> last token
+    # why decoding stopped: "eos", "max_new_tokens", or "context" (the model's context is full)
+    stop_reason: str = ""
 
     @property
     def target_forwards(self) -> int:
@@ -48,4 +50,5 @@ class SpecStats:
             "ttft_s": round(self.ttft_s, 6),
             "decode_s": round(self.decode_s, 6),
             "tokens_per_s": round(self.tokens_per_s, 3),
+            "stop_reason": self.stop_reason,
         }

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-_MINUS_ONE, _ZERO = torch.tensor([-1]), torch.tensor([0])
-_TRUE, _ZERO_PATH = torch.tensor([[True]]), torch.tensor([[0]])
+_CPU = torch.device("cpu")
+# plain decoding builds the one-node tree every round: on the CPU its constant tensors are shared
+_SINGLE_CPU = (torch.tensor([-1]), torch.tensor([0]), torch.tensor([[True]]), torch.tensor([[0]]))
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,15 @@ class DraftTree:
         return int(self.tokens.shape[0])
 
     @classmethod
-    def from_parents(cls, tokens: list[int] | torch.Tensor, parents: list[int]) -> DraftTree:
+    def from_parents(
+        cls,
+        tokens: list[int] | torch.Tensor,
+        parents: list[int],
+        device: torch.device | str | None = None,
+    ) -> DraftTree:
+        """device None: the device of `tokens` when a tensor, else the CPU."""
+        if device is None:
+            device = tokens.device if isinstance(tokens, torch.Tensor) else _CPU
         n = len(parents)
         if n == 0 or parents[0] != -1:
             raise ValueError("node 0 must be the root (parent -1)")
@@ -59,23 +68,23 @@ class DraftTree:
             lineage[i] + [-1] * (width - len(lineage[i])) for i in range(n) if not has_child[i]
         ]
         return cls(
-            tokens=torch.as_tensor(tokens, dtype=torch.long).reshape(n),
-            parents=torch.tensor(parents, dtype=torch.long),
-            depths=torch.tensor(depths, dtype=torch.long),
-            mask=torch.tensor(mask, dtype=torch.bool),
-            paths=torch.tensor(paths, dtype=torch.long),
+            tokens=torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(n),
+            parents=torch.tensor(parents, dtype=torch.long, device=device),
+            depths=torch.tensor(depths, dtype=torch.long, device=device),
+            mask=torch.tensor(mask, dtype=torch.bool, device=device),
+            paths=torch.tensor(paths, dtype=torch.long, device=device),
         )
 
     @classmethod
-    def single(cls, root: int) -> DraftTree:
+    def single(cls, root: int, device: torch.device | str | None = None) -> DraftTree:
         """The tree of plain decoding: the root alone."""
-        return cls(
-            tokens=torch.tensor([root]),
-            parents=_MINUS_ONE,
-            depths=_ZERO,
-            mask=_TRUE,
-            paths=_ZERO_PATH,
-        )
+        device = torch.device(device or _CPU)
+        if device == _CPU:
+            parents, depths, mask, paths = _SINGLE_CPU
+        else:
+            parents, depths, mask, paths = (t.to(device) for t in _SINGLE_CPU)
+        tokens = torch.tensor([root], device=device)
+        return cls(tokens=tokens, parents=parents, depths=depths, mask=mask, paths=paths)
 
     def children(self, node: int) -> list[int]:
         """Children of `node` in index order (the order the drafter ranked them)."""
@@ -105,10 +114,12 @@ def grow_dynamic_tree(
     3. keep the budget-1 best candidates by value. A child's value never exceeds its parent's and
        ties keep creation order, so the kept set contains every kept node's parent.
     """
+    device = root_logprobs.device  # every tensor of the tree lives with the draft's outputs
     k = min(top_k, root_logprobs.shape[-1])
     values, tokens = root_logprobs.topk(k)  # (k,), (k,)
-    cand_tokens, cand_parents, cand_values = [tokens], [torch.full((k,), -1)], [values]
-    parent_rows = torch.zeros(k, dtype=torch.long)  # the root's children hang from row 0
+    root_parents = torch.full((k,), -1, device=device)
+    cand_tokens, cand_parents, cand_values = [tokens], [root_parents], [values]
+    parent_rows = torch.zeros(k, dtype=torch.long, device=device)  # root's children: row 0
     for level in range(1, depth):
         logp = expand(tokens, parent_rows)  # (k, V): children of each frontier node
         child_values, child_tokens = logp.topk(k, dim=-1)  # (k, k)
@@ -141,4 +152,4 @@ def _rerank(
     parent_of = parents.tolist()
     # a KeyError here would mean the kept set is not closed under parents (a bug)
     tree_parents = [-1] + [0 if parent_of[c] < 0 else node_of[parent_of[c]] for c in kept]
-    return DraftTree.from_parents([root] + tokens[kept].tolist(), tree_parents)
+    return DraftTree.from_parents([root] + tokens[kept].tolist(), tree_parents, tokens.device)

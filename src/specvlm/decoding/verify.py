@@ -47,7 +47,7 @@ def sampled_accept(
         accepted = None
         for child in tree.children(node):
             x = int(tree.tokens[child])
-            if float(torch.rand((), generator=generator)) < float(p[x]):
+            if float(torch.rand((), generator=generator, device=p.device)) < float(p[x]):
                 accepted = child
                 break
             # rejected: u >= p(x) with u < 1, so some mass remains to renormalise
@@ -72,7 +72,7 @@ def chain_sampled_accept(
     """
     for i, x in enumerate(draft_tokens):
         ratio = float(p[i, x]) / max(float(q[i, x]), 1e-30)
-        if float(torch.rand((), generator=generator)) < min(1.0, ratio):
+        if float(torch.rand((), generator=generator, device=p.device)) < min(1.0, ratio):
             continue
         residual = (p[i] - q[i]).clamp(min=0.0)
         total = residual.sum()

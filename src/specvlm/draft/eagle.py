@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,16 @@ from specvlm.target.base import Prefill, TargetInfo
 
 ARCHITECTURE = "EagleVLMHead"
 FORMAT_VERSION = 1
+
+
+def _required(f: Any) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
 
 
 @dataclass(frozen=True)
@@ -75,11 +85,29 @@ class EagleConfig:
                 f"{source}: architecture {data.get('architecture')!r} is not a SpecVLM draft "
                 f"head; accepted: {ARCHITECTURE!r}"
             )
+        missing = sorted(f.name for f in fields(cls) if f.name not in data and _required(f))
+        if missing:
+            raise ModelFolderError(f"{source}: missing keys {missing}")
+        for f in fields(cls):
+            kind = _FIELD_TYPES[f.name]
+            if f.name in data and not _has_type(data[f.name], kind):
+                raise ModelFolderError(
+                    f"{source}: {f.name} must be {_TYPE_WORDS[kind]}, got {data[f.name]!r}"
+                )
         return cls(**data)
 
     @property
     def attention(self) -> AttentionShape:
         return AttentionShape(self.num_attention_heads, self.num_key_value_heads, self.head_dim)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "hidden_size": int, "vocab_size": int, "num_attention_heads": int,
+    "num_key_value_heads": int, "head_dim": int, "intermediate_size": int,
+    "rms_norm_eps": float, "rope_theta": float, "target": dict, "architecture": str,
+    "format_version": int,
+}  # fmt: skip
+_TYPE_WORDS = {int: "an integer", float: "a number", dict: "an object", str: "a string"}
 
 
 class EagleHead(nn.Module):
@@ -127,6 +155,7 @@ class EagleHead(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> EagleHead:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -143,8 +172,12 @@ class EagleHead(nn.Module):
             raise ModelFolderError(f"cannot parse {cfg_path}: {e}") from e
         head = cls(EagleConfig.from_dict(data, str(cfg_path)))
         try:
-            head.load_state_dict(load_file(str(weights)))
-        except (RuntimeError, OSError) as e:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as e:  # truncated, corrupt or not safetensors at all
+            raise ModelFolderError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as e:
             raise ModelFolderError(f"{weights} does not match its config.json: {e}") from e
         return head.to(dtype).eval()
 

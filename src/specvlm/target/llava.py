@@ -60,6 +60,7 @@ class LlavaTarget:
         dtype: torch.dtype | None = None,
         aux_layers: tuple[int, ...] = (),
     ):
+        from safetensors import SafetensorError
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         folder = Path(folder)
@@ -68,7 +69,7 @@ class LlavaTarget:
         with quiet_transformers():
             try:
                 self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated too
                 raise ModelFolderError(f"cannot load the LLaVA weights from {folder}: {e}") from e
             try:
                 self.processor = AutoProcessor.from_pretrained(folder)
@@ -173,11 +174,20 @@ class LlavaTarget:
 
     def _prepare_chat(self, messages: list[dict[str, Any]], images: list[Any]) -> Prompt:
         roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+        accepted = (
+            "a chat prompt must be a list of {'role': 'user'|'assistant'|'system', 'content': "
+            "str or a list of {'type': 'text', 'text': ...} / {'type': 'image'} parts} ending "
+            "with a user turn"
+        )
         if not messages or roles[-1] != "user" or not set(roles) <= {"user", "assistant", "system"}:
-            raise PromptError(
-                "a chat prompt must be a list of {'role': 'user'|'assistant'|'system', "
-                f"'content': str}} ending with a user turn; got roles {roles}"
+            raise PromptError(f"{accepted}; got roles {roles}")
+        for i, m in enumerate(messages):
+            content = m.get("content")
+            parts_ok = isinstance(content, list) and all(
+                isinstance(c, dict) and c.get("type") in ("text", "image") for c in content
             )
+            if not (isinstance(content, str) or parts_ok):
+                raise PromptError(f"{accepted}; message {i} has content {content!r}")
         text = self.render_chat(messages, add_generation_prompt=True)
         return self.tokenize(text, images)
 
