@@ -25,10 +25,13 @@ from specvlm.decoding.stats import SpecStats
 from specvlm.target.base import Prompt
 from tests.test_lossless_sampling import chi_square_p, no_rejection_step
 
-pytestmark = pytest.mark.skipif(
-    embedded.embedded_target() is None or embedded.embedded_draft() is None,
-    reason="the embedded world pair is not in this checkout",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        embedded.embedded_target() is None or embedded.embedded_draft() is None,
+        reason="the embedded world pair is not in this checkout",
+    ),
+    pytest.mark.slow,  # about 7 minutes: `pytest -m "not slow"` leaves it out
+]
 
 N_SAMPLES = 20_000
 QUESTION = "Describe the image in detail."

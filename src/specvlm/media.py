@@ -56,8 +56,11 @@ def _decode(source: Any, name: str) -> Image.Image:
             return ImageOps.exif_transpose(img).convert("RGB")
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name} is too large to decode safely ({e})") from e
+    except Image.DecompressionBombError as e:  # Pillow's own check, at open, for huge images
+        raise ImageError(
+            f"{name} is too large to decode safely ({e}); the limit is {MAX_PIXELS:,} pixels "
+            "(8192x8192): downscale it first"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot read {name} as an image ({e}); expected {ACCEPTED}") from e
 

@@ -1,0 +1,139 @@
+"""Bad input to the Python API: one clear InputError each, never a traceback from a library."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+import specvlm
+from specvlm import api
+from specvlm.media import MAX_PIXELS, load_image
+from specvlm.train.quickfit import fit_head_to_target
+from tests.conftest import noise_image
+
+
+@pytest.fixture(scope="module")
+def draft(tiny_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("draft") / "head"
+    fit_head_to_target(tiny_dir, folder, prompts=[("hi", [noise_image(0)])], new_tokens=8, steps=5)
+    return folder
+
+
+def test_public_names():
+    for name in ("load", "Engine", "GenerationOutput", "GenerationRequest", "StreamPiece",
+                 "TreeConfig", "SamplingConfig", "SpecStats", "InputError", "EngineBusyError"):  # fmt: skip
+        assert getattr(specvlm, name) is not None and name in specvlm.__all__
+    assert specvlm.load is api.load and specvlm.Engine is api.Engine
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        specvlm.nope  # noqa: B018
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_images_from_bytes_and_file_objects_equal_the_path(tmp_path):
+    img = noise_image(1)
+    path = tmp_path / "a.png"
+    img.save(path)
+    want = load_image(path).tobytes()
+    assert load_image(png_bytes(img)).tobytes() == want
+    with open(path, "rb") as f:
+        assert load_image(f).tobytes() == want
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (3, "type int"),
+        ({"url": "x"}, "type dict"),
+        ("http://example.com/cat.png", "URL.*never fetches"),
+        ("https://example.com/cat.png", "URL"),
+        (b"not an image", "cannot read the 12 bytes"),
+        ("no/such/file.png", "not found"),
+    ],
+)
+def test_bad_images_say_what_is_accepted(item, message):
+    with pytest.raises(specvlm.ImageError, match=message):
+        load_image(item)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), "red")  # wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    rotated = load_image(png_bytes(img, "JPEG", exif=exif.tobytes()))
+    assert rotated.size == (20, 40)  # upright, as a camera meant it
+
+
+def test_a_decompression_bomb_is_refused_with_the_limit(tmp_path):
+    side = 20000
+    path = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(path)  # a few KB on disk, 400 megapixels decoded
+    with pytest.raises(specvlm.ImageError, match=f"{MAX_PIXELS:,}"):
+        load_image(path)
+
+
+def test_a_message_without_content(tiny_dir):
+    engine = api.load(target=tiny_dir)
+    with pytest.raises(specvlm.PromptError, match="message 0 has content None"):
+        engine.generate([{"role": "user"}], max_new_tokens=2)
+    with pytest.raises(specvlm.PromptError, match="content"):
+        engine.generate([{"role": "user", "content": 5}], max_new_tokens=2)
+
+
+def test_devices_and_dtypes(tiny_dir):
+    with pytest.raises(specvlm.InputError, match="unknown device 'banana'"):
+        api.load(target=tiny_dir, device="banana")
+    with pytest.raises(specvlm.InputError, match="unknown dtype"):
+        api.load(target=tiny_dir, dtype="float8")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(specvlm.InputError, match="CUDA is not available"):
+            api.load(target=tiny_dir, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.pop("hidden_size"), r"missing keys \['hidden_size'\]"),
+        (lambda c: c.update(hidden_size="wide"), "hidden_size must be an integer"),
+        (lambda c: c.update(rms_norm_eps=None), "rms_norm_eps must be a number"),
+        (lambda c: c.update(target=[]), "target must be an object"),
+        (lambda c: c.update(colour=1), "unknown keys"),
+    ],
+)
+def test_bad_draft_config(tiny_dir, draft, tmp_path, edit, message):
+    folder = tmp_path / "d"
+    shutil.copytree(draft, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(specvlm.ModelFolderError, match=message):
+        api.load(target=tiny_dir, draft=folder)
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_draft_weights(tiny_dir, draft, tmp_path):
+    folder = tmp_path / "d"
+    shutil.copytree(draft, folder)
+    truncate(folder / "model.safetensors")
+    with pytest.raises(specvlm.ModelFolderError, match="truncated or corrupt"):
+        api.load(target=tiny_dir, draft=folder)
+
+
+def test_truncated_target_weights(tiny_dir, tmp_path):
+    folder = tmp_path / "t"
+    shutil.copytree(tiny_dir, folder)
+    truncate(next(folder.glob("*.safetensors")))
+    with pytest.raises(specvlm.ModelFolderError, match="cannot load the LLaVA weights"):
+        api.load(target=folder)
