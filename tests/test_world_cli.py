@@ -37,26 +37,80 @@ def test_make_images_writes_llava_jsonl_with_existing_paths(tmp_path):
     assert len({r["id"] for r in rows}) == len(rows)
 
 
-def test_make_is_deterministic_and_seed_offsets(tmp_path):
+def test_make_is_deterministic_and_start_offsets(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out in (a, b):
-        run("make", "--split", "val", "--n", "2", "--out", str(out), "--resolution", "32", "--families", "conversation")  # fmt: skip
+        run(
+            "make",
+            "--split",
+            "val",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+            "--resolution",
+            "32",
+            "--families",
+            "conversation",
+        )
     assert (a / "data.jsonl").read_bytes() == (b / "data.jsonl").read_bytes()
     assert (a / "images/000000001.png").read_bytes() == (b / "images/000000001.png").read_bytes()
-    run("make", "--split", "val", "--n", "1", "--out", str(c), "--resolution", "32", "--families", "conversation", "--seed", "1")  # fmt: skip
+    run(
+        "make",
+        "--split",
+        "val",
+        "--n",
+        "1",
+        "--out",
+        str(c),
+        "--resolution",
+        "32",
+        "--families",
+        "conversation",
+        "--start",
+        "1",
+    )
     assert read_jsonl(c / "data.jsonl")[0] == read_jsonl(a / "data.jsonl")[1]
 
 
 def test_make_video_and_events(tmp_path):
     vid, ev = tmp_path / "vid", tmp_path / "ev"
-    run("make", "--split", "hard", "--n", "2", "--out", str(vid), "--kind", "video", "--resolution", "32", "--families", "detailed,reasoning")  # fmt: skip
+    run(
+        "make",
+        "--split",
+        "hard",
+        "--n",
+        "2",
+        "--out",
+        str(vid),
+        "--kind",
+        "video",
+        "--resolution",
+        "32",
+        "--families",
+        "detailed,reasoning",
+    )
     rows = read_jsonl(vid / "data.jsonl")
     assert [r["meta"]["family"] for r in rows] == ["detailed", "reasoning"] * 2
     for row in rows:
         frames = sorted((vid / row["video"]).glob("frame_*.png"))
         assert len(frames) == row["meta"]["clip"]["n_frames"]
         assert row["conversations"][0]["value"].startswith("<video>\n")
-    run("make", "--split", "test", "--n", "2", "--out", str(ev), "--kind", "events", "--resolution", "32", "--families", "multiple_choice")  # fmt: skip
+    run(
+        "make",
+        "--split",
+        "test",
+        "--n",
+        "2",
+        "--out",
+        str(ev),
+        "--kind",
+        "events",
+        "--resolution",
+        "32",
+        "--families",
+        "multiple_choice",
+    )
     for row in read_jsonl(ev / "data.jsonl"):
         assert (ev / row["image"]).is_file()
         with np.load(ev / row["events"]) as data:
@@ -72,19 +126,19 @@ def test_make_video_and_events(tmp_path):
         (
             ("make", "--split", "train", "--n", "1", "--out", "o", "--kind", "audio"),
             "accepted: image, video, events",
-        ),  # fmt: skip
+        ),
         (
             ("make", "--split", "train", "--n", "1", "--out", "o", "--families", "poems"),
             "accepted: detailed",
-        ),  # fmt: skip
+        ),
         (
             ("make", "--split", "train", "--n", "1", "--out", "o", "--resolution", "4"),
             "between 16 and 1024",
-        ),  # fmt: skip
+        ),
         (
-            ("make", "--split", "train", "--n", "1", "--out", "o", "--seed", "-1"),
+            ("make", "--split", "train", "--n", "1", "--out", "o", "--start", "-1"),
             "samples must lie",
-        ),  # fmt: skip
+        ),
         (("show", "--out", "sheet.jpg"), ".png"),
         (("show", "--n", "0", "--out", "s.png"), "between 1 and 64"),
         (("train-target", "--out", "t", "--steps", "5", "--lr", "0"), "--lr must be positive"),
@@ -103,7 +157,9 @@ def test_show_writes_a_contact_sheet(tmp_path):
     img = Image.open(out)
     assert img.width >= 2 * 64 and img.height > 64
     out_ev = tmp_path / "ev.png"
-    assert run("show", "--kind", "events", "--n", "1", "--out", str(out_ev), "--resolution", "32") == 0  # fmt: skip
+    assert (
+        run("show", "--kind", "events", "--n", "1", "--out", str(out_ev), "--resolution", "32") == 0
+    )
     assert out_ev.is_file()
 
 

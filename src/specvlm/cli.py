@@ -1,37 +1,149 @@
 """`specvlm` command line: each verb is a thin call into the library.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line on stderr, no traceback), 1 internal
-failure.
+failure. Every argument is checked before anything heavy is loaded, and every output path before
+the work whose result it will hold.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from specvlm import __version__
 from specvlm.errors import InputError
+
+BENCH_METHODS = "plain,eaglevlm,hf-plain,hf-assisted,hf-lookup"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says its default
+    (None and False mean "not given" and are left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and self._get_help_string(action):
+            action = copy.copy(action)  # argparse shows nothing of an option without help
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention too)
         self.exit(2, f"specvlm: error: {message} (see `{self.prog} --help`)\n")
 
 
+class Renamed(argparse.Action):
+    """A hidden old spelling of a renamed option: it still works for one release, with a note."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"specvlm: note: {option_string} is now {self.new}; the old name will be removed "
+            "in the next release",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+class _Repeatable(argparse.Action):
+    """Like action="append", except that the first use replaces the default list."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest)
+        current = [] if current is self.default else list(current)
+        setattr(namespace, self.dest, [*current, values])
+
+
+# ---- checks before the work -------------------------------------------------------------------
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Create the folder (and its parents) and make sure a file can be written in it."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot write into {flag} {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Make sure the file can be written (its folder is created) before the work that fills it."""
+    file = Path(path)
+    if file.is_dir():
+        raise InputError(f"{flag} {file} is a folder; give a file path")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if file.exists():
+            with file.open("a"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=file.parent):
+                pass
+    except OSError as e:
+        raise InputError(f"cannot write {flag} {file}: {e.strerror or e}") from None
+    return file
+
+
+def check_generation(
+    *,
+    max_new_tokens: int,
+    temperatures: Sequence[float] = (0.0,),
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    seeds: Sequence[int | None] = (None,),
+) -> None:
+    """The library's own checks of the sampling arguments, run before any model is loaded."""
+    from specvlm.config import SamplingConfig, check_seed
+    from specvlm.errors import GenerationArgumentError
+
+    if max_new_tokens < 1:
+        raise GenerationArgumentError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    for temperature in temperatures:
+        SamplingConfig(temperature, top_p, top_k, repetition_penalty)
+    for seed in seeds:
+        check_seed(seed)
+
+
+# ---- arguments shared by several verbs --------------------------------------------------------
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target model folder (Hugging Face format); default: embedded")
     p.add_argument("--draft", help="draft head folder; default: the embedded target's draft")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default: float32")
     p.add_argument(
         "--tree",
         type=_tree,
         default=None,
         metavar="DEPTH,TOP_K,BUDGET",
-        help="draft tree, e.g. 5,4,12 (default: the one `bench --tune` chose on this machine, "
-        "else 5,4,16)",
+        help="draft tree, e.g. 5,4,12; default: the one `bench --tune` chose on this machine, "
+        "else 5,4,16",
     )
 
 
@@ -45,13 +157,22 @@ def _tree(value: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+def _max_new_tokens(p: argparse.ArgumentParser, default: int, why: str) -> None:
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"tokens to generate per answer (default: {default}: {why})",
+    )
+
+
+def _sampling_args(p: argparse.ArgumentParser, *, seed: int | None, seed_help: str) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = off")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
 
 
 def _load(args: argparse.Namespace):
@@ -62,13 +183,30 @@ def _load(args: argparse.Namespace):
         from specvlm.embedded import embedded_target
 
         if args.target is None and embedded_target() is None:
-            print("note: no trained embedded models ship yet; using a tiny random LLaVA built "
-                  "in code (gibberish output, unrepresentative speed)", file=sys.stderr)  # fmt: skip
-        return load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype,
-                    tree=args.tree)  # fmt: skip
+            print(
+                "note: no trained embedded models ship yet; using a tiny random LLaVA built "
+                "in code (gibberish output, unrepresentative speed)",
+                file=sys.stderr,
+            )
+        return load(
+            target=args.target,
+            draft=args.draft,
+            device=args.device,
+            dtype=args.dtype,
+            tree=args.tree,
+        )
 
 
+# ---- verbs ------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_generation(
+        max_new_tokens=args.max_new_tokens,
+        temperatures=[args.temperature],
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seeds=[args.seed],
+    )
     engine = _load(args)
     kwargs = dict(
         images=args.image or None,
@@ -107,6 +245,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
 
@@ -130,6 +270,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
         eval_n=args.eval_n,
         seed=args.seed,
     )
+    check_output_folder(args.out)
     train_draft(
         args.target,
         args.data,
@@ -146,15 +287,29 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from specvlm.bench import methods as bm
     from specvlm.bench import runner
     from specvlm.bench.suites import load_suite
 
+    if args.n is not None and args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    if args.samples < 1:
+        raise InputError(f"--samples must be at least 1, got {args.samples}")
     if args.quick:
-        args.n = args.n or 2
+        args.n = 2 if args.n is None else args.n
         args.max_new_tokens = min(args.max_new_tokens, 48)
+    check_generation(
+        max_new_tokens=args.max_new_tokens,
+        temperatures=args.temperature,
+        top_p=args.top_p,
+        seeds=[args.seed, args.seed + args.samples - 1],
+    )
+    if args.out:
+        check_output_file(args.out)
+    if args.plots:
+        runner.require_matplotlib()
+        check_output_folder(args.plots, "--plots")
+    items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
     engine = _load(args)
     if (warning := runner.timing_warning(args.device)) is not None:
         print(warning, file=sys.stderr)
@@ -163,37 +318,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from specvlm.embedded import embedded_baseline
 
         args.assistant = embedded_baseline()
-    if args.assistant is None and "hf-assisted" in names and args.methods_default:
+    if args.assistant is None and "hf-assisted" in names and args.methods == BENCH_METHODS:
         names.remove("hf-assisted")
         print("note: hf-assisted skipped (no --assistant model given)", file=sys.stderr)
-    ctx = bm.BenchContext(engine=engine, target_dir=engine.target_dir,
-                          assistant_dir=Path(args.assistant) if args.assistant else None)  # fmt: skip
+    ctx = bm.BenchContext(
+        engine=engine,
+        target_dir=engine.target_dir,
+        assistant_dir=Path(args.assistant) if args.assistant else None,
+    )
     methods = bm.build_methods(names, ctx)
-    items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
     if args.tune:
         from specvlm.bench.tune import tune
 
         prompts = [(list(it.messages), list(it.images)) for it in items[:5]]
-        res = tune(engine, prompts, max_new_tokens=args.max_new_tokens,
-                   progress=sys.stderr.isatty())  # fmt: skip
+        res = tune(
+            engine, prompts, max_new_tokens=args.max_new_tokens, progress=sys.stderr.isatty()
+        )
         paper = res["paper_default"]
-        print(f"chosen tree {res['tree']}: tau {res['tau']:.2f}, {res['tokens_per_s']:.1f} "
-              f"tok/s, {res['speedup']:.2f}x plain ({res['plain_tokens_per_s']:.1f} tok/s); "
-              f"paper default {paper['tree']}: tau {paper['tau']:.2f}, "
-              f"{paper['tokens_per_s']:.1f} tok/s; gain {res['gain_over_paper_default']:.2f}x "
-              f"(measured on {res['prompts']} prompts)\nwrote {res['path']}")  # fmt: skip
+        print(
+            f"chosen tree {res['tree']}: tau {res['tau']:.2f}, {res['tokens_per_s']:.1f} "
+            f"tok/s, {res['speedup']:.2f}x plain ({res['plain_tokens_per_s']:.1f} tok/s); "
+            f"paper default {paper['tree']}: tau {paper['tau']:.2f}, "
+            f"{paper['tokens_per_s']:.1f} tok/s; gain {res['gain_over_paper_default']:.2f}x "
+            f"(measured on {res['prompts']} prompts)\nwrote {res['path']}"
+        )
         return 0
-    config = {"tree": vars(engine.tree), "max_new_tokens": args.max_new_tokens,
-              "target": str(engine.target_dir), "draft": args.draft}  # fmt: skip
+    config = {
+        "tree": vars(engine.tree),
+        "max_new_tokens": args.max_new_tokens,
+        "target": str(engine.target_dir),
+        "draft": args.draft,
+    }
     records = runner.run_bench(
-        methods, items, temperatures=args.temperature, samples=args.samples,
-        max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=args.seed, config=config,
+        methods,
+        items,
+        temperatures=args.temperature,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        top_p=args.top_p,
+        seed=args.seed,
+        config=config,
         progress=sys.stderr.isatty(),
-    )  # fmt: skip
+    )
     table = runner.markdown_table(runner.summarise(records))
     print(table)
     if args.out:
         runner.write_jsonl(records, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
     if args.plots:
         for path in runner.plot(records, args.plots):
             print(f"wrote {path}", file=sys.stderr)
@@ -201,14 +372,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from specvlm.serve.cli import add_parser as add_serve
+    from specvlm.world.cli import register as register_world
+
     parser = _Parser(prog="specvlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"specvlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="plain vs speculative decoding side by side")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    _max_new_tokens(p, 96, "8 prompts, each decoded twice, in about a minute on a CPU")
+    _sampling_args(p, seed=0, seed_help="prompt i samples with seed SEED + i")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="answer a prompt about images")
@@ -217,34 +390,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print text, token ids and stats as JSON")
     p.add_argument("--plain", action="store_true", help="plain decoding (no draft)")
     _engine_args(p)
-    _sampling_args(p)
+    _max_new_tokens(p, 256, "the library's, Engine.generate")
+    _sampling_args(p, seed=None, seed_help="sampling seed; default: fresh randomness")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("bench", help="methods side by side on benchmark suites")
     _engine_args(p)
     p.add_argument(
         "--assistant",
-        help="small separate draft model folder for hf-assisted (default with the embedded pair: its shipped 2-layer baseline)",
+        help="small separate draft model folder for hf-assisted (default with the embedded "
+        "pair: its shipped 2-layer baseline)",
     )
-    p.add_argument("--suite", action="append", help="suite name or file/folder (repeatable)")
     p.add_argument(
-        "--methods",
-        default=None,
-        help="comma-separated; default plain,eaglevlm,hf-plain,hf-assisted,hf-lookup",
+        "--suite",
+        action=_Repeatable,
+        default=["world"],
+        help="suite name or file/folder (repeatable)",
     )
-    p.add_argument("--temperature", type=float, nargs="+", default=[0.0])
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--methods", default=BENCH_METHODS, help="comma-separated")
+    p.add_argument(
+        "--temperature", type=float, nargs="+", default=[0.0], help="one or more; 0 = greedy"
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     p.add_argument("--samples", type=int, default=1, help="samples per item at temperature > 0")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--n", type=int, default=None, help="items per suite (default: the suite's)")
+    _max_new_tokens(p, 128, "the setting of every run in docs/benchmarks.md; --quick: 48")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="items per suite (>= 1); default: the suite's, 2 with --quick",
+    )
     p.add_argument(
         "--mc-rewrite",
         action="store_true",
         help="ask multiple-choice questions for a detailed explanation (SpecVLM)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample s of an item uses SEED + s")
     p.add_argument("--out", help="write one JSON record per run here (.jsonl)")
-    p.add_argument("--plots", help="write PNG plots into this folder")
+    p.add_argument("--plots", help="write PNG plots into this folder (needs matplotlib)")
     p.add_argument("--quick", action="store_true", help="a minute-scale run")
     p.add_argument(
         "--tune",
@@ -257,45 +440,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="target model folder")
     p.add_argument("--data", required=True, help="LLaVA-format .json / .jsonl")
     p.add_argument("--out", required=True, help="draft folder to write (checkpoints inside)")
-    p.add_argument("--image-folder", help="image paths are relative to this (default: data's)")
+    p.add_argument("--image-folder", help="image paths are relative to this; default: data's")
     p.add_argument("--eval-data", help="LLaVA-format file; tau is measured on its first questions")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8, help="global, over all processes")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
     p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--grad-clip", type=float, default=0.5)
-    p.add_argument("--w-logit", type=float, default=0.1)
-    p.add_argument("--w-feat", type=float, default=1.0)
-    p.add_argument("--feature-noise", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=0.5, help="0 = off")
+    p.add_argument("--w-logit", type=float, default=0.1, help="weight of the logit loss")
+    p.add_argument("--w-feat", type=float, default=1.0, help="weight of the feature loss")
+    p.add_argument("--feature-noise", type=float, default=0.0, help="U(-a, a) on input features")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--eval-n", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--regenerate", action="store_true",
-                   help="replace the data's answers with the target's own greedy answers")  # fmt: skip
-    p.add_argument("--on-bad-row", default="skip", choices=["skip", "stop"])
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps")
+    p.add_argument("--eval-every", type=int, default=0, help="steps; 0 = at the end only")
+    p.add_argument("--eval-n", type=int, default=16, help="questions of --eval-data")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and noise")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint (same settings only)",
+    )
+    p.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="replace the data's answers with the target's own greedy answers",
+    )
+    p.add_argument(
+        "--on-bad-row",
+        default="skip",
+        choices=["skip", "stop"],
+        help="skip and count a bad data row, or stop at it",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_draft)
 
-    try:
-        from specvlm.world.cli import register as register_world
-    except ImportError:
-        pass
-    else:
-        register_world(sub)
+    add_serve(sub)
+    register_world(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        args.methods_default = args.methods is None
-        args.methods = args.methods or "plain,eaglevlm,hf-plain,hf-assisted,hf-lookup"
-        args.suite = args.suite or ["world"]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

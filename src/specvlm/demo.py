@@ -61,11 +61,24 @@ def run_demo(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> int:
     """Plain and speculative decoding of the same prompts, side by side. At temperature 0 the
     outputs must be identical (exit code 1 otherwise); when sampling they differ by design (the
     two paths draw different random numbers; the distribution is the same, which
-    tests/test_lossless_*.py check), and the demo reports τ and speed."""
+    tests/test_lossless_*.py check), and the demo reports τ and speed. Prompt i samples with seed
+    `seed + i`. The arguments are checked before anything is loaded."""
+    from specvlm.config import SamplingConfig, check_seed
+    from specvlm.errors import GenerationArgumentError
+
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GenerationArgumentError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
+    SamplingConfig(temperature, top_p, top_k, repetition_penalty)
+    if not isinstance(seed, int):
+        raise GenerationArgumentError(f"the demo's seed must be an integer, got {seed!r}")
+    check_seed(seed)
+    check_seed(seed + DEMO_PROMPTS - 1)  # prompt i samples with seed + i
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="specvlm-demo-"))
     engine, prompts, header = _prompts(out_dir)
     greedy = temperature == 0
@@ -77,7 +90,9 @@ def run_demo(
     print(f"{header}; tree {engine.tree}; {mode}\n")
     if (warning := timing_warning("cpu")) is not None:
         print(warning + "\n", file=sys.stderr)
-    sampling = dict(temperature=temperature, top_p=top_p)
+    sampling = dict(
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty
+    )
     first = prompts[0]
     engine.generate(first[0], images=first[1], max_new_tokens=8)  # warm-up, both paths
     engine.generate(first[0], images=first[1], max_new_tokens=8, speculative=False)
@@ -85,9 +100,13 @@ def run_demo(
     all_same = True
     for i, (prompt, images, shown) in enumerate(prompts):
         plain = engine.generate(
-            prompt, images=images, max_new_tokens=max_new_tokens, speculative=False,
-            seed=seed + i, **sampling,
-        )  # fmt: skip
+            prompt,
+            images=images,
+            max_new_tokens=max_new_tokens,
+            speculative=False,
+            seed=seed + i,
+            **sampling,
+        )
         spec = engine.generate(
             prompt, images=images, max_new_tokens=max_new_tokens, seed=seed + i, **sampling
         )

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from specvlm.bench.methods import Method, Request, RunResult
+from specvlm.errors import InputError
 
 
 def machine() -> str:
@@ -42,15 +43,21 @@ def timing_warning(device: str | torch.device = "cpu") -> str | None:
     if torch.device(device).type != "cpu":
         return None
     if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
-        return ("warning: OMP_WAIT_POLICY=PASSIVE is set; it slows CPU decoding, speculative "
-                "decoding most, so these timings understate the speedup. Unset it for "
-                "benchmarks (it is meant for sharing the cores with a training job).")  # fmt: skip
+        return (
+            "warning: OMP_WAIT_POLICY=PASSIVE is set; it slows CPU decoding, speculative "
+            "decoding most, so these timings understate the speedup. Unset it for "
+            "benchmarks (it is meant for sharing the cores with a training job)."
+        )
     return None
 
 
 def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent)  # fmt: skip
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -86,8 +93,14 @@ def run_bench(
         for i, item in enumerate(items):
             order = methods if i % 2 == 0 else methods[::-1]
             for s in range(samples if temperature > 0 else 1):
-                req = Request(list(item.messages), list(item.images), max_new_tokens,
-                              temperature, top_p, seed + s)  # fmt: skip
+                req = Request(
+                    list(item.messages),
+                    list(item.images),
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    seed + s,
+                )
                 results: dict[str, RunResult | str] = {}
                 for m in order:
                     try:
@@ -99,19 +112,28 @@ def run_bench(
                 plain = results.get("plain")
                 for m in methods:
                     res = results[m.name]
-                    rec = {**base, "method": m.name, "suite": item.suite, "item": item.id,
-                           "temperature": temperature, "sample": s}  # fmt: skip
+                    rec = {
+                        **base,
+                        "method": m.name,
+                        "suite": item.suite,
+                        "item": item.id,
+                        "temperature": temperature,
+                        "sample": s,
+                    }
                     if isinstance(res, str):
                         records.append({**rec, "error": res})
                         continue
                     rec.update(
-                        tokens=len(res.token_ids), seconds=round(res.seconds, 6),
-                        prefill_s=round(res.prefill_s, 6), ttft_s=round(res.ttft_s, 6),
-                        decode_s=round(res.decode_s, 6), tokens_per_s=round(res.tokens_per_s, 3),
+                        tokens=len(res.token_ids),
+                        seconds=round(res.seconds, 6),
+                        prefill_s=round(res.prefill_s, 6),
+                        ttft_s=round(res.ttft_s, 6),
+                        decode_s=round(res.decode_s, 6),
+                        tokens_per_s=round(res.tokens_per_s, 3),
                         tau=res.tau,
                         accept_histogram={str(k): v for k, v in res.accept_histogram.items()},
                         target_forwards=res.target_forwards,
-                    )  # fmt: skip
+                    )
                     if isinstance(plain, RunResult):
                         rec["speedup"] = round(res.tokens_per_s / plain.tokens_per_s, 4)
                         if temperature == 0:
@@ -150,8 +172,13 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.items(), key=lambda kv: (kv[0][2], kv[0][0] != "all", kv[0][0])
     ):
         ok = [r for r in rs if "error" not in r]
-        row: dict[str, Any] = {"suite": suite, "method": method, "temperature": temp,
-                               "runs": len(rs), "errors": len(rs) - len(ok)}  # fmt: skip
+        row: dict[str, Any] = {
+            "suite": suite,
+            "method": method,
+            "temperature": temp,
+            "runs": len(rs),
+            "errors": len(rs) - len(ok),
+        }
         if ok:
             tokens, seconds = sum(r["tokens"] for r in ok), sum(r["seconds"] for r in ok)
             speedups = [r["speedup"] for r in ok if "speedup" in r]
@@ -183,33 +210,49 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| suite | method | T | speedup (± sd) | τ | tokens/s | TTFT ms | identical | runs |\n"
-            "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = (
+        "| suite | method | T | speedup (± sd) | τ | tokens/s | TTFT ms | identical | runs |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['suite']} | {r['method']} | {r['temperature']:g} | failed: "
-                         f"{r['error'][:80]} | | | | | {r['runs']} |")  # fmt: skip
+            lines.append(
+                f"| {r['suite']} | {r['method']} | {r['temperature']:g} | failed: "
+                f"{r['error'][:80]} | | | | | {r['runs']} |"
+            )
             continue
         sp = "—" if r["speedup"] is None else f"{r['speedup']:.2f}× ± {r['speedup_sd']:.2f}"
         tau = "—" if r["tau"] is None else f"{r['tau']:.2f}"
         same = "—" if r["identical"] is None else f"{100 * r['identical']:.0f}%"
         err = f" ({r['errors']} failed)" if r["errors"] else ""
-        lines.append(f"| {r['suite']} | {r['method']} | {r['temperature']:g} | {sp} | {tau} | "
-                     f"{r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} | {same} | "
-                     f"{r['runs']}{err} |")  # fmt: skip
+        lines.append(
+            f"| {r['suite']} | {r['method']} | {r['temperature']:g} | {sp} | {tau} | "
+            f"{r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} | {same} | "
+            f"{r['runs']}{err} |"
+        )
     return "\n".join(lines)
+
+
+def require_matplotlib() -> None:
+    """Raise InputError, saying how to install it, when matplotlib (for `plot`) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError(
+            "plots need matplotlib, which is not installed: pip install matplotlib "
+            "(or pip install 'specvlm[bench]'), or leave out --plots"
+        )
 
 
 def plot(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """speedup.png (per suite and method) and accept_lengths.png (speculative methods)."""
-    try:
-        import matplotlib
+    require_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [
@@ -275,5 +318,7 @@ def plot(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
 
 def report_header(records: list[dict[str, Any]], command: str) -> str:
     r = records[0] if records else {}
-    return (f"Command: `{command}`  \nMachine: {r.get('machine', machine())}  \n"
-            f"Commit: {r.get('commit', commit())}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    return (
+        f"Command: `{command}`  \nMachine: {r.get('machine', machine())}  \n"
+        f"Commit: {r.get('commit', commit())}, {time.strftime('%Y-%m-%d')}"
+    )

@@ -19,8 +19,13 @@ import torch
 from specvlm.errors import DataError, InputError
 from specvlm.target.base import Prompt, Target
 
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-         "system": "system"}  # fmt: skip
+ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -29,6 +34,7 @@ class Conversation:
     id: str
     turns: list[tuple[str, str]]  # (role, text): role in user / assistant / system
     images: list[Path] = field(default_factory=list)
+    source: str = ""  # "FILE:LINE" of the row it was read from, for error messages
 
     def messages(self) -> list[dict[str, Any]]:
         return [{"role": role, "content": text} for role, text in self.turns]
@@ -113,7 +119,9 @@ def read_conversations(
     for line, row in _rows(path):
         report.rows += 1
         try:
-            out.append(_parse(row, folder))
+            conv = _parse(row, folder)
+            conv.source = f"{path}:{line}"
+            out.append(conv)
         except ValueError as e:
             if on_bad_row == "stop":
                 raise DataError(f"{path}:{line}: {e}") from e

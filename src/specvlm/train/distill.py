@@ -10,10 +10,19 @@ on rows that predict an answer token. Nothing the target computes is stored.
 Runs on one process or under `torchrun --nproc_per_node N` (DistributedDataParallel; gloo on CPU,
 nccl on GPU): the global batch is split evenly across ranks and gradients are averaged, so the
 result matches a single process with the same global batch.
+
+Before the first step every row is tokenized once with its images, and rows the target cannot
+take (an image that cannot be read, a conversation longer than the context) are skipped and
+counted like malformed rows, or stop the run naming FILE:LINE under on_bad_row="stop".
+`resume=True` continues only with the settings the checkpoint was trained with (the
+bookkeeping ones, RESUME_FREE, may change; so may `epochs` under the constant schedule), and the
+log is cut back to the checkpoint's step. The finished head is swapped in with its config.json
+last, so the folder never pairs a config with other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,11 +37,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from specvlm.config import check_seed
 from specvlm.draft.eagle import EagleConfig, EagleHead
-from specvlm.errors import InputError
+from specvlm.errors import DataError, ImageError, InputError, PromptError
 from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
-from specvlm.train.data import IMAGE_PLACEHOLDER, Conversation, encode, read_conversations
+from specvlm.train.data import (
+    IMAGE_PLACEHOLDER,
+    Conversation,
+    LoadReport,
+    encode,
+    read_conversations,
+)
+
+# settings that may differ on --resume: they change what is logged and saved, not the weights
+RESUME_FREE = frozenset({"checkpoint_every", "eval_every", "eval_n", "eval_max_new_tokens"})
 
 
 @dataclass(frozen=True)
@@ -58,8 +77,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "checkpoint_every", "eval_n", "eval_max_new_tokens",
-                    "regenerate_max_new_tokens")  # fmt: skip
+        positive = (
+            "epochs",
+            "batch_size",
+            "checkpoint_every",
+            "eval_n",
+            "eval_max_new_tokens",
+            "regenerate_max_new_tokens",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -67,8 +92,28 @@ class TrainConfig:
             raise InputError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in (
+            "lr",
+            "beta1",
+            "beta2",
+            "weight_decay",
+            "grad_clip",
+            "w_logit",
+            "w_feat",
+            "feature_noise",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
         if self.lr <= 0 or self.feature_noise < 0 or self.grad_clip < 0:
             raise InputError("lr must be > 0; feature_noise and grad_clip must be >= 0")
+        if self.warmup_steps < 0 or self.eval_every < 0:
+            raise InputError("warmup_steps and eval_every must be >= 0")
+        if not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -162,18 +207,119 @@ def _save_checkpoint(out: Path, head: EagleHead, opt, sched, step: int, meta: di
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out: Path, head: EagleHead, opt, sched) -> int:
-    from safetensors.torch import load_file
-
+def _latest_checkpoint(out: Path) -> Path:
     root = out / "checkpoints"
     if not (root / "latest").is_file():
         raise InputError(f"--resume: no checkpoint in {root}; start without --resume")
-    folder = root / (root / "latest").read_text().strip()
+    return root / (root / "latest").read_text().strip()
+
+
+def _checkpoint_state(out: Path) -> dict[str, Any]:
+    """state.json of the latest checkpoint: its step and the settings it was trained with."""
+    state = json.loads((_latest_checkpoint(out) / "state.json").read_text())
+    if "config" not in state and (out / "train_config.json").is_file():  # older checkpoints
+        state["config"] = json.loads((out / "train_config.json").read_text())
+    return state
+
+
+def _check_resume(state: dict[str, Any], cfg: TrainConfig, settings: dict[str, Any]) -> None:
+    """Refuse to resume with settings other than the checkpoint's, naming what differs."""
+    diffs = []
+    old_cfg = state.get("config", {})
+    for name, new in asdict(cfg).items():
+        if name in RESUME_FREE or name not in old_cfg or old_cfg[name] == new:
+            continue
+        if name == "epochs" and cfg.schedule == "constant" == old_cfg.get("schedule"):
+            continue  # the constant schedule and the data order do not depend on the run length
+        diffs.append(f"--{name.replace('_', '-')} {old_cfg[name]} (now {new})")
+    for key, new in settings.items():
+        if key not in state or state[key] == new or key in ("data", "target"):
+            continue  # folders may move: their contents are compared
+        if key == "data_sha256":
+            diffs.append(f"--data: {state.get('data')} had other contents than {settings['data']}")
+        elif key == "target_fingerprint":
+            diffs.append(f"--target: {state.get('target')} was another model")
+        else:
+            diffs.append(f"{key} {state[key]} (now {new})")
+    old_data = state.get("data") if "data_sha256" not in state else None  # before the hash
+    if old_data is not None and Path(old_data).resolve() != Path(settings["data"]).resolve():
+        diffs.append(f"--data {state['data']} (now {settings['data']})")
+    if diffs:
+        raise InputError(
+            "--resume: the checkpoint was trained with other settings: "
+            + "; ".join(diffs)
+            + ". Resume with the same settings, or train into a new --out"
+        )
+
+
+def _load_checkpoint(out: Path, head: EagleHead, opt, sched) -> int:
+    from safetensors.torch import load_file
+
+    folder = _latest_checkpoint(out)
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
     states = torch.load(folder / "optim.pt", weights_only=True)
     opt.load_state_dict(states["optimizer"])
     sched.load_state_dict(states["scheduler"])
     return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the log's records up to `step` (a killed run logged steps past its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if record.get("step", 0) < step or (
+            record.get("step") == step and "final_eval_tau" not in record
+        ):
+            kept.append(line + "\n")
+    _write_atomic(path, "".join(kept))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_final(head: EagleHead, out: Path) -> None:
+    """Write the draft folder's model.safetensors and config.json without a torn pair.
+
+    Both are written aside first; config.json goes last, and the old one is removed before the
+    weights are swapped in, so a kill at any moment leaves the old pair, a folder that says it
+    has no config, or the new pair."""
+    tmp = out / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    head.save(tmp)
+    (out / "config.json").unlink(missing_ok=True)
+    os.replace(tmp / "model.safetensors", out / "model.safetensors")
+    os.replace(tmp / "config.json", out / "config.json")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder and make sure it can be written, before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"cannot write into --out {out}: {e.strerror or e}") from None
 
 
 def _lr_lambda(cfg: TrainConfig, total: int):
@@ -186,6 +332,46 @@ def _lr_lambda(cfg: TrainConfig, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+# ---- rows the target cannot take ------------------------------------------------------------
+_ENCODE_PROBLEMS = ((ImageError, "unreadable image"), (PromptError, "longer than the context"))
+
+
+def drop_unusable_rows(
+    target: Target,
+    convs: list[Conversation],
+    report: LoadReport,
+    on_bad_row: str = "skip",
+    rank: int = 0,
+    world: int = 1,
+) -> list[Conversation]:
+    """Tokenize every row with its images (each process its share); skip and count in `report`
+    the rows the target cannot take, or raise DataError naming FILE:LINE of the first."""
+    bad: list[tuple[int, str, str]] = []  # (index, reason, message)
+    for i in range(rank, len(convs), world):
+        conv = convs[i]
+        try:
+            text = target.render_chat(conv.messages(), add_generation_prompt=False)
+            target.tokenize(text, conv.images)
+        except InputError as e:
+            reason = next((r for kind, r in _ENCODE_PROBLEMS if isinstance(e, kind)), "unusable")
+            bad.append((i, reason, str(e)))
+    if world > 1:
+        shards: list[Any] = [None] * world
+        dist.all_gather_object(shards, bad)
+        bad = sorted(b for shard in shards for b in shard)
+    if bad and on_bad_row == "stop":
+        i, _, message = bad[0]
+        raise DataError(f"{convs[i].source or 'row ' + repr(convs[i].id)}: {message}")
+    for _, reason, _ in bad:
+        report.skipped[reason] += 1
+    dropped = {i for i, _, _ in bad}
+    kept = [c for i, c in enumerate(convs) if i not in dropped]
+    report.kept = len(kept)
+    if not kept:
+        raise DataError(f"no usable rows ({report.summary()})")
+    return kept
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -223,11 +409,21 @@ def regenerate_answers(
             messages = [{"role": r, "content": t} for r, t in turns[:k]]
             text = target.render_chat(messages, add_generation_prompt=True)
             prompt = target.tokenize(text, conv.images[: text.count(IMAGE_PLACEHOLDER)])
-            ids = [t for new in decode(target, prompt, drafter=None, max_new_tokens=max_new_tokens,
-                                       sampling=SamplingConfig(), tree=TreeConfig(),
-                                       stats=SpecStats()) for t in new]  # fmt: skip
+            ids = [
+                t
+                for new in decode(
+                    target,
+                    prompt,
+                    drafter=None,
+                    max_new_tokens=max_new_tokens,
+                    sampling=SamplingConfig(),
+                    tree=TreeConfig(),
+                    stats=SpecStats(),
+                )
+                for t in new
+            ]
             turns[k] = ("assistant", target.decode(ids).strip())
-        out.append(Conversation(conv.id, turns, conv.images))
+        out.append(Conversation(conv.id, turns, conv.images, conv.source))
     return out
 
 
@@ -255,10 +451,19 @@ def _regenerated(
             tmp = cache.with_suffix(".tmp")
             with tmp.open("w") as f:
                 for c in merged:
-                    row = {"id": c.id, "image": [str(p.resolve()) for p in c.images],
-                           "conversations": [{"from": "human" if r == "user" else
-                                              ("gpt" if r == "assistant" else r), "value": t}
-                                             for r, t in c.turns]}  # fmt: skip
+                    row = {
+                        "id": c.id,
+                        "image": [str(p.resolve()) for p in c.images],
+                        "conversations": [
+                            {
+                                "from": "human"
+                                if r == "user"
+                                else ("gpt" if r == "assistant" else r),
+                                "value": t,
+                            }
+                            for r, t in c.turns
+                        ],
+                    }
                     f.write(json.dumps(row) + "\n")
             os.replace(tmp, cache)
         _barrier()
@@ -281,25 +486,63 @@ def train_draft(
     progress: bool = True,
     log=print,
 ) -> EagleHead:
-    """Train a draft head for the target in `target_dir`; write it to `out` (the draft folder)."""
+    """Train a draft head for the target in `target_dir`; write it to `out` (the draft folder).
+
+    Everything is checked before the first step: the settings, the output folder, on resume that
+    the checkpoint was trained with the same settings, and every data row."""
     rank, world, device = _dist_setup()
-    out = Path(out)
+    out, data = Path(out), Path(data)
     if cfg.batch_size % world:
         raise InputError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    if rank == 0:
+        _prepare_out(out)
+    if not data.is_file():
+        raise DataError(f"data file not found: {data} (expected LLaVA-format .json or .jsonl)")
+    settings: dict[str, Any] = {
+        "data": str(data.resolve()), "data_sha256": _sha256(data),
+        "image_folder": None if image_folder is None else str(Path(image_folder).resolve()),
+        "regenerate": regenerate, "head_overrides": head_overrides or {},
+    }  # fmt: skip
+    state = _checkpoint_state(out) if resume else {}
+    if resume:
+        _check_resume(state, cfg, settings)
     target = load_target(target_dir, device=str(device))
+    settings["target"] = str(Path(target_dir).resolve())
+    settings["target_fingerprint"] = hashlib.sha256(
+        json.dumps(target.info.fingerprint, sort_keys=True, default=str).encode()
+    ).hexdigest()
     convs, report = read_conversations(data, image_folder, on_bad_row)
+    convs = drop_unusable_rows(target, convs, report, on_bad_row, rank, world)
     if rank == 0:
         log(f"data: {report.summary()}")
     if regenerate:
-        convs = _regenerated(target, convs, out / "regenerated.jsonl", rank, world,
-                             cfg.regenerate_max_new_tokens, progress)  # fmt: skip
+        convs = _regenerated(
+            target,
+            convs,
+            out / "regenerated.jsonl",
+            rank,
+            world,
+            cfg.regenerate_max_new_tokens,
+            progress,
+        )
+        # the target's own answers can be longer: the rows are checked again
+        convs = drop_unusable_rows(target, convs, report, on_bad_row, rank, world)
     eval_convs = []
     if eval_data:
         eval_convs = read_conversations(eval_data, None, "skip")[0][: cfg.eval_n]
+        eval_convs = drop_unusable_rows(target, eval_convs, LoadReport(), "skip", 0, 1)
+    settings["rows"] = len(convs)
+    if resume:
+        _check_resume(state, cfg, settings)
     steps_per_epoch = len(convs) // cfg.batch_size
     if steps_per_epoch == 0:
         raise InputError(f"{len(convs)} usable rows is less than one batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
+    if state.get("step", 0) > total:
+        raise InputError(
+            f"--resume: the checkpoint is at step {state['step']}, past the {total} steps of "
+            f"this run (--epochs {cfg.epochs}); give more --epochs or train into a new --out"
+        )
 
     torch.manual_seed(cfg.seed)
     config = EagleConfig.for_target(target.info, **(head_overrides or {}))
@@ -307,14 +550,18 @@ def train_draft(
     model: torch.nn.Module = head
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(head)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)  # fmt: skip
+    opt = torch.optim.AdamW(
+        head.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     step = _load_checkpoint(out, head, opt, sched) if resume else 0
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    meta = {"target": str(target_dir), "data": str(data), "rows": len(convs), "world": world}
+        _write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
+        if resume:
+            _cut_log(out / "train_log.jsonl", step)
+        else:
+            (out / "train_log.jsonl").unlink(missing_ok=True)
+    meta = {**settings, "world": world, "config": asdict(cfg)}
 
     bar = None
     if progress and rank == 0:
@@ -332,7 +579,10 @@ def train_draft(
         mine = batch[rank::world]
         t0, tokens, agree_sum, loss_sum = time.perf_counter(), 0, 0.0, 0.0
         for j, index in enumerate(mine):
-            features, embeds, mask = target_sequence(target, convs[index])
+            try:
+                features, embeds, mask = target_sequence(target, convs[index])
+            except InputError as e:  # checked before step 1; a template can still refuse
+                raise DataError(f"{convs[index].source}: {e}") from e
             noise = None
             if cfg.feature_noise > 0:
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + index)
@@ -340,8 +590,10 @@ def train_draft(
                 noise = noise.to(features.device, features.dtype)
             last = j == len(mine) - 1
             sync = model.no_sync() if (world > 1 and not last) else nullcontext()
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16,
-                                      enabled=cfg.precision == "bf16"):  # fmt: skip
+            with (
+                sync,
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"),
+            ):
                 loss, agree, n = distill_loss(model, target, features, embeds, mask, cfg, noise)
                 (loss / cfg.batch_size).backward()  # DDP averages ranks: sum/global batch
             tokens += features.shape[0]
@@ -353,14 +605,22 @@ def train_draft(
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        record = {"step": step, "epoch": epoch + 1, "loss": loss_sum / len(mine),
-                  "agree": agree_sum / len(mine), "lr": sched.get_last_lr()[0],
-                  "tokens_per_s": tokens * world / (time.perf_counter() - t0)}  # fmt: skip
+        record = {
+            "step": step,
+            "epoch": epoch + 1,
+            "loss": loss_sum / len(mine),
+            "agree": agree_sum / len(mine),
+            "lr": sched.get_last_lr()[0],
+            "tokens_per_s": tokens * world / (time.perf_counter() - t0),
+        }
         if rank == 0:
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agree']:.2f}",
-                                tok_s=f"{record['tokens_per_s']:.0f}")  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}",
+                    agree=f"{record['agree']:.2f}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                )
             if eval_convs and cfg.eval_every and step % cfg.eval_every == 0:
                 head.eval()
                 record["eval_tau"] = evaluate_tau(target, head, eval_convs, cfg.eval_max_new_tokens)
@@ -376,7 +636,7 @@ def train_draft(
         bar.close()
     head.eval()
     if rank == 0:
-        head.save(out)
+        _save_final(head, out)
         if eval_convs:
             tau = evaluate_tau(target, head, eval_convs, cfg.eval_max_new_tokens)
             log_file.write(json.dumps({"step": step, "final_eval_tau": tau}) + "\n")

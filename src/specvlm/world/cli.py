@@ -1,12 +1,16 @@
 """`specvlm world ...`: make world data sets, look at them, train the tokenizer and target.
 
     specvlm world make --split train --n 1000 --out data/world-train [--kind image|video|events]
-                       [--families detailed conversation ...] [--resolution PX] [--seed S]
-    specvlm world show [--split train] [--n 4] [--kind image] [--out world.png]
+                       [--families detailed conversation ...] [--resolution PX] [--start I]
+    specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
                                [--config small|default|baseline] [--init MODEL] [--lr LR]
-    specvlm world eval-target --model runs/world-target/model [--split test|hard] [--n 200]
+    specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
+
+Renamed (the old spellings still work, hidden, with a note, until the next release):
+`eval-target --model` is `--target`, `make/show --seed` is `--start` (it never seeded anything:
+it is the index of the first sample within the split, and the same index gives the same sample).
 
 Each handler is a thin call into the library and returns an exit code; bad arguments raise
 `specvlm.InputError`. The main CLI adds these with `register(subparsers)` and calls
@@ -19,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from specvlm.cli import Renamed, check_output_file, check_output_folder
 from specvlm.errors import InputError
 from specvlm.world.dataset import contact_sheet, make_dataset
 from specvlm.world.language import FAMILIES
@@ -28,7 +33,11 @@ from specvlm.world.splits import KINDS, SPLITS
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `world` command (make, show, tokenizer, train-target, eval-target) to a main
     parser's subparsers."""
-    world = subparsers.add_parser("world", help="make and inspect the procedural world's data")
+    world = subparsers.add_parser(
+        "world",
+        help="make and inspect the procedural world's data; train its tokenizer and target",
+        description=__doc__.splitlines()[0],
+    )
     sub = world.add_subparsers(
         dest="world_command", metavar="{make,show,tokenizer,train-target,eval-target}"
     )
@@ -38,26 +47,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     make.add_argument("--split", required=True, help=f"one of {', '.join(sorted(SPLITS))}")
     make.add_argument("--n", type=int, required=True, help="number of samples (scenes or clips)")
     make.add_argument("--out", required=True, help="output folder")
-    make.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)} (default image)")
+    make.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)}")
     make.add_argument(
-        "--families", nargs="+", default=None, help=f"any of {', '.join(FAMILIES)} (default all)"
+        "--families", nargs="+", default=None, help=f"any of {', '.join(FAMILIES)}; default: all"
     )
-    make.add_argument("--resolution", type=int, default=None, help="pixels per side (default 224 for images, 128 for clips)")  # fmt: skip
-    make.add_argument("--seed", type=int, default=0, help="index of the first sample within the split (default 0)")  # fmt: skip
+    make.add_argument("--resolution", type=int, default=None, help="pixels per side; default: 224 for images, 128 for clips")  # fmt: skip
+    _start(make)
     make.set_defaults(func=cmd_make)
 
     show = sub.add_parser("show", help="draw a contact sheet of samples and their conversations")
     show.add_argument("--split", default="train", help=f"one of {', '.join(sorted(SPLITS))}")
-    show.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
+    show.add_argument("--n", type=int, default=4, help="number of samples")
     show.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)}")
-    show.add_argument("--resolution", type=int, default=None)
-    show.add_argument("--seed", type=int, default=0, help="index of the first sample")
-    show.add_argument("--out", default="world.png", help="PNG file to write (default world.png)")
+    show.add_argument("--resolution", type=int, default=None, help="pixels per side; default: the kind's")  # fmt: skip
+    _start(show)
+    show.add_argument("--out", default="world.png", help="PNG file to write")
     show.set_defaults(func=cmd_show)
 
     tok = sub.add_parser("tokenizer", help="train the world tokenizer (AutoTokenizer-loadable)")
     tok.add_argument("--out", required=True, help="output folder")
-    tok.add_argument("--vocab-size", type=int, default=4096, help="upper bound (default 4096)")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="upper bound")
     tok.add_argument("--samples", type=int, default=600, help="train samples in the corpus")
     tok.add_argument("--merge-across-words", action="store_true", help="let tokens span spaces")
     tok.set_defaults(func=cmd_tokenizer)
@@ -66,25 +75,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, help="output folder (checkpoint, data cache, model/)"
     )
-    train.add_argument("--minutes", type=float, default=None, help="training time budget")
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    train.add_argument("--minutes", type=float, default=None, help="training time budget (give this, --steps or both)")  # fmt: skip
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps (give this, --minutes or both)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--init", default=None, help="start from this trained world target's model folder (skips the vision stage)")  # fmt: skip
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's, 1e-3)")  # fmt: skip
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3")  # fmt: skip
     train.add_argument(
         "--config",
         default="small",
-        help="small (the shipped target, default) | default (d=256) | baseline (2 layers, the separate draft model of hf-assisted)",
+        help="small (the shipped target) | default (d=256) | baseline (2 layers, the separate "
+        "draft model of hf-assisted)",
     )
     train.set_defaults(func=cmd_train_target)
 
     ev = sub.add_parser("eval-target", help="score a world target on closed questions and descriptions")  # fmt: skip
-    ev.add_argument("--model", required=True, help="model folder (e.g. OUT/model)")
-    ev.add_argument("--split", default="test", help="test | hard | val (default test)")
-    ev.add_argument("--n", type=int, default=200, help="number of scenes (default 200)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--target", help="target model folder (e.g. OUT/model of train-target)")
+    which.add_argument("--model", dest="target", action=Renamed, new="--target")
+    ev.add_argument("--split", default="test", help="test | hard | val")
+    ev.add_argument("--n", type=int, default=200, help="number of scenes")
+    ev.add_argument("--batch-size", type=int, default=16, help="scenes per forward")
     ev.set_defaults(func=cmd_eval_target)
     return world
+
+
+def _start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=int, default=0, metavar="I",
+                   help="index of the first sample within the split (same index, same sample)")  # fmt: skip
+    p.add_argument("--seed", dest="start", type=int, action=Renamed, new="--start")
 
 
 def _families(values: list[str] | None) -> list[str] | None:
@@ -95,6 +113,7 @@ def _families(values: list[str] | None) -> list[str] | None:
 
 
 def cmd_make(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)
     path = make_dataset(
         args.split,
         args.n,
@@ -102,7 +121,7 @@ def cmd_make(args: argparse.Namespace) -> int:
         kind=args.kind,
         families=_families(args.families),
         resolution=args.resolution,
-        start=args.seed,
+        start=args.start,
         progress=sys.stderr.isatty(),
     )
     print(f"wrote {path}")
@@ -113,9 +132,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise InputError(f"--out must be a .png file, got {out}")
-    if out.parent and not out.parent.exists():
-        raise InputError(f"folder {out.parent} does not exist; create it or choose another --out")
-    sheet = contact_sheet(args.split, args.n, args.kind, args.resolution, start=args.seed)
+    check_output_file(out)
+    sheet = contact_sheet(args.split, args.n, args.kind, args.resolution, start=args.start)
     sheet.save(out)
     print(f"wrote {out} ({sheet.width} x {sheet.height})")
     return 0
@@ -126,6 +144,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
+    check_output_folder(args.out)
     tok = build_world_tokenizer(args.out, args.vocab_size, args.samples, merge_across_words=args.merge_across_words)  # fmt: skip
     print(f"wrote {args.out} ({len(tok)} tokens)")
     return 0
@@ -140,6 +159,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("give --minutes or --steps (or both)")
     if args.lr is not None and not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr}")
+    check_output_folder(args.out)
     extra = {} if args.lr is None else {"lr": args.lr}
     r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, init=args.init, progress=sys.stderr.isatty(), **extra)  # fmt: skip
     print(f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, final loss {r['final_loss']:.4f}; wrote {r['model']}")  # fmt: skip
@@ -151,6 +171,6 @@ def cmd_eval_target(args: argparse.Namespace) -> int:
 
     if args.split not in SPLITS:
         raise InputError(f"unknown --split {args.split!r}; accepted: {', '.join(sorted(SPLITS))}")
-    r = evaluate_target(args.model, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty())  # fmt: skip
+    r = evaluate_target(args.target, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty())  # fmt: skip
     print(format_report(r))
     return 0
