@@ -93,9 +93,13 @@ def plain_vs_hf(folder: Path, prompts, tokens: int, repeats: int) -> dict[str, f
         ids = p.input_ids[None]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            seq = model.generate(input_ids=ids, pixel_values=p.pixel_values,
-                                 attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                 do_sample=False)  # fmt: skip
+            seq = model.generate(
+                input_ids=ids,
+                pixel_values=p.pixel_values,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=tokens,
+                do_sample=False,
+            )
         return seq.shape[1] - ids.shape[1], time.perf_counter() - t0
 
     for fn in (ours, hf):  # warm-up
@@ -212,11 +216,14 @@ def main() -> None:
     ap.add_argument("--tree", default="5,4,16", help="depth,top_k,budget (with --target)")
     ap.add_argument("--world", type=int, default=6, help="world test items (with --target)")
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(f"# engine benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {commit}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}\n")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}\n"
+    )
     if args.target:
         results = trained_pair(args)
         if args.json:
@@ -237,11 +244,14 @@ def main() -> None:
         print("| c(N)/c(1) | " + " | ".join(f"{v / curve[1]:.2f}" for v in curve.values()) + " |")
         print(f"\nc(1) = {curve[1] * 1000:.2f} ms\n")
         speed = plain_vs_hf(folder, prompts, args.tokens, args.repeats)
-        print(f"plain decoding, {args.tokens} new tokens x {len(prompts)} prompts x "
-              f"{args.repeats} (alternating): this engine {speed['ours']:.1f} tok/s, "
-              f"transformers generate {speed['hf']:.1f} tok/s, ratio {speed['ratio']:.2f}x\n")  # fmt: skip
-        draft = fit_head_to_target(folder, work / f"{size}-draft", prompts=prompts,
-                                   new_tokens=args.tokens, steps=300)  # fmt: skip
+        print(
+            f"plain decoding, {args.tokens} new tokens x {len(prompts)} prompts x "
+            f"{args.repeats} (alternating): this engine {speed['ours']:.1f} tok/s, "
+            f"transformers generate {speed['hf']:.1f} tok/s, ratio {speed['ratio']:.2f}x\n"
+        )
+        draft = fit_head_to_target(
+            folder, work / f"{size}-draft", prompts=prompts, new_tokens=args.tokens, steps=300
+        )
         del draft
         br = round_breakdown(folder, work / f"{size}-draft", prompts, args.tokens, TreeConfig())
         print_rounds(br, f"draft fitted to these prompts, tree {TreeConfig()}")

@@ -42,9 +42,12 @@ def main() -> None:
         vc.index_copy_(1, slots, heads[H + Hkv :])
         S = mask.shape[1]
         att = F.scaled_dot_product_attention(
-            qk[None, :H], kc[None, :, :S], vc[None, :, :S], attn_mask=mask[None, None],
+            qk[None, :H],
+            kc[None, :, :S],
+            vc[None, :, :S],
+            attn_mask=mask[None, None],
             scale=hd**-0.5,
-        )  # fmt: skip
+        )
         h = x + block.self_attn.o_proj(att[0].transpose(0, 1).reshape(k, H * hd))
         y = h + _mlp(block.mlp, _norm(block.post_attention_layernorm, h))
         logp = torch.log_softmax(lm_head(y).float(), dim=-1)  # (k, V)
@@ -54,8 +57,16 @@ def main() -> None:
 
     def inputs(length: int):
         S = length + 8
-        return (torch.randn(k, d), torch.randn(k, d), torch.randn(k, hd), torch.randn(k, hd),
-                kc, vc, torch.zeros(k, S), torch.arange(S - k, S))  # fmt: skip
+        return (
+            torch.randn(k, d),
+            torch.randn(k, d),
+            torch.randn(k, hd),
+            torch.randn(k, hd),
+            kc,
+            vc,
+            torch.zeros(k, S),
+            torch.arange(S - k, S),
+        )
 
     if args.cpp_wrapper:
         import torch._inductor.config as inductor_config

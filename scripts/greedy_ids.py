@@ -28,9 +28,11 @@ def dump(args: argparse.Namespace) -> None:
             row = {"id": item.id}
             for name, spec in (("plain", False), ("eaglevlm", True)):
                 out = engine.generate(
-                    list(item.messages), images=list(item.images), max_new_tokens=128,
+                    list(item.messages),
+                    images=list(item.images),
+                    max_new_tokens=128,
                     speculative=spec,
-                )  # fmt: skip
+                )
                 row[name] = out.token_ids
             f.write(json.dumps(row) + "\n")
             print(f"\r{i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
@@ -50,8 +52,10 @@ def compare(a: Path, b: Path) -> int:
                 diff += 1
                 print(f"{ra['id']} {key}: differs")
     same_pair = sum(r["plain"] == r["eaglevlm"] for r in rows_b)
-    print(f"{len(rows_a)} items: {diff} differing outputs between the files; "
-          f"plain == eaglevlm in the second file on {same_pair}/{len(rows_b)}")  # fmt: skip
+    print(
+        f"{len(rows_a)} items: {diff} differing outputs between the files; "
+        f"plain == eaglevlm in the second file on {same_pair}/{len(rows_b)}"
+    )
     return 1 if diff else 0
 
 

@@ -50,8 +50,12 @@ def measure(engine, items, tokens: int) -> dict[str, float]:
             setattr(cls, name, timed(name, fn))
         first = items[0]
         for speculative in (True, False):  # warm-up
-            engine.generate(list(first.messages), images=list(first.images), max_new_tokens=16,
-                            speculative=speculative)  # fmt: skip
+            engine.generate(
+                list(first.messages),
+                images=list(first.images),
+                max_new_tokens=16,
+                speculative=speculative,
+            )
         spent.clear()  # the warm-up is in no total
         for i, item in enumerate(items):
             order = (True, False) if i % 2 == 0 else (False, True)
@@ -59,8 +63,12 @@ def measure(engine, items, tokens: int) -> dict[str, float]:
                 mode = "spec" if speculative else "plain"
                 target.verify = timed(f"verify-{mode}", originals[-1][2])
                 t0 = time.perf_counter()
-                out = engine.generate(list(item.messages), images=list(item.images),
-                                      max_new_tokens=tokens, speculative=speculative)  # fmt: skip
+                out = engine.generate(
+                    list(item.messages),
+                    images=list(item.images),
+                    max_new_tokens=tokens,
+                    speculative=speculative,
+                )
                 totals[mode] += time.perf_counter() - t0
                 forwards[mode] += out.stats.target_forwards
                 if speculative:
@@ -92,13 +100,23 @@ def main() -> None:
     ap.add_argument("--target", help="target folder (default: the embedded one)")
     ap.add_argument("--draft", help="draft folder (default: the embedded one)")
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    print(f"# speedup bounds  {time.strftime('%Y-%m-%d %H:%M')}  commit {commit}  "
-          f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"# speedup bounds  {time.strftime('%Y-%m-%d %H:%M')}  commit {commit}  "
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+    )
     items = load_suite("world", n=args.n)
-    keys = ["tau", "measured", "free draft", "+ flat verify", "drafting share",
-            "plain step ms", "spec verify ms"]  # fmt: skip
+    keys = [
+        "tau",
+        "measured",
+        "free draft",
+        "+ flat verify",
+        "drafting share",
+        "plain step ms",
+        "spec verify ms",
+    ]
     print("| tree | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     for spec in args.trees:

@@ -23,8 +23,9 @@ def main() -> None:
     points = [(r["step"], r["eval_tau"]) for r in rows if "eval_tau" in r]
     points += [(r["step"], r["final_eval_tau"]) for r in rows if "final_eval_tau" in r]
     points = sorted(dict(points).items())
-    per_epoch = args.steps_per_epoch or max((r["step"] for r in rows if r.get("epoch") == 1),
-                                            default=1)  # fmt: skip
+    per_epoch = args.steps_per_epoch or max(
+        (r["step"] for r in rows if r.get("epoch") == 1), default=1
+    )
     print("| step | epochs | tau (val) |\n|---|---|---|")
     for step, tau in points:
         print(f"| {step} | {step / per_epoch:.2f} | {tau:.3f} |")

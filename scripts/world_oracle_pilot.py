@@ -35,7 +35,12 @@ def main() -> None:
     ap.add_argument("--config", default="small")
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--n", type=int, default=100, help="test scenes to evaluate")
-    ap.add_argument("--drill-turns", type=int, default=0, help="drills in the data (0: as measured in docs/world.md)")  # fmt: skip
+    ap.add_argument(
+        "--drill-turns",
+        type=int,
+        default=0,
+        help="drills in the data (0: as measured in docs/world.md)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -64,7 +69,9 @@ def main() -> None:
         if step % per_epoch == 0:
             order = tt.batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
         idx = order[step % per_epoch]
-        batch = tt.collate(data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1)  # fmt: skip
+        batch = tt.collate(
+            data, idx, tokenizer.pad_token_id, tokenizer.bos_token_id, (idx + epoch) % 2 == 1
+        )
         current["words"] = batch["patch_words"]
         lr = tt.lr_at(cfg, step, (time.perf_counter() - t0) / budget)
         for group in opt.param_groups:
@@ -79,7 +86,9 @@ def main() -> None:
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 100 == 0:
-            print(f"step {step} loss {ema:.3f} {(time.perf_counter() - t0) / 60:.1f} min", flush=True)  # fmt: skip
+            print(
+                f"step {step} loss {ema:.3f} {(time.perf_counter() - t0) / 60:.1f} min", flush=True
+            )
 
     model.eval()
     processor = tt.build_processor(cfg, tokenizer)
@@ -87,7 +96,9 @@ def main() -> None:
     grid = cfg.image_size // cfg.patch_size
 
     def oracle_words(scenes):
-        current["words"] = torch.stack([torch.from_numpy(tt.patch_words(sc, grid, tokenizer)).long() for sc in scenes])  # fmt: skip
+        current["words"] = torch.stack(
+            [torch.from_numpy(tt.patch_words(sc, grid, tokenizer)).long() for sc in scenes]
+        )
 
     r = evaluate_model(model, processor, "test", args.n, before_batch=oracle_words, progress=False)
     print(f"oracle pilot: {step} steps in {args.minutes:g} min")

@@ -45,8 +45,9 @@ def main() -> None:
         qa = qa_image.q_position(qa_image.Facts(scene, pairs), np.random.default_rng(1000 + i))
         if qa is None:
             continue
-        out = engine.generate(qa.question, images=[render(scene, size)], max_new_tokens=30,
-                              speculative=False)  # fmt: skip
+        out = engine.generate(
+            qa.question, images=[render(scene, size)], max_new_tokens=30, speculative=False
+        )
         true, got = qa.meta["answer"], grammar.text_region(out.text.lower())
         asked = scene.objects[qa.meta["obj"]]
         others = [o for o in scene.objects if o is not asked]
@@ -74,8 +75,10 @@ def main() -> None:
             shown += 1
     total = sum(tally.values())
     print(f"\n{total} questions: " + ", ".join(f"{k} {v}" for k, v in tally.most_common()))
-    print("wrong answers naming another object's region, that object is: "
-          + ", ".join(f"{k} {v}" for k, v in wrong_by.most_common()))  # fmt: skip
+    print(
+        "wrong answers naming another object's region, that object is: "
+        + ", ".join(f"{k} {v}" for k, v in wrong_by.most_common())
+    )
 
 
 if __name__ == "__main__":

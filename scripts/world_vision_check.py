@@ -42,13 +42,18 @@ def main() -> None:
     torch.set_num_threads(2)
 
     ckpt = torch.load(args.out / "checkpoint.pt", weights_only=False)
-    cfg = tt.TrainConfig(**{"region_scale": 0.6, **ckpt["config"]})  # run 7 predates the field
+    # region_scale: 0.6 for checkpoints written before the field existed
+    cfg = tt.TargetTrainConfig(**{"region_scale": 0.6, **ckpt["config"]})
     tokenizer = AutoTokenizer.from_pretrained(str(args.out / "tokenizer"))
     model = tt.build_model(cfg, tokenizer)
     heads = tt.PatchHeads(cfg.vision_hidden)
-    missing, unexpected = torch.nn.ModuleDict({"model": model, "heads": heads}).load_state_dict(ckpt["model"], strict=False)  # fmt: skip
+    missing, unexpected = torch.nn.ModuleDict({"model": model, "heads": heads}).load_state_dict(
+        ckpt["model"], strict=False
+    )
     if unexpected or any(not k.startswith("heads.heads.center_region") for k in missing):
-        raise SystemExit(f"{args.out}: checkpoint does not fit: missing {missing}, unexpected {unexpected}")  # fmt: skip
+        raise SystemExit(
+            f"{args.out}: checkpoint does not fit: missing {missing}, unexpected {unexpected}"
+        )
     # (checkpoints from before the region head lack only that head, which this script never reads)
     model.eval()
     grid = cfg.image_size // cfg.patch_size
@@ -56,7 +61,12 @@ def main() -> None:
     scenes = [world_sample(args.split, i, "image") for i in range(args.n)]
     images = torch.from_numpy(np.stack([np.asarray(render(s, cfg.image_size)) for s in scenes]))
     with torch.no_grad():
-        feats = torch.cat([tt.vision_features(model, tt.normalize(images[k : k + 64])) for k in range(0, args.n, 64)])  # fmt: skip
+        feats = torch.cat(
+            [
+                tt.vision_features(model, tt.normalize(images[k : k + 64]))
+                for k in range(0, args.n, 64)
+            ]
+        )
         projected = model.model.multi_modal_projector(feats).float()  # (N, P, d)
         h = heads.norm(feats.float())
         color = heads.heads["center_color"](h).argmax(-1)  # (N, P)
@@ -80,22 +90,30 @@ def main() -> None:
     right = total = false_pos = n_objects = region_right = 0
     for b, scene in enumerate(scenes):
         labels = tt.patch_labels(scene, grid)
-        for r, c, o in tt._centre_patches(scene, grid):
+        for r, c, o in tt.centre_patches(scene, grid):
             p = r * grid + c
             if labels[2, p] != colors.index(o.color) + 1:
                 continue  # another object's centre shares this patch and is in front
             total += 1
-            right += int(color[b, p] == colors.index(o.color) + 1 and shape[b, p] == shapes.index(o.shape) + 1)  # fmt: skip
+            right += int(
+                color[b, p] == colors.index(o.color) + 1
+                and shape[b, p] == shapes.index(o.shape) + 1
+            )
             if region_head is not None:
                 region_right += int(
                     region_head[b, p] == labels[list(tt.PATCH_LABELS).index("center_region"), p]
                 )
             # the projector's output against each slot's alternatives, the other slots true
             true = tt.object_slots(o, tid)
-            truth = {"colour": o.color, "shape": o.shape, "size": o.size, "region": tt.region_thirds(o.x, o.y)}  # fmt: skip
+            truth = {
+                "colour": o.color,
+                "shape": o.shape,
+                "size": o.size,
+                "region": tt.region_thirds(o.x, o.y),
+            }
             for slot, (choices, swap) in slots.items():
                 alts = torch.tensor([[swap(true, ch) for ch in choices]])  # (1, n_choices, slots)
-                target = tt.word_targets(alts, embed, region_scale=cfg.region_scale)[0][0].float()  # fmt: skip
+                target = tt.word_targets(alts, embed, region_scale=cfg.region_scale)[0][0].float()
                 dist = (projected[b, p] - target).norm(dim=-1)
                 hits[slot] += int(choices[int(dist.argmin())] == truth[slot])
         false_pos += int(((color[b] > 0).numpy() & (labels[2] == 0)).sum())
@@ -105,14 +123,23 @@ def main() -> None:
     target, centre = tt.word_targets(words, embed, region_scale=cfg.region_scale)
     cos = torch.nn.functional.cosine_similarity(projected[centre], target[centre], dim=-1)
     print(f"{args.out}  split {args.split}  n {args.n}")
-    print(f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}")  # fmt: skip
+    print(
+        f"objects with colour and shape right at the centre patch: {100 * right / total:.1f}% of {total}"
+    )
     if region_head is not None:
-        print(f"objects with the region right at the centre patch (region head): {100 * region_right / total:.1f}%")  # fmt: skip
+        print(
+            f"objects with the region right at the centre patch (region head): {100 * region_right / total:.1f}%"
+        )
     print(f"false centre patches per object: {false_pos / n_objects:.3f}")
-    print(f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}")  # fmt: skip
+    print(
+        f"projector at centre patches: cosine to the word sum {cos.mean():.3f}, norm {projected[centre].norm(dim=-1).mean():.2f}"
+    )
     print(f"projector at other patches: norm {projected[~centre].norm(dim=-1).mean():.2f}")
 
-    print("projector output, nearest alternative per word slot: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in hits.items()))  # fmt: skip
+    print(
+        "projector output, nearest alternative per word slot: "
+        + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in hits.items())
+    )
 
 
 if __name__ == "__main__":

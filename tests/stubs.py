@@ -23,9 +23,15 @@ class StubTarget:
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.randn(V, V, V, generator=gen) * sharpness  # (prev2, prev1) -> logits
         self.info = TargetInfo(
-            architecture="Stub", text_model_type="stub", hidden_size=V, vocab_size=V,
-            n_layers=1, max_context=1000, eos_token_ids=(), dtype=torch.float32,
-        )  # fmt: skip
+            architecture="Stub",
+            text_model_type="stub",
+            hidden_size=V,
+            vocab_size=V,
+            n_layers=1,
+            max_context=1000,
+            eos_token_ids=(),
+            dtype=torch.float32,
+        )
         self.history: list[int] = []
         self._pending: list[list[int]] = []
 

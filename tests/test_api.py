@@ -39,8 +39,15 @@ def test_load_pair_generate_and_stats(pair):
     assert s.tau == pytest.approx(47 / s.target_forwards)
     assert sum(k * v for k, v in s.accept_histogram.items()) == 47
     assert s.ttft_s > 0 and s.decode_s > 0 and s.tokens_per_s > 0
-    assert set(s.to_dict()) >= {"tau", "accept_histogram", "target_forwards", "prefill_s",
-                                "ttft_s", "decode_s", "tokens_per_s"}  # fmt: skip
+    assert set(s.to_dict()) >= {
+        "tau",
+        "accept_histogram",
+        "target_forwards",
+        "prefill_s",
+        "ttft_s",
+        "decode_s",
+        "tokens_per_s",
+    }
 
 
 def test_stream_pieces_add_up_to_generate(pair):
@@ -74,8 +81,20 @@ def test_draft_round_trip_is_fp16_and_exact(pair, tmp_path):
 def test_cli_generate_json(pair, tmp_path, capsys):
     image = tmp_path / "x.png"
     noise_image(0).save(image)
-    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
-            "--prompt", PROMPT, "--max-new-tokens", "24", "--json"]  # fmt: skip
+    argv = [
+        "generate",
+        "--target",
+        str(pair[0]),
+        "--draft",
+        str(pair[1]),
+        "--image",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "24",
+        "--json",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     engine = api.load(target=pair[0])
@@ -87,8 +106,22 @@ def test_cli_generate_json(pair, tmp_path, capsys):
 def test_cli_generate_with_a_given_tree(pair, tmp_path, capsys):
     image = tmp_path / "x.png"
     noise_image(0).save(image)
-    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
-            "--prompt", PROMPT, "--max-new-tokens", "24", "--json", "--tree", "2,3,4"]  # fmt: skip
+    argv = [
+        "generate",
+        "--target",
+        str(pair[0]),
+        "--draft",
+        str(pair[1]),
+        "--image",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "--tree",
+        "2,3,4",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     engine = api.load(target=pair[0])
@@ -118,8 +151,19 @@ def test_tree_config_parses_depth_top_k_budget():
 def test_cli_generate_streams_text(pair, tmp_path, capsys):
     image = tmp_path / "x.png"
     noise_image(0).save(image)
-    argv = ["generate", "--target", str(pair[0]), "--draft", str(pair[1]), "--image", str(image),
-            "--prompt", PROMPT, "--max-new-tokens", "24"]  # fmt: skip
+    argv = [
+        "generate",
+        "--target",
+        str(pair[0]),
+        "--draft",
+        str(pair[1]),
+        "--image",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "24",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     engine = api.load(target=pair[0])

@@ -24,8 +24,18 @@ def draft(tiny_dir, tmp_path_factory):
 
 
 def test_public_names():
-    for name in ("load", "Engine", "GenerationOutput", "GenerationRequest", "StreamPiece",
-                 "TreeConfig", "SamplingConfig", "SpecStats", "InputError", "EngineBusyError"):  # fmt: skip
+    for name in (
+        "load",
+        "Engine",
+        "GenerationOutput",
+        "GenerationRequest",
+        "StreamPiece",
+        "TreeConfig",
+        "SamplingConfig",
+        "SpecStats",
+        "InputError",
+        "EngineBusyError",
+    ):
         assert getattr(specvlm, name) is not None and name in specvlm.__all__
     assert specvlm.load is api.load and specvlm.Engine is api.Engine
     with pytest.raises(AttributeError, match="no attribute 'nope'"):

@@ -38,8 +38,15 @@ class Stub:
         self.calls.append((self.name, req.messages[0]["content"], req.max_new_tokens))
         if self.fail:
             raise ValueError("this baseline is broken")
-        return RunResult(self.tokens, "x", 0.1, 0.1, self.seconds - 0.1, tau=self.tau,
-                         accept_histogram={1: 1, round(2 * self.tau - 1): 1} if self.tau else {})  # fmt: skip
+        return RunResult(
+            self.tokens,
+            "x",
+            0.1,
+            0.1,
+            self.seconds - 0.1,
+            tau=self.tau,
+            accept_histogram={1: 1, round(2 * self.tau - 1): 1} if self.tau else {},
+        )
 
 
 def test_methods_are_interleaved_after_a_warm_up():
@@ -48,15 +55,26 @@ def test_methods_are_interleaved_after_a_warm_up():
     runner.run_bench(methods, ITEMS, max_new_tokens=16, progress=False)
     warm, timed = calls[:3], [(n, q) for n, q, _ in calls[3:]]
     assert all(c[2] == 8 for c in warm)  # short warm-up of every method
-    assert timed == [("plain", "q0"), ("a", "q0"), ("b", "q0"),
-                     ("b", "q1"), ("a", "q1"), ("plain", "q1"),
-                     ("plain", "q2"), ("a", "q2"), ("b", "q2")]  # fmt: skip
+    assert timed == [
+        ("plain", "q0"),
+        ("a", "q0"),
+        ("b", "q0"),
+        ("b", "q1"),
+        ("a", "q1"),
+        ("plain", "q1"),
+        ("plain", "q2"),
+        ("a", "q2"),
+        ("b", "q2"),
+    ]
 
 
 def test_a_method_with_a_wrong_token_is_reported_not_identical():
     calls = []
-    methods = [Stub("plain", calls), Stub("fast-but-wrong", calls, tokens=(1, 9, 3), seconds=0.5),
-               Stub("good", calls, seconds=0.25, tau=3.0)]  # fmt: skip
+    methods = [
+        Stub("plain", calls),
+        Stub("fast-but-wrong", calls, tokens=(1, 9, 3), seconds=0.5),
+        Stub("good", calls, seconds=0.25, tau=3.0),
+    ]
     records = runner.run_bench(methods, ITEMS, progress=False)
     wrong = [r for r in records if r["method"] == "fast-but-wrong"]
     assert [r["identical"] for r in wrong] == [False] * 3
@@ -68,8 +86,18 @@ def test_a_method_with_a_wrong_token_is_reported_not_identical():
     assert rows[("s1", "good")]["tau"] == 3.0 and rows[("s1", "good")]["runs"] == 2
     table = runner.markdown_table(runner.summarise(records))
     assert "| all | fast-but-wrong | 0 | 2.00× ± 0.00 | — | 6.0 | 100 | 0% | 3 |" in table
-    for field in ("machine", "commit", "config", "method", "suite", "temperature", "tokens",
-                  "seconds", "tau", "speedup"):  # fmt: skip
+    for field in (
+        "machine",
+        "commit",
+        "config",
+        "method",
+        "suite",
+        "temperature",
+        "tokens",
+        "seconds",
+        "tau",
+        "speedup",
+    ):
         assert field in records[0]
 
 
@@ -89,8 +117,12 @@ class PerItem(Stub):
 
 def test_summary_speedup_is_the_workload_ratio_and_tau_is_per_round():
     calls = []
-    spec = PerItem("spec", calls, seconds_of={"q0": 0.25, "q1": 1.0, "q2": 0.5},
-                   hist_of={"q0": {4: 1}, "q1": {1: 3}, "q2": {2: 1, 4: 1}})  # fmt: skip
+    spec = PerItem(
+        "spec",
+        calls,
+        seconds_of={"q0": 0.25, "q1": 1.0, "q2": 0.5},
+        hist_of={"q0": {4: 1}, "q1": {1: 3}, "q2": {2: 1, 4: 1}},
+    )
     records = runner.run_bench([Stub("plain", calls), spec], ITEMS, progress=False)
     rows = {(r["suite"], r["method"]): r for r in runner.summarise(records)}
     # s1 holds q0 and q1: plain 2 s, spec 1.25 s for the same tokens -> 1.6x (not (4 + 1) / 2)
@@ -103,13 +135,17 @@ def test_summary_speedup_is_the_workload_ratio_and_tau_is_per_round():
 
 
 def test_items_with_the_same_id_in_two_suites_are_paired_within_their_suite():
-    items = [Item("7", "s1", ({"role": "user", "content": "a"},)),
-             Item("7", "s2", ({"role": "user", "content": "b"},))]  # fmt: skip
+    items = [
+        Item("7", "s1", ({"role": "user", "content": "a"},)),
+        Item("7", "s2", ({"role": "user", "content": "b"},)),
+    ]
     calls = []
     plain = PerItem("plain", calls, seconds_of={"a": 1.0, "b": 4.0}, hist_of={})
     spec = PerItem("spec", calls, seconds_of={"a": 0.5, "b": 1.0}, hist_of={})
-    rows = {(r["suite"], r["method"]): r
-            for r in runner.summarise(runner.run_bench([plain, spec], items, progress=False))}  # fmt: skip
+    rows = {
+        (r["suite"], r["method"]): r
+        for r in runner.summarise(runner.run_bench([plain, spec], items, progress=False))
+    }
     assert rows[("s1", "spec")]["speedup"] == pytest.approx(2.0)
     assert rows[("s2", "spec")]["speedup"] == pytest.approx(4.0)
 
@@ -136,8 +172,9 @@ def test_sampling_runs_each_item_several_times_with_seeds():
             seeds.append(req.seed)
             return super().run(req)
 
-    runner.run_bench([Seeded("plain", calls)], ITEMS[:1], temperatures=[1.0], samples=3,
-                     seed=10, progress=False)  # fmt: skip
+    runner.run_bench(
+        [Seeded("plain", calls)], ITEMS[:1], temperatures=[1.0], samples=3, seed=10, progress=False
+    )
     assert seeds == [10, 10, 11, 12]  # warm-up, then three samples
 
 
@@ -169,7 +206,11 @@ def test_engine_methods_on_a_tiny_target(tiny_dir, tmp_path):
     items = [Item("a", "s", ({"role": "user", "content": "<image>\nq"},), (img,))]
     records = runner.run_bench(methods, items, max_new_tokens=24, progress=False)
     assert {r["method"]: r["identical"] for r in records} == {
-        "plain": True, "eaglevlm": True, "hf-plain": True, "hf-lookup": True}  # fmt: skip
+        "plain": True,
+        "eaglevlm": True,
+        "hf-plain": True,
+        "hf-lookup": True,
+    }
     with pytest.raises(InputError, match="unknown methods"):
         build_methods(["medusa"], ctx)
     with pytest.raises(InputError, match="needs a draft head"):
@@ -178,9 +219,14 @@ def test_engine_methods_on_a_tiny_target(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("policy", "device", "warns"),
-    [("PASSIVE", "cpu", True), ("passive ", "cpu", True), ("ACTIVE", "cpu", False),
-     (None, "cpu", False), ("PASSIVE", "cuda", False)],
-)  # fmt: skip
+    [
+        ("PASSIVE", "cpu", True),
+        ("passive ", "cpu", True),
+        ("ACTIVE", "cpu", False),
+        (None, "cpu", False),
+        ("PASSIVE", "cuda", False),
+    ],
+)
 def test_timing_warning_names_a_passive_openmp_wait_policy(monkeypatch, policy, device, warns):
     if policy is None:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)

@@ -360,7 +360,10 @@ def test_mmbench(tmp_path):
     )
     assert detect_format(tsv) == "mmbench" and detect_format(tmp_path) == "mmbench"
     items = load_suite(str(tsv), cache_dir=tmp_path / "c")
-    assert [it.id for it in items] == ["241", "242"] and [it.reference for it in items] == ["B", "A"]  # fmt: skip
+    assert [it.id for it in items] == ["241", "242"] and [it.reference for it in items] == [
+        "B",
+        "A",
+    ]
     assert items[0].messages[0]["content"] == (
         f"{IMAGE}\nQuestion: What is shown?\nOptions:\nA. a dog\nB. a cat\nC. a cow\nD. a fox\n"
         f"{MC_DIRECT}"
@@ -392,7 +395,9 @@ def test_mmbench_errors(tmp_path):
 
 
 def test_unknown_sources(tmp_path):
-    with pytest.raises(DataError, match=r"no suite or file named 'world-nope'; accepted: .*world-detailed"):  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"no suite or file named 'world-nope'; accepted: .*world-detailed"
+    ):
         load_suite("world-nope")
     with pytest.raises(DataError, match=r"mmbench expects"):
         load_suite(f"mmbench:{tmp_path / 'missing.tsv'}")
@@ -400,11 +405,18 @@ def test_unknown_sources(tmp_path):
     with pytest.raises(DataError, match=r"cannot tell the benchmark format of .*notes.txt"):
         load_suite(str(tmp_path / "notes.txt"))
     (tmp_path / "rows.json").write_text(json.dumps([{"foo": 1}]))
-    with pytest.raises(DataError, match=r"cannot tell the benchmark format of .*rows.json.*llava-bench"):  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"cannot tell the benchmark format of .*rows.json.*llava-bench"
+    ):
         load_suite(str(tmp_path / "rows.json"))
     with pytest.raises(InputError, match="n must be at least 1"):
         load_suite("world-mc", n=0, cache_dir=tmp_path)
-    assert issubclass(DataError, InputError) and set(FORMATS) >= {"llava-bench", "mmmu", "scienceqa", "mmbench"}  # fmt: skip
+    assert issubclass(DataError, InputError) and set(FORMATS) >= {
+        "llava-bench",
+        "mmmu",
+        "scienceqa",
+        "mmbench",
+    }
 
 
 def test_bench_item_checks_placeholders(tmp_path):

@@ -25,10 +25,27 @@ from specvlm.train.quickfit import fit_head_to_target
 from tests.conftest import noise_image
 
 SRC = Path(api.__file__).parent
-AUDITED = [SRC / "decoding", SRC / "draft", SRC / "kv_cache.py", SRC / "layers.py",
-           SRC / "target", SRC / "api.py"]  # fmt: skip
-FACTORIES = {torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.empty,
-             torch.arange, torch.rand, torch.randn, torch.randint, torch.eye}  # fmt: skip
+AUDITED = [
+    SRC / "decoding",
+    SRC / "draft",
+    SRC / "kv_cache.py",
+    SRC / "layers.py",
+    SRC / "target",
+    SRC / "api.py",
+]
+FACTORIES = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.arange,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.eye,
+}
 
 
 class FactoryAudit(TorchFunctionMode):
@@ -82,9 +99,15 @@ def test_the_whole_loop_names_its_devices(tiny_dir, tmp_path, temperature):
     engine = api.load(target=tiny_dir, draft=draft)
     with FactoryAudit() as audit:
         for spec in (True, False):
-            engine.generate("describe it.", images=[noise_image(0)], max_new_tokens=12,
-                            temperature=temperature, repetition_penalty=1.2, seed=0,
-                            speculative=spec)  # fmt: skip
+            engine.generate(
+                "describe it.",
+                images=[noise_image(0)],
+                max_new_tokens=12,
+                temperature=temperature,
+                repetition_penalty=1.2,
+                seed=0,
+                speculative=spec,
+            )
     assert audit.calls > 0
     assert audit.undevice == []
 

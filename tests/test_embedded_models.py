@@ -14,7 +14,9 @@ from specvlm.world.language import make_record
 from specvlm.world.scenes import render
 from specvlm.world.splits import world_sample
 
-pytestmark = pytest.mark.skipif(embedded.embedded_target() is None, reason="no embedded target shipped")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    embedded.embedded_target() is None, reason="no embedded target shipped"
+)
 
 
 def _load(folder):
@@ -71,7 +73,7 @@ def test_target_samples_vary_in_wording_at_temperature_one():
             image,
             do_sample=True,
             temperature=1.0,
-        )  # fmt: skip
+        )
         for _ in range(4)
     }
     assert len(answers) >= 3, answers
@@ -101,8 +103,9 @@ def test_shipped_pair_is_lossless_and_accepts_on_every_task_family():
     assert engine.draft is not None and engine.target_dir == embedded.embedded_target()
     accepted: list[int] = []  # tokens per target forward, every round
     for item in load_suite("world", n=10):  # two items per family
-        plain = engine.generate(list(item.messages), images=list(item.images),
-                                max_new_tokens=64, speculative=False)  # fmt: skip
+        plain = engine.generate(
+            list(item.messages), images=list(item.images), max_new_tokens=64, speculative=False
+        )
         spec = engine.generate(list(item.messages), images=list(item.images), max_new_tokens=64)
         assert spec.token_ids == plain.token_ids, item.suite
         accepted += spec.stats.accept_lengths

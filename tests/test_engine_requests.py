@@ -78,8 +78,12 @@ def test_bad_input_raises_at_the_call_not_at_the_first_piece(engine):
         engine.generate(PROMPT, images=[noise_image(0)], max_tokens=5)
     with pytest.raises(specvlm.GenerationArgumentError, match="seed"):
         engine.generate(PROMPT, images=[noise_image(0)], temperature=1.0, seed=2**64)
-    for kw in ({"temperature": 1e-300}, {"temperature": float("inf")},
-               {"repetition_penalty": float("inf")}, {"top_p": float("nan")}):  # fmt: skip
+    for kw in (
+        {"temperature": 1e-300},
+        {"temperature": float("inf")},
+        {"repetition_penalty": float("inf")},
+        {"top_p": float("nan")},
+    ):
         with pytest.raises(specvlm.GenerationArgumentError):
             engine.generate(PROMPT, images=[noise_image(0)], **kw)
     # nothing above took the engine

@@ -55,8 +55,9 @@ def test_speculative_greedy_equals_transformers(name, tiny_dirs, tmp_path):
     spec = Engine(target, random_head).generate(PROMPT, [image], max_new_tokens=NEW_TOKENS)
     assert spec.token_ids == expected
 
-    fitted = fit_head_to_target(folder, tmp_path / "draft", prompts=[(PROMPT, [image])],
-                                new_tokens=NEW_TOKENS, steps=200)  # fmt: skip
+    fitted = fit_head_to_target(
+        folder, tmp_path / "draft", prompts=[(PROMPT, [image])], new_tokens=NEW_TOKENS, steps=200
+    )
     for tree in (TreeConfig(), TreeConfig(depth=7, top_k=10, budget=60), TreeConfig(2, 2, 3)):
         spec = Engine(target, fitted, tree).generate(PROMPT, [image], max_new_tokens=NEW_TOKENS)
         assert spec.token_ids == expected, tree
@@ -114,9 +115,13 @@ def test_repetition_penalty_equals_transformers(tiny_dirs, tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
     ids = prompt.input_ids[None]
     expected = model.generate(
-        input_ids=ids, pixel_values=prompt.pixel_values, attention_mask=torch.ones_like(ids),
-        max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.3,
-    )[0, ids.shape[1] :].tolist()  # fmt: skip
+        input_ids=ids,
+        pixel_values=prompt.pixel_values,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        repetition_penalty=1.3,
+    )[0, ids.shape[1] :].tolist()
     unpenalised, _ = hf_greedy(folder, prompt)
     assert expected != unpenalised  # the penalty really changes this output
     fitted = fit_head_to_target(folder, tmp_path / "d", prompts=[(PROMPT, [image])], steps=150)

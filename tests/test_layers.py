@@ -108,7 +108,10 @@ def test_fused_biases_are_views_and_transformers_forward_still_runs(tiny_dirs):
         prepare_for_inference(model, fast_layout=True)
         attn = model.model.language_model.layers[0].self_attn
         weight, bias = attn.fused_qkv
-        assert bias is not None and attn.k_proj.bias.data_ptr() == bias[attn.q_proj.out_features :].data_ptr()  # fmt: skip
+        assert (
+            bias is not None
+            and attn.k_proj.bias.data_ptr() == bias[attn.q_proj.out_features :].data_ptr()
+        )
         torch.testing.assert_close(model(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -75,8 +75,15 @@ def pair():
 def uncertain_prefix(engine, prompt: Prompt, n: int = 48) -> tuple[Prompt, float]:
     """The prompt plus the first k tokens of the greedy answer, k chosen where the next two
     tokens are least certain (largest summed entropy at T = 1); also the second one's entropy."""
-    rounds = decode(engine.target, prompt, drafter=None, max_new_tokens=n,
-                    sampling=SamplingConfig(), tree=TREE, stats=SpecStats())  # fmt: skip
+    rounds = decode(
+        engine.target,
+        prompt,
+        drafter=None,
+        max_new_tokens=n,
+        sampling=SamplingConfig(),
+        tree=TREE,
+        stats=SpecStats(),
+    )
     ids = [t for new in rounds for t in new]
     full = replace(prompt, input_ids=torch.cat([prompt.input_ids, torch.tensor(ids[:-1])]))
     pre = engine.target.prefill(full, capacity=full.input_ids.shape[0])
@@ -113,8 +120,16 @@ def speculative_counts(engine, prompt, cfg: SamplingConfig, n: int, seed: int):
     for _ in range(n):
         stats = SpecStats()
         # max_new_tokens=3: the first round drafts (a tree of depth 1 under the first token)
-        rounds = decode(target, prompt, drafter=engine._drafter(), max_new_tokens=3,
-                        sampling=cfg, tree=TREE, stats=stats, generator=gen)  # fmt: skip
+        rounds = decode(
+            target,
+            prompt,
+            drafter=engine._drafter(),
+            max_new_tokens=3,
+            sampling=cfg,
+            tree=TREE,
+            stats=stats,
+            generator=gen,
+        )
         tokens: list[int] = []
         for new in rounds:  # stop once two tokens are out: no further round is run
             tokens += new

@@ -28,15 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("world")
-    return make_dataset("train", 4, out, families=["conversation", "reasoning"], resolution=64,
-                        progress=False)  # fmt: skip
+    return make_dataset(
+        "train", 4, out, families=["conversation", "reasoning"], resolution=64, progress=False
+    )
 
 
 def test_answer_mask_covers_answer_tokens_only(tiny_dir, tmp_path):
     noise_image(0).save(tmp_path / "a.png")
-    conv = Conversation("x", [("user", "<image>\nwhat is it?"), ("assistant", "a red circle."),
-                              ("user", "and left?"), ("assistant", "nothing there.")],
-                        [tmp_path / "a.png"])  # fmt: skip
+    conv = Conversation(
+        "x",
+        [
+            ("user", "<image>\nwhat is it?"),
+            ("assistant", "a red circle."),
+            ("user", "and left?"),
+            ("assistant", "nothing there."),
+        ],
+        [tmp_path / "a.png"],
+    )
     target = load_target(tiny_dir)
     enc = encode(target, conv)
     ids, mask = enc.prompt.input_ids, enc.answer_mask
@@ -53,8 +61,10 @@ def test_answer_mask_covers_answer_tokens_only(tiny_dir, tmp_path):
 
 def test_bad_rows_are_counted_or_stop_the_run(tmp_path):
     noise_image(0).save(tmp_path / "a.png")
-    good = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nq"},
-                                               {"from": "gpt", "value": "a"}]}  # fmt: skip
+    good = {
+        "image": "a.png",
+        "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+    }
     lines = [
         json.dumps(good),
         "{not json",
@@ -95,10 +105,12 @@ def _agreement(target, head, convs) -> float:
 
 
 def test_short_training_raises_agreement_far_above_random(tiny_dir, data, tmp_path):
-    cfg = TrainConfig(epochs=6, batch_size=4, lr=3e-3, checkpoint_every=100,
-                      regenerate_max_new_tokens=40)  # fmt: skip
-    head = train_draft(tiny_dir, data, tmp_path / "d", cfg, regenerate=True, progress=False,
-                       log=lambda *_: None)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=6, batch_size=4, lr=3e-3, checkpoint_every=100, regenerate_max_new_tokens=40
+    )
+    head = train_draft(
+        tiny_dir, data, tmp_path / "d", cfg, regenerate=True, progress=False, log=lambda *_: None
+    )
     target = load_target(tiny_dir)
     convs = read_conversations(tmp_path / "d" / "regenerated.jsonl", "/")[0]
     torch.manual_seed(0)
@@ -115,13 +127,32 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_resume_after_sigkill_ends_with_the_same_weights(tiny_dir, data, tmp_path):
-    common = ["--target", str(tiny_dir), "--data", str(data), "--batch-size", "2",
-              "--epochs", "3", "--checkpoint-every", "1", "--feature-noise", "0.1",
-              "--schedule", "cosine", "--warmup-steps", "2"]  # fmt: skip
+    common = [
+        "--target",
+        str(tiny_dir),
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--feature-noise",
+        "0.1",
+        "--schedule",
+        "cosine",
+        "--warmup-steps",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*common, "--out", str(killed)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(*common, "--out", str(killed)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -133,8 +164,9 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tiny_dir, data, tmp_pat
     proc.wait()
     stopped_at = int(latest.read_text().split("-")[1])
     assert 2 <= stopped_at < 12
-    subprocess.run(_cli(*common, "--out", str(killed), "--resume"), env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _cli(*common, "--out", str(killed), "--resume"), env=env, check=True, capture_output=True
+    )
     whole = tmp_path / "whole"
     subprocess.run(_cli(*common, "--out", str(whole)), env=env, check=True, capture_output=True)
     a = load_file(str(killed / "checkpoints" / "step-12" / "head.safetensors"))
@@ -144,15 +176,39 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tiny_dir, data, tmp_pat
 
 
 def test_two_process_ddp_matches_one_process(tiny_dir, data, tmp_path):
-    common = ["--target", str(tiny_dir), "--data", str(data), "--batch-size", "4",
-              "--epochs", "1", "--checkpoint-every", "1"]  # fmt: skip
+    common = [
+        "--target",
+        str(tiny_dir),
+        "--data",
+        str(data),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "specvlm.cli", "train-draft", *common,
-           "--out", str(tmp_path / "ddp"), "--no-progress"]  # fmt: skip
+    run = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "specvlm.cli",
+        "train-draft",
+        *common,
+        "--out",
+        str(tmp_path / "ddp"),
+        "--no-progress",
+    ]
     subprocess.run(run, env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run(_cli(*common, "--out", str(tmp_path / "one")), env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _cli(*common, "--out", str(tmp_path / "one")), env=env, check=True, capture_output=True
+    )
     a = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-2" / "head.safetensors"))
     b = load_file(str(tmp_path / "one" / "checkpoints" / "step-2" / "head.safetensors"))
     for name in a:

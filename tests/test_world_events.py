@@ -27,7 +27,9 @@ def moving_clip(speed: str, n_frames: int = 10) -> Clip:
 
 
 def test_static_clip_without_noise_gives_no_events():
-    scene_clip = Clip((Track(SceneObject("star", "blue", "large", 0.5, 0.5, 0)),), Background("noise", "gray"), 8)  # fmt: skip
+    scene_clip = Clip(
+        (Track(SceneObject("star", "blue", "large", 0.5, 0.5, 0)),), Background("noise", "gray"), 8
+    )
     ev = simulate_events(render_clip(scene_clip, 48), fps=10.0)
     assert ev.dtype == EVENT_DTYPE and len(ev) == 0
 

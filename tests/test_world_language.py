@@ -139,9 +139,13 @@ def test_check_answer_rejects_wrong_answers():
     assert not check_answer({"answer": "3", "answer_kind": "number"}, "There are 2 circles.")
     assert not check_answer({"answer": "yes", "answer_kind": "yesno"}, "No, it is not.")
     assert not check_answer({"answer": "B", "answer_kind": "letter"}, "A. Because ...")
-    assert not check_answer({"answer": "top left", "answer_kind": "region"}, "It is at the top right.")  # fmt: skip
+    assert not check_answer(
+        {"answer": "top left", "answer_kind": "region"}, "It is at the top right."
+    )
     assert not check_answer({"answer": "red circle", "answer_kind": "object"}, "The blue circle.")
-    assert check_answer({"answer": "up-left", "answer_kind": "direction"}, "It moves up and to the left.")  # fmt: skip
+    assert check_answer(
+        {"answer": "up-left", "answer_kind": "direction"}, "It moves up and to the left."
+    )
     assert check_answer({"answer": "describe", "answer_kind": None}, "anything") is None
 
 
@@ -164,7 +168,10 @@ def find(scene_objs, color, shape_word):
 def image_truth(q: str, scene: Scene, meta: dict) -> str | None:
     """The expected short answer, derived here; None for question types not re-derived."""
     objs, qt = scene.objects, meta["qtype"]
-    named = [find(objs, c, s) if (c, WORD_SHAPE[s]) in {o.pair for o in objs} else (c, WORD_SHAPE[s]) for c, s in OBJ_RE.findall(q.lower())]  # fmt: skip
+    named = [
+        find(objs, c, s) if (c, WORD_SHAPE[s]) in {o.pair for o in objs} else (c, WORD_SHAPE[s])
+        for c, s in OBJ_RE.findall(q.lower())
+    ]
     if qt == "count":
         color = re.search(rf"\b({COLOR_RE})\b", q)
         shape = re.search(rf"\b({SHAPE_RE})\b", q)
@@ -200,19 +207,34 @@ def image_truth(q: str, scene: Scene, meta: dict) -> str | None:
         return ("no" if occupied else "yes") if "empty" in q else ("yes" if occupied else "no")
     if qt == "closest":
         ref = named[0]
-        others = sorted((o for o in objs if o is not ref), key=lambda o: np.hypot(o.x - ref.x, o.y - ref.y))  # fmt: skip
+        others = sorted(
+            (o for o in objs if o is not ref), key=lambda o: np.hypot(o.x - ref.x, o.y - ref.y)
+        )
         return others[0].name
     if qt == "extreme":
-        key = {"left": lambda o: o.x, "right": lambda o: -o.x, "top": lambda o: o.y, "highest": lambda o: o.y,  # fmt: skip
-               "bottom": lambda o: -o.y, "lowest": lambda o: -o.y}  # fmt: skip
+        key = {
+            "left": lambda o: o.x,
+            "right": lambda o: -o.x,
+            "top": lambda o: o.y,
+            "highest": lambda o: o.y,
+            "bottom": lambda o: -o.y,
+            "lowest": lambda o: -o.y,
+        }
         side = next(k for k in key if k in q)
         return min(objs, key=key[side]).name
     if qt == "occlusion":
         (back,) = named
         return meta["answer"] if find(objs, *meta["answer"].split()).z > back.z else "WRONG"
     if qt == "compare_count":
-        words = re.findall(rf"more ((?:{COLOR_RE}) objects|{SHAPE_RE}) than ((?:{COLOR_RE}) objects|{SHAPE_RE})", q)[0]  # fmt: skip
-        counts = [sum(o.color == w.split()[0] for o in objs) if w.endswith(" objects") else sum(o.shape == WORD_SHAPE[w] for o in objs) for w in words]  # fmt: skip
+        words = re.findall(
+            rf"more ((?:{COLOR_RE}) objects|{SHAPE_RE}) than ((?:{COLOR_RE}) objects|{SHAPE_RE})", q
+        )[0]
+        counts = [
+            sum(o.color == w.split()[0] for o in objs)
+            if w.endswith(" objects")
+            else sum(o.shape == WORD_SHAPE[w] for o in objs)
+            for w in words
+        ]
         return "yes" if counts[0] > counts[1] else "no"
     if qt == "arithmetic":
         if "removed" in q:
@@ -265,14 +287,22 @@ def test_multiple_choice_letter_points_at_the_true_option():
         assert answer.lstrip("(").startswith(meta["answer"])
         text = options[meta["answer"]].strip()
         short = meta["answer_text"]
-        assert text == short or text.replace(" and to the ", "-").replace("to the ", "") == short, (q, meta)  # fmt: skip
+        assert text == short or text.replace(" and to the ", "-").replace("to the ", "") == short, (
+            q,
+            meta,
+        )
         assert len(set(options.values())) == 4
 
 
 def clip_track(clip: Clip, phrase: str, events: bool):
     """The track a question's object phrase refers to, or None when the phrase is ambiguous."""
-    m = re.search(rf"\b(?:({'|'.join(['small', 'little', 'medium-sized', 'mid-sized', 'medium', 'large', 'big'])}) )?(?:({COLOR_RE}) )?({SHAPE_RE})\b", phrase)  # fmt: skip
-    size = {"little": "small", "medium-sized": "medium", "mid-sized": "medium", "big": "large"}.get(m.group(1), m.group(1))  # fmt: skip
+    m = re.search(
+        rf"\b(?:({'|'.join(['small', 'little', 'medium-sized', 'mid-sized', 'medium', 'large', 'big'])}) )?(?:({COLOR_RE}) )?({SHAPE_RE})\b",
+        phrase,
+    )
+    size = {"little": "small", "medium-sized": "medium", "mid-sized": "medium", "big": "large"}.get(
+        m.group(1), m.group(1)
+    )
     found = [
         i
         for i, t in enumerate(clip.tracks)
@@ -317,7 +347,12 @@ def clip_truth(q: str, clip: Clip, meta: dict, events: bool) -> str | None:
     if qt == "why_gone":
         return tl.of(i, "leaves")[0].detail
     if qt == "faster":
-        pair = [clip_track(clip, m.group(0), events) for m in re.finditer(rf"\b[a-z- ]*?({SHAPE_RE})\b", q.split("faster")[-1].split("quicker")[-1])]  # fmt: skip
+        pair = [
+            clip_track(clip, m.group(0), events)
+            for m in re.finditer(
+                rf"\b[a-z- ]*?({SHAPE_RE})\b", q.split("faster")[-1].split("quicker")[-1]
+            )
+        ]
         if None in pair or len(pair) != 2:
             return None
         fast = [k for k in pair if clip.tracks[k].speed == "fast"]

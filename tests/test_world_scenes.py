@@ -150,10 +150,17 @@ def test_generation_does_not_depend_on_hash_seed():
         "for f in FAMILIES for k in ('image', 'video', 'events')]).encode()).hexdigest())"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     from specvlm.world.language import FAMILIES, make_record
 
-    records = [make_record("train", i, f, k) for i in range(6) for f in FAMILIES for k in ("image", "video", "events")]  # fmt: skip
+    records = [
+        make_record("train", i, f, k)
+        for i in range(6)
+        for f in FAMILIES
+        for k in ("image", "video", "events")
+    ]
     assert out.stdout.strip() == hashlib.sha256(repr(records).encode()).hexdigest()
 
 
@@ -201,7 +208,9 @@ def test_leaving_object_disappears_and_is_reported():
 def test_appear_and_recolor_happen_on_their_frames():
     a_ = SceneObject("star", "green", "medium", 0.3, 0.3, 0)
     b_ = SceneObject("hexagon", "pink", "medium", 0.7, 0.7, 1)
-    clip = Clip((Track(a_, recolor=(4, "blue")), Track(b_, "left", "slow", appear=3)), Background(), 9)  # fmt: skip
+    clip = Clip(
+        (Track(a_, recolor=(4, "blue")), Track(b_, "left", "slow", appear=3)), Background(), 9
+    )
     tl = timeline(clip)
     assert [(h.frame, h.kind) for h in tl.happenings] == [(3, "appears"), (4, "changes color")]
     assert tl.states[2][1] is None and tl.states[3][1] is not None

@@ -27,7 +27,12 @@ def test_loads_as_fast_tokenizer_with_fixed_special_ids(tok):
     assert tok.is_fast
     ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     assert ids == [0, 1, 2, 3, 4, 5]
-    assert (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token) == ("<unk>", "<s>", "</s>", "<pad>")  # fmt: skip
+    assert (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<pad>",
+    )
     assert 300 < len(tok) <= 1000
 
 
@@ -39,8 +44,13 @@ def test_placeholders_are_single_tokens(tok):
 
 
 def test_round_trip_is_lossless_on_world_text_and_any_text(tok):
-    texts = [t["value"] for i in range(30, 34) for f in FAMILIES for k in ("image", "video", "events")
-             for t in make_record("val", i, f, k)["conversations"]]  # fmt: skip
+    texts = [
+        t["value"]
+        for i in range(30, 34)
+        for f in FAMILIES
+        for k in ("image", "video", "events")
+        for t in make_record("val", i, f, k)["conversations"]
+    ]
     texts += ["  two  spaces\tand a tab\n\nnewlines ", "Ünïcødé – 😀 中文", "A.B,C;D:E!?"]
     for text in texts:
         ids = tok.encode(text, add_special_tokens=False)

@@ -104,8 +104,13 @@ class Engine:
             return None
         return EagleDrafter(self.draft, self.target.embed, self.target.lm_head)
 
-    def _start(self, prompt: str | list[dict[str, Any]], images: Any, options: dict[str, Any],
-               stats: SpecStats) -> Iterator[list[int]]:  # fmt: skip
+    def _start(
+        self,
+        prompt: str | list[dict[str, Any]],
+        images: Any,
+        options: dict[str, Any],
+        stats: SpecStats,
+    ) -> Iterator[list[int]]:
         """Check the request now (bad input raises here, before anything runs); decode lazily."""
         request = GenerationRequest.from_options(options)
         if request.video is not None or request.events is not None:
@@ -118,8 +123,13 @@ class Engine:
         prepared = self.target.prepare(prompt, images)
         return self._rounds(prepared, request, sampling, stats)
 
-    def _rounds(self, prepared: Prompt, request: GenerationRequest, sampling: SamplingConfig,
-                stats: SpecStats) -> Iterator[list[int]]:  # fmt: skip
+    def _rounds(
+        self,
+        prepared: Prompt,
+        request: GenerationRequest,
+        sampling: SamplingConfig,
+        stats: SpecStats,
+    ) -> Iterator[list[int]]:
         if not self._busy.acquire(blocking=False):
             raise EngineBusyError(
                 "this engine is already decoding a request (one at a time: it owns one KV "
@@ -261,8 +271,14 @@ def _device(value: str | torch.device) -> str:
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if value not in names:
         raise InputError(f"unknown dtype {value!r}; accepted: {', '.join(names)}")
     return names[value]

@@ -214,7 +214,15 @@ def _linears(m: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:
     lins = [getattr(m, n, None) for n in names]
     if not all(isinstance(lin, nn.Linear) for lin in lins):
         return None
-    if len({(lin.in_features, lin.weight.dtype, lin.weight.device, lin.bias is None) for lin in lins}) != 1:  # fmt: skip
+    if (
+        len(
+            {
+                (lin.in_features, lin.weight.dtype, lin.weight.device, lin.bias is None)
+                for lin in lins
+            }
+        )
+        != 1
+    ):
         return None
     return lins
 

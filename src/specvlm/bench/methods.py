@@ -87,16 +87,25 @@ class EngineMethod:
 
     def run(self, req: Request) -> RunResult:
         out = self.engine.generate(
-            req.messages, images=req.images, max_new_tokens=req.max_new_tokens,
-            temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            req.messages,
+            images=req.images,
+            max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
             speculative=self.speculative,
-        )  # fmt: skip
+        )
         s = out.stats
         return RunResult(
-            token_ids=out.token_ids, text=out.text, prefill_s=s.prefill_s, ttft_s=s.ttft_s,
-            decode_s=s.decode_s, tau=s.tau, accept_histogram=s.accept_histogram,
+            token_ids=out.token_ids,
+            text=out.text,
+            prefill_s=s.prefill_s,
+            ttft_s=s.ttft_s,
+            decode_s=s.decode_s,
+            tau=s.tau,
+            accept_histogram=s.accept_histogram,
             target_forwards=s.target_forwards,
-        )  # fmt: skip
+        )
 
 
 class _FirstTokenClock:
@@ -126,22 +135,35 @@ class HFMethod:
         ids = prompt.input_ids[None]  # (1, T)
         sampling = {"do_sample": False}
         if req.temperature > 0:
-            sampling = {"do_sample": True, "temperature": req.temperature, "top_p": req.top_p,
-                        "top_k": 0}  # fmt: skip
+            sampling = {
+                "do_sample": True,
+                "temperature": req.temperature,
+                "top_p": req.top_p,
+                "top_k": 0,
+            }
             torch.manual_seed(req.seed)
         clock = _FirstTokenClock()
         start = time.perf_counter()
         with torch.inference_mode():
             seq = self.model.generate(
-                input_ids=ids, pixel_values=prompt.pixel_values,
-                attention_mask=torch.ones_like(ids), max_new_tokens=req.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([clock]), **sampling, **self.kwargs,
-            )  # fmt: skip
+                input_ids=ids,
+                pixel_values=prompt.pixel_values,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=req.max_new_tokens,
+                stopping_criteria=StoppingCriteriaList([clock]),
+                **sampling,
+                **self.kwargs,
+            )
         end = time.perf_counter()
         new = seq[0, ids.shape[1] :].tolist()
         ttft = (clock.first or end) - start
-        return RunResult(token_ids=new, text=target.decode(new), prefill_s=ttft, ttft_s=ttft,
-                         decode_s=end - start - ttft)  # fmt: skip
+        return RunResult(
+            token_ids=new,
+            text=target.decode(new),
+            prefill_s=ttft,
+            ttft_s=ttft,
+            decode_s=end - start - ttft,
+        )
 
 
 def _assistant(ctx: BenchContext):
@@ -166,8 +188,9 @@ def _lookup(ctx: BenchContext) -> HFMethod:
     makes the lookup crop its candidates before it; the output is unchanged unless the model
     itself would pick the placeholder, which the identical-output check would show."""
     image_token = int(ctx.hf_model().config.image_token_id)
-    return HFMethod("hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens,
-                    bad_words_ids=[[image_token]])  # fmt: skip
+    return HFMethod(
+        "hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens, bad_words_ids=[[image_token]]
+    )
 
 
 METHODS: dict[str, Callable[[BenchContext], Method]] = {

@@ -70,23 +70,23 @@ class WorldSuite:
 WORLD_SUITES: dict[str, WorldSuite] = {
     "world-detailed": WorldSuite(
         "detailed", "image", "world test scenes: describe everything (60-200 words)"
-    ),  # fmt: skip
+    ),
     "world-conversation": WorldSuite(
         "conversation",
         "image",
         "world test scenes: one short question (count, colour, position, ...)",
-    ),  # fmt: skip
+    ),
     "world-reasoning": WorldSuite(
         "reasoning",
         "image",
         "world test scenes: a comparison or a cause, answered with an explanation",
-    ),  # fmt: skip
+    ),
     "world-mc": WorldSuite(
         "multiple_choice", "image", "world test scenes: options A-D, the letter and why"
-    ),  # fmt: skip
+    ),
     "world-multiturn": WorldSuite(
         "multiturn", "image", "world test scenes: the last turn of a 2-4 turn chat"
-    ),  # fmt: skip
+    ),
 }
 WORLD_MIX = "world"
 SUITES: dict[str, str] = {
@@ -94,9 +94,9 @@ SUITES: dict[str, str] = {
     WORLD_MIX: "the five world suites interleaved (n items in all)",
 }
 FORMATS: dict[str, str] = {
-    "llava-bench": "LLaVA-Bench-in-the-Wild: a folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl",  # fmt: skip
-    "mmmu": "MMMU: Hugging Face .parquet files (needs pyarrow) or .json/.jsonl rows with image paths, or their folder",  # fmt: skip
-    "scienceqa": "ScienceQA: problems.json (or its folder) with images/<split>/<id>/image.png; test questions with an image",  # fmt: skip
+    "llava-bench": "LLaVA-Bench-in-the-Wild: a folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl",
+    "mmmu": "MMMU: Hugging Face .parquet files (needs pyarrow) or .json/.jsonl rows with image paths, or their folder",
+    "scienceqa": "ScienceQA: problems.json (or its folder) with images/<split>/<id>/image.png; test questions with an image",
     "scienceqa-all": "ScienceQA as above, text-only test questions included",
     "mmbench": "MMBench: a .tsv with columns index, question, hint, A-D, answer, image (base64)",
 }
@@ -149,7 +149,9 @@ def parse_source(name_or_path: str) -> tuple[str, Path]:
     if sep and prefix in FORMATS:
         path = Path(rest).expanduser()
         if not path.exists():
-            raise DataError(f"{path} not found (from {name_or_path!r}); {prefix} expects {FORMATS[prefix]}")  # fmt: skip
+            raise DataError(
+                f"{path} not found (from {name_or_path!r}); {prefix} expects {FORMATS[prefix]}"
+            )
         return prefix, path
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -206,7 +208,10 @@ def detect_format(path: Path) -> str:
         fmt = _json_format(path)
         if fmt is not None:
             return fmt
-    raise DataError(f"cannot tell the benchmark format of {path}; accepted: {ACCEPTED}. Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))  # fmt: skip
+    raise DataError(
+        f"cannot tell the benchmark format of {path}; accepted: {ACCEPTED}. Formats: "
+        + "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +247,9 @@ def _media_writer(folder: Path, kind: str) -> Callable[[int], dict[str, str]]:
     return media
 
 
-def world_item(name: str, index: int, media: Callable[[int], dict[str, str]], folder: Path) -> BenchItem:  # fmt: skip
+def world_item(
+    name: str, index: int, media: Callable[[int], dict[str, str]], folder: Path
+) -> BenchItem:
     """One item of a world suite: the record's chat without its last answer (the reference)."""
     spec = WORLD_SUITES[name]
     if spec.kind == "video":
@@ -265,7 +272,9 @@ def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> 
     total = n if n is not None else DEFAULT_N * len(names)
     start = seed * SEED_STRIDE
     if start + SEED_STRIDE > SPLIT_SIZE or total > SEED_STRIDE * len(names):
-        raise InputError(f"world suites take seed < {SPLIT_SIZE // SEED_STRIDE} and n <= {SEED_STRIDE} per suite")  # fmt: skip
+        raise InputError(
+            f"world suites take seed < {SPLIT_SIZE // SEED_STRIDE} and n <= {SEED_STRIDE} per suite"
+        )
     writers: dict[str, tuple[Callable[[int], dict[str, str]], Path]] = {}
     items = []
     for k in range(total):

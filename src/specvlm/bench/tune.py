@@ -138,8 +138,13 @@ def tune(
 ) -> dict[str, Any]:
     """Measure every candidate, time the fastest again, choose; returns the choice and the grid."""
     costs = measure_costs(engine, prompts[0])
-    candidates = [TreeConfig(d, k, b) for d in GRID["depth"] for k in GRID["top_k"]
-                  for b in GRID["budget"] if b <= 1 + d * k]  # fmt: skip
+    candidates = [
+        TreeConfig(d, k, b)
+        for d in GRID["depth"]
+        for k in GRID["top_k"]
+        for b in GRID["budget"]
+        if b <= 1 + d * k
+    ]
     if PAPER_DEFAULT not in candidates:
         candidates.append(PAPER_DEFAULT)
     bar = None
@@ -154,8 +159,14 @@ def tune(
         tau, speed = measure_run(engine, prompts, tree, max_new_tokens)
         seconds = costs["verify"][tree.budget] + (tree.depth - 1) * costs["draft"][tree.top_k]
         seconds += costs["catchup"]
-        grid.append({"tree": asdict(tree), "tau": tau, "tokens_per_s": speed,
-                     "est_tokens_per_s": tau / seconds})  # fmt: skip
+        grid.append(
+            {
+                "tree": asdict(tree),
+                "tau": tau,
+                "tokens_per_s": speed,
+                "est_tokens_per_s": tau / seconds,
+            }
+        )
         if bar is not None:
             bar.update(1)
     # the fastest few, and the paper's default, again: interleaved with plain, best pass kept

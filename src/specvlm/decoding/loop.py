@@ -27,7 +27,9 @@ def _choose(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator
     return sample(target_probs(logits[None], sampling)[0], gen)
 
 
-def _stop_reason(token: int, emitted: int, max_new: int, max_new_tokens: int, eos: tuple[int, ...]) -> str:  # fmt: skip
+def _stop_reason(
+    token: int, emitted: int, max_new: int, max_new_tokens: int, eos: tuple[int, ...]
+) -> str:
     """Why decoding stops after `token` (the emitted-th new token), or "" if it goes on."""
     if token in eos:
         return "eos"
