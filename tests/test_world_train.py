@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,26 @@ def test_resume_without_checkpoint_is_an_input_error(tmp_path):
         tt.train_target(tmp_path / "none", "tiny", steps=5, resume=True, progress=False)
 
 
+def test_resume_refuses_other_settings_and_names_them(run, tmp_path):
+    from specvlm.errors import InputError
+
+    out, _ = run
+    part = tmp_path / "other"
+    part.mkdir()
+    for name in ("tokenizer", "checkpoint.pt"):
+        (part / name).symlink_to(out / name)
+    want = "trained with batch_size 4, lr 0.003, this run asks for batch_size 8, lr 0.001"
+    with pytest.raises(InputError, match=want):
+        tt.train_target(part, "tiny", steps=40, resume=True, progress=False, batch_size=8, lr=1e-3)
+
+
+def test_unknown_config_is_an_input_error(tmp_path):
+    from specvlm.errors import InputError
+
+    with pytest.raises(InputError, match="unknown --config 'huge'"):
+        tt.train_target(tmp_path / "a", "huge", steps=1, progress=False)
+
+
 def test_init_starts_from_a_trained_target_and_skips_the_vision_stage(run, tmp_path):
     """--init: the LLaVA stage starts from the saved model's weights (its first loss is the
     trained model's, far below a fresh start's) and no vision-stage step runs."""
@@ -118,7 +140,7 @@ def test_init_rejects_what_does_not_fit(run, tmp_path):
     with pytest.raises(InputError, match="not a model folder"):
         tt.train_target(tmp_path / "a", "tiny", steps=2, progress=False, init=tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    wide = tt.build_model(tt.replace(tt.CONFIGS["tiny"], hidden=96), tokenizer)
+    wide = tt.build_model(replace(tt.CONFIGS["tiny"], hidden=96), tokenizer)
     with pytest.raises(InputError, match="does not fit this config"):
         tt.init_weights(wide, tokenizer, out / "model")
 
@@ -140,7 +162,9 @@ def test_loss_mask_covers_answer_tokens_only(run):
     changed = logits.clone()
     prompt_positions = torch.from_numpy(~np.roll(mask, -1))  # positions that predict no answer
     changed[0, prompt_positions] = torch.randn_like(changed[0, prompt_positions])
-    assert torch.allclose(tt.answer_loss(logits, labels[None]), tt.answer_loss(changed, labels[None]))  # fmt: skip
+    assert torch.allclose(
+        tt.answer_loss(logits, labels[None]), tt.answer_loss(changed, labels[None])
+    )
 
 
 def test_evaluate_runs_on_the_saved_folder(run):
@@ -196,7 +220,8 @@ def _plain():
 
 
 def test_vision_stage_learns_patch_labels(run):
-    """Stage 1 ran in the tiny run; the patch loss falls and occupied patches are labelled above chance."""
+    """Stage 1 ran in the tiny run; the patch loss falls and occupied patches are labelled
+    above chance."""
     _, summary = run
     vision = summary["vision"]
     assert vision["last_loss"] < vision["first_loss"] - 0.5
@@ -214,9 +239,14 @@ def test_patch_words_name_the_object_at_its_centre(run):
     words = tt.patch_words(Scene(objects=(a, b), background=_plain()), 8, tokenizer)
     assert words.shape == (64, tt.N_PATCH_SLOTS)
     k = tt.N_PATCH_WORDS
-    named = {i: (tokenizer.decode(row[:k]), list(row[k:])) for i, row in enumerate(words) if row.any()}  # fmt: skip
+    named = {
+        i: (tokenizer.decode(row[:k]), list(row[k:])) for i, row in enumerate(words) if row.any()
+    }
     # the region as codes: 1 + row third (0 top, 2 bottom), 4 + column third (0 left, 1 center)
-    assert named == {7 * 8 + 0: (" red star large", [3, 4]), 4 * 8 + 4: (" blue circle small", [2, 5])}  # fmt: skip
+    assert named == {
+        7 * 8 + 0: (" red star large", [3, 4]),
+        4 * 8 + 4: (" blue circle small", [2, 5]),
+    }
 
 
 def test_region_thirds_agree_with_the_grammar():
@@ -244,7 +274,7 @@ def test_word_targets_add_region_codes_at_a_share_of_the_word_norm():
     assert torch.allclose(target[0, 0], expect, atol=1e-6)
     # same words, another region: the targets differ only along the codes
     diff = target[0, 1] - target[0, 0]
-    assert torch.allclose(diff, 0.7 * size * (codes[3] + codes[4] - codes[1] - codes[6]), atol=1e-6)  # fmt: skip
+    assert torch.allclose(diff, 0.7 * size * (codes[3] + codes[4] - codes[1] - codes[6]), atol=1e-6)
     assert torch.equal(target[0, 2], torch.zeros(16))
 
 
@@ -266,7 +296,8 @@ def test_align_loss_pulls_blank_patches_to_one_vector():
     assert tt.align_loss(exact, words, embed, blank_id=7, blank_weight=0.5).item() < 1e-10
     # a blank patch at zero costs blank_weight * (1 of 2 blank patches)
     half = torch.stack([target, blank, torch.zeros(4)])[None].detach()
-    assert tt.align_loss(half, words, embed, blank_id=7, blank_weight=0.5).item() == pytest.approx(0.25)  # fmt: skip
+    loss = tt.align_loss(half, words, embed, blank_id=7, blank_weight=0.5).item()
+    assert loss == pytest.approx(0.25)
     # without blank_id the blank patches are free
     assert tt.align_loss(half, words, embed).item() < 1e-10
 
@@ -275,11 +306,13 @@ def test_llava_forward_matches_the_model(run):
     """The spelled-out forward used in training gives the model's own logits."""
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(str(run[0] / "model"), dtype=torch.float32).eval()  # fmt: skip
+    folder = str(run[0] / "model")
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     n_img = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     ids = torch.tensor([[1, 5] + [model.config.image_token_id] * n_img + [6, 7, 8]] * 2)
     ids[1, -1] = 9
-    px = torch.randn(2, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)  # fmt: skip
+    side = model.config.vision_config.image_size
+    px = torch.randn(2, 3, side, side)
     with torch.no_grad():
         want = model(input_ids=ids, pixel_values=px).logits
         got, feats, projected = tt.llava_forward(model, ids, px)
@@ -358,7 +391,8 @@ def test_answer_pointers_point_at_the_named_objects_centre_patch():
 
 def test_description_sentences_point_at_the_object_they_tell_of():
     """Each object's sentence in a description points its tokens at that object's patch; the
-    intro, relations and summaries point nowhere; without the tokenizer, descriptions do not point."""
+    intro, relations and summaries point nowhere; without the tokenizer, descriptions do not
+    point."""
     from transformers import AutoTokenizer
 
     from specvlm.world import grammar
@@ -403,10 +437,15 @@ def test_collate_shifts_pointers_to_the_queries_and_the_image_tokens():
     ids = torch.tensor([1, 3, 3, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x4 q a a </s>
     mask = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
     ptr = torch.tensor([-1, -1, -1, -1, -1, -1, 2, 2, 2], dtype=torch.int16)
-    data = {"ids": [ids], "masks": [mask], "pointers": [ptr], "scene": torch.tensor([0]),
-            "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
-            "patches": torch.zeros(1, 6, grid * grid, dtype=torch.int8),
-            "patch_words": torch.zeros(1, grid * grid, 5, dtype=torch.int16)}  # fmt: skip
+    data = {
+        "ids": [ids],
+        "masks": [mask],
+        "pointers": [ptr],
+        "scene": torch.tensor([0]),
+        "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+        "patches": torch.zeros(1, 6, grid * grid, dtype=torch.int8),
+        "patch_words": torch.zeros(1, grid * grid, 5, dtype=torch.int16),
+    }
     for extra in (False, True):
         b = tt.collate(data, np.array([0]), 0, 1, np.array([extra]), image_id)
         p, o = b["pointer"][0], int(extra)

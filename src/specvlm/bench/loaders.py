@@ -73,10 +73,15 @@ class BenchItem:
             raise DataError(f"item {self.id!r}: the chat must end with a user turn")
         for m in self.messages:
             if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
-                raise DataError(f"item {self.id!r}: bad message {m!r}; expected role user|assistant and str content")  # fmt: skip
+                raise DataError(
+                    f"item {self.id!r}: bad message {m!r}; "
+                    "expected role user|assistant and str content"
+                )
         n_ph = sum(m["content"].count(IMAGE) for m in self.messages if m["role"] == "user")
         if n_ph != len(self.images):
-            raise DataError(f"item {self.id!r}: {n_ph} {IMAGE} placeholders but {len(self.images)} images")  # fmt: skip
+            raise DataError(
+                f"item {self.id!r}: {n_ph} {IMAGE} placeholders but {len(self.images)} images"
+            )
 
 
 def item(where: str, **fields: Any) -> BenchItem:
@@ -167,7 +172,9 @@ def image_file(path: Path, where: str) -> Path:
 
 def require(row: Any, keys: Sequence[str], where: str) -> dict:
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with keys {', '.join(keys)}, got {type(row).__name__}")  # fmt: skip
+        raise DataError(
+            f"{where}: expected an object with keys {', '.join(keys)}, got {type(row).__name__}"
+        )
     missing = [k for k in keys if k not in row]
     if missing:
         raise DataError(f"{where}: missing {', '.join(missing)} (a row needs {', '.join(keys)})")
@@ -183,7 +190,7 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+def read_jsonl_rows(path: Path) -> list[tuple[str, dict]]:
     """(where, row) for each non-blank line; `where` is "file:line"."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
@@ -196,7 +203,9 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e}); expected one object per line") from None  # fmt: skip
+                raise DataError(
+                    f"{where}: not valid JSON ({e}); expected one object per line"
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             rows.append((where, row))
@@ -219,13 +228,13 @@ def unique_ids(ids: Sequence[str], where: str) -> None:
 def load_llava_bench(path: Path, *, n: int | None = None, seed: int = 0) -> list[BenchItem]:
     """A folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl (references)."""
     folder = path.parent if path.is_file() else path
-    rows = read_jsonl(folder / "questions.jsonl")
+    rows = read_jsonl_rows(folder / "questions.jsonl")
     for where, row in rows:
         require(row, ("question_id", "image", "text"), where)
     unique_ids([str(r["question_id"]) for _, r in rows], str(folder / "questions.jsonl"))
     answers: dict[str, str] = {}
     if (folder / "answers_gpt4.jsonl").is_file():
-        for where, row in read_jsonl(folder / "answers_gpt4.jsonl"):
+        for where, row in read_jsonl_rows(folder / "answers_gpt4.jsonl"):
             answers[str(require(row, ("question_id", "text"), where)["question_id"])] = row["text"]
     items = []
     for k in select(len(rows), n, seed):
@@ -283,7 +292,7 @@ def mmmu_rows(path: Path) -> list[tuple[str, Path, dict]]:
         if f.suffix == ".parquet":
             out += [(f"{f} row {k}", f, r) for k, r in enumerate(_read_parquet(f))]
         elif f.suffix == ".jsonl":
-            out += [(where, f, r) for where, r in read_jsonl(f)]
+            out += [(where, f, r) for where, r in read_jsonl_rows(f)]
         else:
             data = read_json(f)
             if not isinstance(data, list):
@@ -308,7 +317,9 @@ def parse_options(value: Any, where: str) -> list[str]:
             except json.JSONDecodeError:
                 opts = None
     if not isinstance(opts, list | tuple) or len(opts) > len(LETTERS):
-        raise DataError(f"{where}: options {str(value)[:80]!r} is not a list of up to {len(LETTERS)} options")  # fmt: skip
+        raise DataError(
+            f"{where}: options {str(value)[:80]!r} is not a list of up to {len(LETTERS)} options"
+        )
     return [str(o) for o in opts]
 
 
@@ -326,7 +337,10 @@ def _mmmu_image(src: Any, base: Path, media_dir: Path, where: str) -> Path:
         src = src["path"]
     if isinstance(src, str):
         return image_file(base / src, where)
-    raise DataError(f"{where}: an image must be {{'bytes', 'path'}}, a file path or null, got {type(src).__name__}")  # fmt: skip
+    raise DataError(
+        f"{where}: an image must be {{'bytes', 'path'}}, a file path or null, "
+        f"got {type(src).__name__}"
+    )
 
 
 def _no_image(cell: Any) -> bool:
@@ -353,7 +367,10 @@ def mmmu_item(row: dict, where: str, base: Path, media_dir: Path, rewrite: bool)
             raise DataError(f"{where}: the text refers to <image {k}> but image_{k} is empty")
     loose = [k for k in sorted(cells) if k not in refs]  # images the text never mentions: first
     text = f"{IMAGE}\n" * len(loose) + MMMU_REF.sub(IMAGE, text)
-    paths = {k: _mmmu_image(cells[k], base, media_dir, f"{where} image_{k}") for k in dict.fromkeys(loose + refs)}  # fmt: skip
+    paths = {
+        k: _mmmu_image(cells[k], base, media_dir, f"{where} image_{k}")
+        for k in dict.fromkeys(loose + refs)
+    }
     return item(
         where,
         id=str(row["id"]),
@@ -399,13 +416,21 @@ def load_scienceqa(
     data = read_json(problems)
     if not isinstance(data, dict):
         raise DataError(f"{problems}: expected a JSON object mapping problem id to problem")
-    rows = [(pid, p) for pid, p in data.items() if not isinstance(p, dict) or p.get("split", split) == split]  # fmt: skip
+    rows = [
+        (pid, p)
+        for pid, p in data.items()
+        if not isinstance(p, dict) or p.get("split", split) == split
+    ]
     if images_only:
-        rows = [(pid, p) for pid, p in rows if not isinstance(p, dict) or not _blank(p.get("image"))]  # fmt: skip
+        rows = [
+            (pid, p) for pid, p in rows if not isinstance(p, dict) or not _blank(p.get("image"))
+        ]
     if not rows:
         splits = sorted({str(p.get("split")) for p in data.values() if isinstance(p, dict)})
         what = "questions with an image" if images_only else "questions"
-        raise DataError(f"{problems}: no {what} in split {split!r} (splits present: {', '.join(splits)})")  # fmt: skip
+        raise DataError(
+            f"{problems}: no {what} in split {split!r} (splits present: {', '.join(splits)})"
+        )
     items = []
     for k in select(len(rows), n, seed):
         pid, p = rows[k]
@@ -416,7 +441,10 @@ def load_scienceqa(
             raise DataError(f"{where}: choices must be a list of 2 to {len(LETTERS)} strings")
         answer = p["answer"]
         if not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise DataError(f"{where}: answer must be the index of a choice (0..{len(choices) - 1}), got {answer!r}")  # fmt: skip
+            raise DataError(
+                f"{where}: answer must be the index of a choice (0..{len(choices) - 1}), "
+                f"got {answer!r}"
+            )
         hint = None if _blank(p.get("hint")) else str(p["hint"])
         opts = lettered(choices)
         text = mc_prompt(str(p["question"]), opts, hint=hint, rewrite=mc_rewrite)
@@ -428,10 +456,21 @@ def load_scienceqa(
             ]
             found = [t for t in tried if t.is_file()]
             if not found:
-                raise DataError(f"{where}: image not found; looked for {', '.join(map(str, tried))}")  # fmt: skip
+                raise DataError(
+                    f"{where}: image not found; looked for {', '.join(map(str, tried))}"
+                )
             images, text = (found[0].resolve(),), f"{IMAGE}\n{text}"
         msgs = ({"role": "user", "content": text},)
-        items.append(item(where, id=str(pid), suite="scienceqa", messages=msgs, images=images, reference=LETTERS[answer]))  # fmt: skip
+        items.append(
+            item(
+                where,
+                id=str(pid),
+                suite="scienceqa",
+                messages=msgs,
+                images=images,
+                reference=LETTERS[answer],
+            )
+        )
     return items
 
 
@@ -449,7 +488,9 @@ def load_mmbench(
     if path.is_dir():
         tsvs = sorted(path.glob("*.tsv"))
         if len(tsvs) != 1:
-            raise DataError(f"{path}: expected exactly one .tsv file, found {len(tsvs)}; name the file")  # fmt: skip
+            raise DataError(
+                f"{path}: expected exactly one .tsv file, found {len(tsvs)}; name the file"
+            )
         path = tsvs[0]
     if not path.is_file():
         raise DataError(f"file not found: {path}")
@@ -459,7 +500,10 @@ def load_mmbench(
         reader = csv.DictReader(fh, delimiter="\t")
         missing = [c for c in MMBENCH_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{path}: missing columns {', '.join(missing)}; an MMBench TSV has index, question, hint, A, B, C, D, answer, image")  # fmt: skip
+            raise DataError(
+                f"{path}: missing columns {', '.join(missing)}; an MMBench TSV has index, "
+                "question, hint, A, B, C, D, answer, image"
+            )
         for row in reader:
             rows.append((f"{path}:{reader.line_num}", row))
     by_index = {r["index"]: r for _, r in rows}
@@ -480,9 +524,20 @@ def load_mmbench(
         try:
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise DataError(f"{where}: the image column is not base64 (nor the index of a row)") from None  # fmt: skip
+            raise DataError(
+                f"{where}: the image column is not base64 (nor the index of a row)"
+            ) from None
         image = store_image(data, cache_dir / "media", where)
         ref = None if _blank(row.get("answer")) else row["answer"].strip()
         msgs = ({"role": "user", "content": f"{IMAGE}\n{text}"},)
-        items.append(item(where, id=row["index"], suite="mmbench", messages=msgs, images=(image,), reference=ref))  # fmt: skip
+        items.append(
+            item(
+                where,
+                id=row["index"],
+                suite="mmbench",
+                messages=msgs,
+                images=(image,),
+                reference=ref,
+            )
+        )
     return items

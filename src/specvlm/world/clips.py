@@ -124,13 +124,20 @@ class Timeline:
 
 def _outside(x: float, y: float, r: float) -> str | None:
     """The edge an object has left the canvas through, or None while any part is inside."""
-    for edge, gone in (("left", x + r < 0), ("right", x - r > 1), ("top", y + r < 0), ("bottom", y - r > 1)):  # fmt: skip
+    for edge, gone in (
+        ("left", x + r < 0),
+        ("right", x - r > 1),
+        ("top", y + r < 0),
+        ("bottom", y - r > 1),
+    ):
         if gone:
             return edge
     return None
 
 
-def _play(track: Track, index: int, n_frames: int) -> tuple[list[SceneObject | None], list[Happening]]:  # fmt: skip
+def _play(
+    track: Track, index: int, n_frames: int
+) -> tuple[list[SceneObject | None], list[Happening]]:
     """One track's state in every frame, and what happened to it."""
     o, r = track.start, track.start.radius
     x, y = o.x, o.y

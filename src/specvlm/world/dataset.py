@@ -57,7 +57,9 @@ def check_resolution(resolution: int | None, kind: str) -> int:
     return resolution
 
 
-def clip_events(clip: Clip, seed: int, resolution: int, frames: list[Image.Image] | None = None) -> np.ndarray:  # fmt: skip
+def clip_events(
+    clip: Clip, seed: int, resolution: int, frames: list[Image.Image] | None = None
+) -> np.ndarray:
     """The simulated event stream of a clip (EVENT_SETTINGS, noise seeded per sample)."""
     frames = frames if frames is not None else render_clip(clip, resolution)
     noise_seed = int(rng(seed, STREAM_EVENTS).integers(2**31))
@@ -69,7 +71,9 @@ def clip_polarity_image(clip: Clip, events: np.ndarray, resolution: int) -> Imag
     return events_to_polarity_image(events, resolution, resolution, POLARITY_SLICES, t_range)
 
 
-def write_media(world: Scene | Clip, kind: str, index: int, seed: int, out: Path, resolution: int) -> dict[str, str]:  # fmt: skip
+def write_media(
+    world: Scene | Clip, kind: str, index: int, seed: int, out: Path, resolution: int
+) -> dict[str, str]:
     """Write the sample's files under `out`; return the record keys with relative paths."""
     stem = f"{index:09d}"
     if kind == "image":
@@ -120,7 +124,12 @@ def make_dataset(
     (out / folder).mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
     with path.open("w", encoding="utf-8") as fh:
-        bar = tqdm(range(start, start + n), desc=f"world {split}/{kind}", unit="sample", disable=not progress)  # fmt: skip
+        bar = tqdm(
+            range(start, start + n),
+            desc=f"world {split}/{kind}",
+            unit="sample",
+            disable=not progress,
+        )
         for index in bar:
             world = world_sample(split, index, kind)
             media = write_media(world, kind, index, split_seed(split, index), out, res)

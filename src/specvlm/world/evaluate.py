@@ -57,7 +57,9 @@ def load(folder: str | Path):
 
 
 @torch.no_grad()
-def answer(model, processor, items: list[tuple[str, object]], max_new_tokens: int) -> list[tuple[str, list[float]]]:  # fmt: skip
+def answer(
+    model, processor, items: list[tuple[str, object]], max_new_tokens: int
+) -> list[tuple[str, list[float]]]:
     """Greedy answers to (question, image) pairs, with each answer token's entropy at T=1."""
     texts = [
         processor.apply_chat_template(
@@ -171,7 +173,8 @@ def evaluate_model(
                     by_count[len(names)].append(ok)
                     for (_, shape), hit in zip(names, named, strict=True):
                         if not hit:  # its shape named with another colour, or not at all
-                            missed["wrong colour" if grammar.mentions(text, None, shape) else "not named"] += 1  # fmt: skip
+                            wrong = grammar.mentions(text, None, shape)
+                            missed["wrong colour" if wrong else "not named"] += 1
                 if len(examples) < 6 or (not ok and len(examples) < 12):
                     examples.append({"question": q, "answer": text, "ok": ok})
             bar.update(1)
@@ -186,15 +189,15 @@ def evaluate_model(
         "closed_count": len(headline),
         "closed_groups": {
             g: (sum(v) / len(v) if v else float("nan"), len(v)) for g, v in groups.items()
-        },  # fmt: skip
+        },
         "per_type": {t: (acc, len(right[t])) for t, acc in per_type.items()},
         "position_by_objects": {
             k: (sum(v) / len(v), len(v)) for k, v in sorted(position_by_count.items())
-        },  # fmt: skip
+        },
         "description_coverage": sum(covered) / max(len(covered), 1),
         "description_by_objects": {
             k: (sum(v) / len(v), len(v)) for k, v in sorted(by_count.items())
-        },  # fmt: skip
+        },
         "description_missed": missed,
         "mean_entropy": sum(entropies) / max(len(entropies), 1),
         "examples": examples,
@@ -212,12 +215,27 @@ def format_report(r: dict) -> str:
     ]
     for g, (acc, k) in r["closed_groups"].items():
         lines.append(f"  {g:<10} {100 * acc:5.1f}%  ({k})")
-    lines.append("per question type: " + ", ".join(f"{t} {100 * a:.0f}% ({k})" for t, (a, k) in r["per_type"].items()))  # fmt: skip
+    lines.append(
+        "per question type: "
+        + ", ".join(f"{t} {100 * a:.0f}% ({k})" for t, (a, k) in r["per_type"].items())
+    )
     if r.get("position_by_objects"):
-        lines.append("  position by objects in the scene: " + ", ".join(f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["position_by_objects"].items()))  # fmt: skip
+        lines.append(
+            "  position by objects in the scene: "
+            + ", ".join(
+                f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["position_by_objects"].items()
+            )
+        )
     lines.append(f"descriptions naming every object: {100 * r['description_coverage']:.1f}%")
-    lines.append("  by objects in the scene: " + ", ".join(f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["description_by_objects"].items()))  # fmt: skip
-    lines.append("  objects left out: " + ", ".join(f"{k} {v}" for k, v in r["description_missed"].items()))  # fmt: skip
+    lines.append(
+        "  by objects in the scene: "
+        + ", ".join(
+            f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["description_by_objects"].items()
+        )
+    )
+    lines.append(
+        "  objects left out: " + ", ".join(f"{k} {v}" for k, v in r["description_missed"].items())
+    )
     lines.append(f"mean answer-token entropy at T=1: {r['mean_entropy']:.3f} nats")
     for ex in r["examples"][:8]:
         mark = "ok " if ex["ok"] else "BAD"

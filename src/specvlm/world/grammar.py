@@ -33,9 +33,16 @@ SIZE_WORDS: dict[str, tuple[str, ...]] = {
     "medium": ("medium-sized", "mid-sized"),
     "large": ("large", "big"),
 }
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")  # fmt: skip
+NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six",
+    "seven", "eight", "nine", "ten", "eleven", "twelve",
+)  # fmt: skip
 
-REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")  # fmt: skip
+REGIONS = (
+    "top left",    "top",    "top right",
+    "left",        "center", "right",
+    "bottom left", "bottom", "bottom right",
+)  # fmt: skip
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 REGION_PHRASES: dict[str, tuple[str, ...]] = {
     "top left": ("in the top left corner", "in the upper left corner", "at the top left"),
@@ -90,7 +97,9 @@ def size_word(rng: np.random.Generator, size: str) -> str:
     return pick(rng, SIZE_WORDS[size])
 
 
-def noun(rng: np.random.Generator, obj: SceneObject, size: bool | None = None, color: bool = True) -> str:  # fmt: skip
+def noun(
+    rng: np.random.Generator, obj: SceneObject, size: bool | None = None, color: bool = True
+) -> str:
     """'red circle', 'small red disk', 'large star' (no article). size=None: 30% of the time."""
     with_size = rng.random() < 0.3 if size is None else size
     parts = [size_word(rng, obj.size)] if with_size else []
@@ -127,8 +136,12 @@ def count_phrase(rng: np.random.Generator, n: int, shape: str) -> str:
 
 def region(x: float, y: float) -> str:
     """Which ninth of the canvas (a 3 x 3 grid) holds the point."""
-    col = ("left", "", "right")[min(int(x * 3), 2)] if 0 <= x <= 1 else ("left" if x < 0 else "right")  # fmt: skip
-    row = ("top", "", "bottom")[min(int(y * 3), 2)] if 0 <= y <= 1 else ("top" if y < 0 else "bottom")  # fmt: skip
+    col = (
+        ("left", "", "right")[min(int(x * 3), 2)] if 0 <= x <= 1 else ("left" if x < 0 else "right")
+    )
+    row = (
+        ("top", "", "bottom")[min(int(y * 3), 2)] if 0 <= y <= 1 else ("top" if y < 0 else "bottom")
+    )
     return " ".join(w for w in (row, col) if w) or "center"
 
 
@@ -227,8 +240,20 @@ def text_region(text: str) -> str:
 
 def text_direction(text: str) -> str | None:
     w = _words(text)
-    vert = "up" if w & {"up", "upward", "upwards"} else "down" if w & {"down", "downward", "downwards"} else ""  # fmt: skip
-    horiz = "right" if w & {"right", "rightward", "rightwards"} else "left" if w & {"left", "leftward", "leftwards"} else ""  # fmt: skip
+    vert = (
+        "up"
+        if w & {"up", "upward", "upwards"}
+        else "down"
+        if w & {"down", "downward", "downwards"}
+        else ""
+    )
+    horiz = (
+        "right"
+        if w & {"right", "rightward", "rightwards"}
+        else "left"
+        if w & {"left", "leftward", "leftwards"}
+        else ""
+    )
     return "-".join(x for x in (vert, horiz) if x) or None
 
 
@@ -266,7 +291,11 @@ def check_answer(meta: dict, text: str) -> bool | None:
         *mods, shape = expected.split()
         size = next((m for m in mods if m in SIZE_WORDS), None)
         color = next((m for m in mods if m in COLORS), None)
-        return obj[2] == shape and (size is None or obj[0] == size) and (color is None or obj[1] == color)  # fmt: skip
+        return (
+            obj[2] == shape
+            and (size is None or obj[0] == size)
+            and (color is None or obj[1] == color)
+        )
     if kind == "region":
         return text_region(low) == expected
     if kind == "direction":

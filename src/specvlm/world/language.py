@@ -49,7 +49,16 @@ FAMILIES: tuple[str, ...] = (
 )
 PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events": "<image>"}
 
-__all__ = ["FAMILIES", "KINDS", "PLACEHOLDERS", "SPLITS", "check_families", "make_drill", "make_record", "qa_for"]  # fmt: skip
+__all__ = [
+    "FAMILIES",
+    "KINDS",
+    "PLACEHOLDERS",
+    "SPLITS",
+    "check_families",
+    "make_drill",
+    "make_record",
+    "qa_for",
+]
 
 DRILL_STREAM = 100  # language stream of drill records, apart from every family's
 
@@ -61,7 +70,9 @@ def check_families(families: Sequence[str] | None) -> tuple[str, ...]:
         return FAMILIES
     bad = [f for f in families if f not in FAMILIES]
     if bad:
-        raise InputError(f"unknown task family {', '.join(map(repr, bad))}; accepted: {', '.join(FAMILIES)}")  # fmt: skip
+        raise InputError(
+            f"unknown task family {', '.join(map(repr, bad))}; accepted: {', '.join(FAMILIES)}"
+        )
     return tuple(dict.fromkeys(families))
 
 
@@ -84,7 +95,9 @@ def _fits(gens: Sequence[QuestionFn], facts: object, g: np.random.Generator) -> 
     return None
 
 
-def qa_for(world: Scene | Clip, family: str, rng_: np.random.Generator, pairs: tuple, events: bool = False) -> list[QA]:  # fmt: skip
+def qa_for(
+    world: Scene | Clip, family: str, rng_: np.random.Generator, pairs: tuple, events: bool = False
+) -> list[QA]:
     """The question/answer turns of one record (one QA, or 2-4 for multiturn).
 
     Each family's generator list holds at least one question that fits any sample (e.g. counting),
@@ -140,7 +153,12 @@ def make_record(
     check_kind(kind)
     seed = split_seed(split, index)
     world = world_sample(split, index, kind)
-    g = rng(seed, STREAM_LANGUAGE, FAMILIES.index(family) if family in FAMILIES else 99, KINDS.index(kind))  # fmt: skip
+    g = rng(
+        seed,
+        STREAM_LANGUAGE,
+        FAMILIES.index(family) if family in FAMILIES else 99,
+        KINDS.index(kind),
+    )
     turns = qa_for(world, family, g, split_spec(split).pairs, events=kind == "events")
     meta: dict = {"family": family, "kind": kind, "split": split, "index": index, "seed": seed}
     if family == "multiturn":

@@ -40,7 +40,10 @@ DIRECTION_PHRASES: dict[str, tuple[str, ...]] = {
     "down-right": ("down and to the right", "diagonally down and to the right"),
     "down-left": ("down and to the left", "diagonally down and to the left"),
 }
-SPEED_WORDS = {"slow": ("slowly", "at a slow pace", "gently"), "fast": ("quickly", "fast", "at high speed")}  # fmt: skip
+SPEED_WORDS = {
+    "slow": ("slowly", "at a slow pace", "gently"),
+    "fast": ("quickly", "fast", "at high speed"),
+}
 EDGES = ("left", "right", "top", "bottom")
 
 
@@ -147,14 +150,28 @@ def v_count_start(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     if f.events:
         return None
     n = len(f.start_scene().objects)
-    q = pick(rng, ("How many objects are there at the beginning of the video?", "How many shapes are visible in the first frame?"))  # fmt: skip
-    return QA(q, f"There {is_are(n)} {number(rng, n)} {'object' if n == 1 else 'objects'} at the start.", closed("count", n, "number"))  # fmt: skip
+    q = pick(
+        rng,
+        (
+            "How many objects are there at the beginning of the video?",
+            "How many shapes are visible in the first frame?",
+        ),
+    )
+    return QA(
+        q,
+        f"There {is_are(n)} {number(rng, n)} {'object' if n == 1 else 'objects'} at the start.",
+        closed("count", n, "number"),
+    )
 
 
 def v_count_moving(f: ClipFacts, rng: np.random.Generator) -> QA:
     n = len(f.moving())
     q = pick(rng, ("How many objects move during the clip?", "How many of the shapes are moving?"))
-    ans = f"{cap(number(rng, n))} {'object moves' if n == 1 else 'objects move'}." if n else "Zero. Nothing moves."  # fmt: skip
+    ans = (
+        f"{cap(number(rng, n))} {'object moves' if n == 1 else 'objects move'}."
+        if n
+        else "Zero. Nothing moves."
+    )
     return QA(q, ans, closed("count_moving", n, "number"))
 
 
@@ -164,7 +181,13 @@ def v_direction(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         return None
     i = pick(rng, ids)
     name, d = f.name(rng, i), f.tracks[i].direction
-    q = pick(rng, (f"In which direction does the {name} move at first?", f"Which way is the {name} moving when it first appears?"))  # fmt: skip
+    q = pick(
+        rng,
+        (
+            f"In which direction does the {name} move at first?",
+            f"Which way is the {name} moving when it first appears?",
+        ),
+    )
     return QA(q, f"It moves {direction_phrase(rng, d)}.", closed("direction", d, "direction"))
 
 
@@ -176,7 +199,11 @@ def v_moving(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     name, moving = f.name(rng, i), f.tracks[i].moving
     if rng.random() < 0.5:
         q = f"Is the {name} moving?"
-        ans = f"Yes, it moves {direction_phrase(rng, f.tracks[i].direction)}." if moving else "No, it stays in the same place."  # fmt: skip
+        ans = (
+            f"Yes, it moves {direction_phrase(rng, f.tracks[i].direction)}."
+            if moving
+            else "No, it stays in the same place."
+        )
         return QA(q, ans, closed("moving", "yes" if moving else "no", "yesno"))
     q = f"Does the {name} stay still?"
     ans = "No, it moves." if moving else "Yes, it does not move at all."
@@ -198,13 +225,16 @@ def v_leaves(f: ClipFacts, rng: np.random.Generator) -> QA | None:
 
 def v_appears(f: ClipFacts, rng: np.random.Generator) -> QA:
     new = [i for i in f.keys if f.tracks[i].appear > 0]
-    q = pick(rng, ("Does a new object appear during the video?", "Does anything new show up in the clip?"))  # fmt: skip
+    q = pick(
+        rng,
+        ("Does a new object appear during the video?", "Does anything new show up in the clip?"),
+    )
     if not any(t.appear > 0 for t in f.tracks):
         return QA(q, "No, no new object appears.", closed("appears", "no", "yesno"))
     if new:
         i = new[0]
         o = f.tl.states[f.tracks[i].appear][i]
-        ans = f"Yes, {a(f.name(rng, i))} appears {f.when(rng, f.tracks[i].appear)}, {region_phrase(rng, region(o.x, o.y))}."  # fmt: skip
+        ans = f"Yes, {a(f.name(rng, i))} appears {f.when(rng, f.tracks[i].appear)}, {region_phrase(rng, region(o.x, o.y))}."
     else:
         ans = "Yes, a new object appears."
     return QA(q, ans, closed("appears", "yes", "yesno"))
@@ -217,12 +247,21 @@ def v_recolor(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     i = pick(rng, ids)
     t, name = f.tracks[i], f.name(rng, i)
     if t.recolor is not None and rng.random() < 0.6:
-        q = pick(rng, (f"What color does the {name} turn into?", f"Which color does the {name} change to?"))  # fmt: skip
-        return QA(q, f"It turns {t.recolor[1]} {f.when(rng, t.recolor[0])}.", closed("new_color", t.recolor[1], "color"))  # fmt: skip
+        q = pick(
+            rng,
+            (f"What color does the {name} turn into?", f"Which color does the {name} change to?"),
+        )
+        return QA(
+            q,
+            f"It turns {t.recolor[1]} {f.when(rng, t.recolor[0])}.",
+            closed("new_color", t.recolor[1], "color"),
+        )
     q = f"Does the {name} change color?"
     if t.recolor is not None:
         return QA(q, f"Yes, it turns {t.recolor[1]}.", closed("changes_color", "yes", "yesno"))
-    return QA(q, f"No, it stays {t.start.color} the whole time.", closed("changes_color", "no", "yesno"))  # fmt: skip
+    return QA(
+        q, f"No, it stays {t.start.color} the whole time.", closed("changes_color", "no", "yesno")
+    )
 
 
 def v_bounces(f: ClipFacts, rng: np.random.Generator) -> QA | None:
@@ -231,14 +270,29 @@ def v_bounces(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         return None
     i = pick(rng, ids)
     walls = f.bounces(i)
-    q = pick(rng, (f"How many times does the {f.name(rng, i)} bounce off a wall?", f"How often does the {f.name(rng, i)} hit the edge of the frame?"))  # fmt: skip
+    q = pick(
+        rng,
+        (
+            f"How many times does the {f.name(rng, i)} bounce off a wall?",
+            f"How often does the {f.name(rng, i)} hit the edge of the frame?",
+        ),
+    )
     if not walls:
         return QA(q, "Zero times: it never reaches a wall.", closed("bounces", 0, "number"))
-    ans = f"{cap(times(rng, len(walls)))}: off the {join(walls)} {'wall' if len(walls) == 1 else 'walls'}."  # fmt: skip
+    ans = f"{cap(times(rng, len(walls)))}: off the {join(walls)} {'wall' if len(walls) == 1 else 'walls'}."
     return QA(q, ans, closed("bounces", len(walls), "number"))
 
 
-CONVERSATION = (v_count_start, v_count_moving, v_direction, v_moving, v_leaves, v_appears, v_recolor, v_bounces)  # fmt: skip
+CONVERSATION = (
+    v_count_start,
+    v_count_moving,
+    v_direction,
+    v_moving,
+    v_leaves,
+    v_appears,
+    v_recolor,
+    v_bounces,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,20 +308,37 @@ def vr_turn(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     first = f.tl.of(i, "bounces")[0]
     extra = " for the first time" if len(f.bounces(i)) > 1 else ""
     q = f"Why does the {f.name(rng, i)} change direction{extra}?"
-    ans = f"Because it hits the {first.detail} wall of the frame {f.when(rng, first.frame)} and bounces off it, so its motion towards that wall is reversed."  # fmt: skip
-    return QA(q, ans, closed("why_turn", first.detail, "word", alternatives=[e for e in EDGES if e != first.detail]))  # fmt: skip
+    ans = f"Because it hits the {first.detail} wall of the frame {f.when(rng, first.frame)} and bounces off it, so its motion towards that wall is reversed."
+    return QA(
+        q,
+        ans,
+        closed(
+            "why_turn", first.detail, "word", alternatives=[e for e in EDGES if e != first.detail]
+        ),
+    )
 
 
 def vr_faster(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     ids = f.named(lambda i: f.tracks[i].moving)
-    pairs = [(i, j) for i in ids for j in ids if f.tracks[i].speed == "fast" and f.tracks[j].speed == "slow"]  # fmt: skip
+    pairs = [
+        (i, j)
+        for i in ids
+        for j in ids
+        if f.tracks[i].speed == "fast" and f.tracks[j].speed == "slow"
+    ]
     if not pairs:
         return None
     fast, slow = pick(rng, pairs)
     nf, ns = f.name(rng, fast), f.name(rng, slow)
     first, second = (nf, ns) if rng.random() < 0.5 else (ns, nf)
-    q = pick(rng, (f"Which moves faster, the {first} or the {second}?", f"Which object is quicker: the {first} or the {second}?"))  # fmt: skip
-    ans = f"The {nf} moves faster. In every frame it travels more than twice as far as the {ns}, which drifts along {pick(rng, SPEED_WORDS['slow'])}."  # fmt: skip
+    q = pick(
+        rng,
+        (
+            f"Which moves faster, the {first} or the {second}?",
+            f"Which object is quicker: the {first} or the {second}?",
+        ),
+    )
+    ans = f"The {nf} moves faster. In every frame it travels more than twice as far as the {ns}, which drifts along {pick(rng, SPEED_WORDS['slow'])}."
     return QA(q, ans, closed("faster", f.keys[fast], "object"))
 
 
@@ -277,9 +348,19 @@ def vr_gone(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         return None
     i = pick(rng, ids)
     h = f.tl.of(i, "leaves")[0]
-    q = pick(rng, (f"Why can't the {f.name(rng, i)} be seen at the end of the video?", f"What happens to the {f.name(rng, i)}?"))  # fmt: skip
-    ans = f"It moves out of the frame: it crosses the {h.detail} edge {f.when(rng, h.frame)} and does not come back, so it is no longer visible."  # fmt: skip
-    return QA(q, ans, closed("why_gone", h.detail, "word", alternatives=[e for e in EDGES if e != h.detail]))  # fmt: skip
+    q = pick(
+        rng,
+        (
+            f"Why can't the {f.name(rng, i)} be seen at the end of the video?",
+            f"What happens to the {f.name(rng, i)}?",
+        ),
+    )
+    ans = f"It moves out of the frame: it crosses the {h.detail} edge {f.when(rng, h.frame)} and does not come back, so it is no longer visible."
+    return QA(
+        q,
+        ans,
+        closed("why_gone", h.detail, "word", alternatives=[e for e in EDGES if e != h.detail]),
+    )
 
 
 def vr_end_count(f: ClipFacts, rng: np.random.Generator) -> QA | None:
@@ -294,8 +375,14 @@ def vr_end_count(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         elif h.kind == "leaves":
             changes.append(f"the {f.name(rng, h.track)} leaves through the {h.detail} edge")
     why = f"then {join(changes)}" if changes else "and no object appears or leaves"
-    q = pick(rng, ("How many objects are in the last frame, and why?", "How many shapes are left at the end of the video? Explain."))  # fmt: skip
-    ans = f"{cap(number(rng, n_end))}. The clip starts with {number(rng, n0)} {'object' if n0 == 1 else 'objects'}, {why}."  # fmt: skip
+    q = pick(
+        rng,
+        (
+            "How many objects are in the last frame, and why?",
+            "How many shapes are left at the end of the video? Explain.",
+        ),
+    )
+    ans = f"{cap(number(rng, n_end))}. The clip starts with {number(rng, n0)} {'object' if n0 == 1 else 'objects'}, {why}."
     return QA(q, ans, closed("end_count", n_end, "number"))
 
 
@@ -306,7 +393,11 @@ def vr_still(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     q = "Is any object standing still during the whole video?"
     if still:
         names = join([f"the {f.name(rng, i)}" for i in still])
-        return QA(q, f"Yes. {cap(names)} {'does' if len(still) == 1 else 'do'} not move; the other objects do.", closed("still", "yes", "yesno"))  # fmt: skip
+        return QA(
+            q,
+            f"Yes. {cap(names)} {'does' if len(still) == 1 else 'do'} not move; the other objects do.",
+            closed("still", "yes", "yesno"),
+        )
     return QA(
         q, "No. Every object in the clip moves at some point.", closed("still", "no", "yesno")
     )
@@ -315,17 +406,32 @@ def vr_still(f: ClipFacts, rng: np.random.Generator) -> QA | None:
 def vr_how_many_move(f: ClipFacts, rng: np.random.Generator) -> QA:
     moving = f.moving()
     n = len(moving)
-    q = pick(rng, ("How many objects are moving, and how can you tell?", "How many shapes change position during the clip? Explain."))  # fmt: skip
+    q = pick(
+        rng,
+        (
+            "How many objects are moving, and how can you tell?",
+            "How many shapes change position during the clip? Explain.",
+        ),
+    )
     if n == 0:
-        return QA(q, "Zero. None of the shapes changes position from one moment to the next.", closed("count_moving", 0, "number"))  # fmt: skip
+        return QA(
+            q,
+            "Zero. None of the shapes changes position from one moment to the next.",
+            closed("count_moving", 0, "number"),
+        )
     named = [f"the {f.name(rng, i)}" for i in moving if i in f.keys]
     who = f" ({join(named)})" if len(named) == n else ""
-    how = ("they leave trails of events, while anything that stays still produces none"
-           if f.events else "their positions change from frame to frame, while the rest stay in place")  # fmt: skip
+    how = (
+        "they leave trails of events, while anything that stays still produces none"
+        if f.events
+        else "their positions change from frame to frame, while the rest stay in place"
+    )
     if not f.events and n == len(f.tracks):
         how = "every one of them changes position from frame to frame"
     elif n == 1:
-        how = how.replace("they leave trails", "it leaves a trail").replace("their positions change", "its position changes")  # fmt: skip
+        how = how.replace("they leave trails", "it leaves a trail").replace(
+            "their positions change", "its position changes"
+        )
     ans = f"{cap(number(rng, n))}{who}: {how}."
     return QA(q, ans, closed("count_moving", n, "number"))
 
@@ -345,15 +451,29 @@ def vmc_direction(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     i = pick(rng, ids)
     d, name = f.tracks[i].direction, f.name(rng, i)
     wrong = [DIRECTION_PHRASES[k][0] for k in DIRECTIONS if k != d]
-    why = f"At the start the {name} moves {DIRECTION_PHRASES[d][0]}, {pick(rng, SPEED_WORDS[f.tracks[i].speed])}."  # fmt: skip
-    return _mc(rng, "mc_direction", f"In which direction does the {name} move at first?", DIRECTION_PHRASES[d][0], wrong, why, d)  # fmt: skip
+    why = f"At the start the {name} moves {DIRECTION_PHRASES[d][0]}, {pick(rng, SPEED_WORDS[f.tracks[i].speed])}."
+    return _mc(
+        rng,
+        "mc_direction",
+        f"In which direction does the {name} move at first?",
+        DIRECTION_PHRASES[d][0],
+        wrong,
+        why,
+        d,
+    )
 
 
 def vmc_count_moving(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     n = len(f.moving())
     wrong = [str(k) for k in range(max(0, n - 2), n + 4) if k != n]
-    why = f"{cap(number(rng, n))} of the objects {'moves' if n == 1 else 'move'}" + ("." if f.events else f", and {number(rng, len(f.tracks) - n)} {'stays' if len(f.tracks) - n == 1 else 'stay'} still.")  # fmt: skip
-    return _mc(rng, "mc_count_moving", "How many objects move during the clip?", str(n), wrong, why, str(n))  # fmt: skip
+    why = f"{cap(number(rng, n))} of the objects {'moves' if n == 1 else 'move'}" + (
+        "."
+        if f.events
+        else f", and {number(rng, len(f.tracks) - n)} {'stays' if len(f.tracks) - n == 1 else 'stay'} still."
+    )
+    return _mc(
+        rng, "mc_count_moving", "How many objects move during the clip?", str(n), wrong, why, str(n)
+    )
 
 
 def vmc_new_color(f: ClipFacts, rng: np.random.Generator) -> QA | None:
@@ -381,7 +501,9 @@ def vmc_which(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         wrong += [f"{c} {s}" for c, s in f.pairs if (c, s) not in used][:6]
     verb = {"leaves": "leaves the scene", "appears": "appears during the clip"}[kind]
     h = f.tl.of(i, kind)[0]
-    why = f"The {f.name(rng, i)} {kind} {f.when(rng, h.frame)}" + (f" through the {h.detail} edge." if kind == "leaves" else ".")  # fmt: skip
+    why = f"The {f.name(rng, i)} {kind} {f.when(rng, h.frame)}" + (
+        f" through the {h.detail} edge." if kind == "leaves" else "."
+    )
     return _mc(rng, f"mc_{kind}", f"Which object {verb}?", f.keys[i], wrong, why, f.keys[i])
 
 
@@ -439,20 +561,26 @@ def describe_clip(f: ClipFacts, rng: np.random.Generator) -> QA:
     n0 = len(f.start_scene().objects)
     if f.events:
         k = len(ids)
-        intro = f"The events show {number(rng, k)} {'shape' if k == 1 else 'shapes'} changing over about {f.clip.duration:.1f} seconds."  # fmt: skip
-        fillers = ["Red marks show pixels that became brighter and blue marks pixels that became darker.",
-                   "Everything that stays still produces no events, so the background is blank.",
-                   "The camera itself does not move.",
-                   "Only changes in brightness are recorded, so the colors of the shapes cannot be seen."]  # fmt: skip
+        intro = f"The events show {number(rng, k)} {'shape' if k == 1 else 'shapes'} changing over about {f.clip.duration:.1f} seconds."
+        fillers = [
+            "Red marks show pixels that became brighter and blue marks pixels that became darker.",
+            "Everything that stays still produces no events, so the background is blank.",
+            "The camera itself does not move.",
+            "Only changes in brightness are recorded, so the colors of the shapes cannot be seen.",
+        ]
     else:
-        intro = f"The video shows {number(rng, n0)} {'shape' if n0 == 1 else 'shapes'} on {_bg(f)} over {f.n} frames."  # fmt: skip
-        fillers = ["The camera itself does not move; only the shapes change.",
-                   "All of the shapes are flat, with a single solid color each.",
-                   "There is no text in the video.",
-                   "The background looks the same in every frame."]  # fmt: skip
+        intro = f"The video shows {number(rng, n0)} {'shape' if n0 == 1 else 'shapes'} on {_bg(f)} over {f.n} frames."
+        fillers = [
+            "The camera itself does not move; only the shapes change.",
+            "All of the shapes are flat, with a single solid color each.",
+            "There is no text in the video.",
+            "The background looks the same in every frame.",
+        ]
         n_end = f.end_count()
         if n_end is not None:
-            fillers.append(f"In the last frame, {number(rng, n_end)} {'object is' if n_end == 1 else 'objects are'} visible.")  # fmt: skip
+            fillers.append(
+                f"In the last frame, {number(rng, n_end)} {'object is' if n_end == 1 else 'objects are'} visible."
+            )
     body = [_track_sentence(f, rng, i, detail=True) for i in ids]
     words = lambda parts: sum(len(s.split()) for s in parts)
     if words([intro, *body]) > 190:  # long clips: leave out the bounces
@@ -465,7 +593,11 @@ def describe_clip(f: ClipFacts, rng: np.random.Generator) -> QA:
             chosen.append(s)
     mentions = [f.keys[i] for i in ids if i in f.keys]
     meta = {"qtype": "describe", "answer": None, "answer_kind": None, "objects": mentions}
-    return QA(pick(rng, EVENT_PROMPTS if f.events else VIDEO_PROMPTS), " ".join([intro, *body, *chosen]), meta)  # fmt: skip
+    return QA(
+        pick(rng, EVENT_PROMPTS if f.events else VIDEO_PROMPTS),
+        " ".join([intro, *body, *chosen]),
+        meta,
+    )
 
 
 def _bg(f: ClipFacts) -> str:

@@ -62,7 +62,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def world_corpus(n_samples: int = 600, kinds: Sequence[str] = KINDS, split: str = "train") -> Iterator[str]:  # fmt: skip
+def world_corpus(
+    n_samples: int = 600, kinds: Sequence[str] = KINDS, split: str = "train"
+) -> Iterator[str]:
     """Text of the world's records (every family and kind of the first n_samples samples),
     one turn per item, plus the chat template's fixed words."""
     yield SYSTEM_PROMPT + " USER: ASSISTANT:"
@@ -87,7 +89,9 @@ def train_tokenizer(
     " in the top"), which fills any vocab_size.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise InputError(f"vocab_size must be above {256 + len(SPECIAL_TOKENS)} (bytes and special tokens), got {vocab_size}")  # fmt: skip
+        raise InputError(
+            f"vocab_size must be above {256 + len(SPECIAL_TOKENS)} (bytes and special tokens), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(
         add_prefix_space=False, use_regex=not merge_across_words

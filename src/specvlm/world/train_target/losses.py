@@ -1,0 +1,122 @@
+"""The training losses: answer tokens, patch labels (`PatchHeads`), alignment and pointer.
+
+Stage 1 trains the vision tower on `PatchHeads`' loss alone; stage 2 adds to `answer_loss` the
+patch loss, `align_loss` (the projector's output at an object's centre patch pulled towards the
+embeddings of the words naming it) and `pointer_loss` (one attention head pulled to the object
+an answer is about), each with its weight in `TargetTrainConfig`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from specvlm.world.train_target.patches import (
+    N_PATCH_WORDS,
+    NOTHING_WEIGHT,
+    PATCH_LABELS,
+    region_codes,
+)
+
+IGNORE = -100  # label of tokens without loss
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled (answer) tokens."""
+    logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+    target = labels[:, 1:]  # (B, T-1)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE
+    )
+
+
+class PatchHeads(torch.nn.Module):
+    """Linear classifiers over the vision features the projector reads (training only)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.heads = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(dim, n) for k, n in PATCH_LABELS.items()}
+        )
+
+    def forward(
+        self, feats: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, P, D), labels (B, len(PATCH_LABELS), P) -> (mean CE, per-patch accuracy of
+        the occupied patches' labels over all heads)."""
+        h = self.norm(feats.float())
+        losses, right, count = [], 0, 0
+        for k, head in enumerate(self.heads.values()):
+            logits = head(h)  # (B, P, n)
+            y = labels[:, k]  # (B, P)
+            weight = torch.ones(logits.shape[-1], device=logits.device)
+            weight[0] = NOTHING_WEIGHT  # most patches show nothing; keep them from dominating
+            flat = logits.reshape(-1, logits.shape[-1]).float()  # (B * P, n)
+            losses.append(F.cross_entropy(flat, y.reshape(-1), weight=weight))
+            occupied = y > 0
+            right += int((logits.argmax(-1) == y)[occupied].sum())
+            count += int(occupied.sum())
+        return torch.stack(losses).mean(), torch.tensor(right / max(count, 1))
+
+
+def word_targets(
+    words: torch.Tensor,
+    embed: torch.nn.Embedding,
+    blank_id: int | None = None,
+    region_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
+    token ids only; W = N_PATCH_SLOTS: the region codes too; 0 = none) -> (targets (B, P, d):
+    the summed (detached) embeddings of each patch's words, plus `region_scale` times their mean
+    norm along each of its region codes; or, where a patch has no words and `blank_id` is
+    given, that token's embedding row (else zeros); named (B, P) bool: the patch has words)."""
+    E = embed.weight.detach()
+    ids = words[..., :N_PATCH_WORDS]  # (B, P, w)
+    has = ids > 0
+    vecs = E[ids] * has[..., None]  # (B, P, w, d)
+    target = vecs.sum(2)  # (B, P, d)
+    named = has.any(-1)  # (B, P)
+    if words.shape[-1] > N_PATCH_WORDS:
+        table = region_codes(E.shape[-1]).to(E.device, E.dtype)  # (1 + N_REGION_CODES, d)
+        codes = table[words[..., N_PATCH_WORDS:]].sum(2)  # (B, P, d)
+        size = vecs.norm(dim=-1).sum(2) / has.sum(2).clamp_min(1)  # (B, P) mean word norm
+        target = target + region_scale * size[..., None] * codes
+    if blank_id is not None:
+        target = torch.where(named[..., None], target, E[blank_id].expand_as(target))
+    return target, named
+
+
+def align_loss(
+    projected: torch.Tensor,
+    words: torch.Tensor,
+    embed: torch.nn.Embedding,
+    blank_id: int | None = None,
+    blank_weight: float = 0.0,
+    region_scale: float = 1.0,
+) -> torch.Tensor:
+    """projected (B, P, d) projector output; words (B, P, W) as `word_targets` reads them.
+    Mean squared distance to `word_targets` (detached) over patches with words,
+    relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
+    times the same distance of every other patch to the (detached) embedding of `blank_id`, so
+    that patches holding no object's centre all read alike and are easy to ignore."""
+    target, named = word_targets(words, embed, blank_id, region_scale)
+    sq = (projected.float() - target.float()).pow(2).sum(-1)  # (B, P)
+    norm = target.float().pow(2).sum(-1)  # (B, P)
+    loss = projected.sum() * 0.0
+    if named.any():
+        loss = loss + sq[named].mean() / norm[named].mean().clamp_min(1e-8)
+    if blank_id is not None and blank_weight > 0 and (~named).any():
+        loss = loss + blank_weight * sq[~named].mean() / norm[~named].mean().clamp_min(1e-8)
+    return loss
+
+
+def pointer_loss(attention: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+    """attention (B, T, T) one head's weights, pointer (B, T) key per query (-1: none) -> mean
+    cross-entropy -log a[b, t, pointer[b, t]] over the queries that have one (0 if none)."""
+    rows = pointer >= 0  # (B, T)
+    if not rows.any():
+        return attention.sum() * 0.0
+    b, t = rows.nonzero(as_tuple=True)
+    picked = attention[b, t, pointer[b, t]].float()  # (Q,)
+    return -(picked + 1e-6).log().mean()
