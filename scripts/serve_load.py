@@ -43,11 +43,19 @@ def run_load(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     b64 = base64.b64encode(Path(image).read_bytes()).decode()
     body = {
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
-            {"type": "text", "text": prompt}]}],
-        "max_tokens": max_tokens, "temperature": 0, "speculative": speculative,
-    }  # fmt: skip
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+                    {"type": "text", "text": prompt},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "speculative": speculative,
+    }
     with httpx.Client(headers=headers, timeout=timeout_s) as c:
         warm = c.post(url, json=body)
         warm.raise_for_status()
@@ -166,9 +174,15 @@ def main() -> None:
     server = contextlib.nullcontext(args.url) if args.url else _own_server(args.max_queue)
     with server as url:
         report = run_load(
-            url, clients=args.clients, requests=args.requests, image=image, prompt=args.prompt,
-            max_tokens=args.max_tokens, api_key=args.api_key, speculative=not args.plain,
-        )  # fmt: skip
+            url,
+            clients=args.clients,
+            requests=args.requests,
+            image=image,
+            prompt=args.prompt,
+            max_tokens=args.max_tokens,
+            api_key=args.api_key,
+            speculative=not args.plain,
+        )
     if args.json:
         print(json.dumps(report))
         return

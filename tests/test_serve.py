@@ -97,9 +97,15 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_url(engine, scenes):
     config = ServeConfig(
-        model_id=MODEL, api_key=KEY, allow_dir=scenes[0], max_queue=4, max_images=2,
-        max_image_bytes=MiB, max_image_pixels=300 * 300, max_body_bytes=4 * MiB,
-    )  # fmt: skip
+        model_id=MODEL,
+        api_key=KEY,
+        allow_dir=scenes[0],
+        max_queue=4,
+        max_images=2,
+        max_image_bytes=MiB,
+        max_image_pixels=300 * 300,
+        max_body_bytes=4 * MiB,
+    )
     with serving(create_app(engine, config)) as url:
         yield url
 
@@ -119,9 +125,11 @@ def test_chat_completion_equals_generate(engine, scenes, client):
     _, [(image, question), _] = scenes
     ref = reference(engine, image, question, 24)
     r = client.chat.completions.create(
-        model=MODEL, messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
-        max_tokens=24, temperature=0,
-    )  # fmt: skip
+        model=MODEL,
+        messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
+        max_tokens=24,
+        temperature=0,
+    )
     assert r.choices[0].message.content == ref.text
     assert r.choices[0].finish_reason == ("stop" if ref.stop_reason == "eos" else "length")
     assert r.usage.completion_tokens == len(ref.token_ids)
@@ -137,9 +145,12 @@ def test_streaming_equals_generate_one_chunk_per_round(engine, scenes, client):
     _, [_, (image, question)] = scenes
     ref = reference(engine, image, question, 24)
     stream = client.chat.completions.create(
-        model=MODEL, messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
-        max_tokens=24, stream=True, stream_options={"include_usage": True},
-    )  # fmt: skip
+        model=MODEL,
+        messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     rounds = [
@@ -157,9 +168,11 @@ def test_plain_decoding_gives_the_same_text(engine, scenes, client):
     _, [(image, question), _] = scenes
     ref = reference(engine, image, question, 16)
     r = client.chat.completions.create(
-        model=MODEL, messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
-        max_tokens=16, extra_body={"speculative": False},
-    )  # fmt: skip
+        model=MODEL,
+        messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
+        max_tokens=16,
+        extra_body={"speculative": False},
+    )
     assert r.choices[0].message.content == ref.text
     spec = r.usage.model_extra["speculative"]
     assert spec["enabled"] is False and spec["tau"] == 1.0
@@ -170,8 +183,12 @@ def test_stop_strings_cut_the_text(engine, scenes, client):
     ref = reference(engine, image, question, 24).text
     stop = ref.split()[1]  # the second word: somewhere in the middle
     want = ref[: ref.index(stop)]
-    kwargs = dict(model=MODEL, max_tokens=24, stop=["@@never@@", stop],
-                  messages=user_turn(question.removeprefix("<image>\n"), data_url(image)))  # fmt: skip
+    kwargs = dict(
+        model=MODEL,
+        max_tokens=24,
+        stop=["@@never@@", stop],
+        messages=user_turn(question.removeprefix("<image>\n"), data_url(image)),
+    )
     r = client.chat.completions.create(**kwargs)
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
@@ -267,7 +284,7 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on(base_url, scenes
             },
             None,
             400,
-        ),  # fmt: skip
+        ),
         "body over the limit": (None, b'{"x": "' + b"a" * (4 * MiB) + b'"}', 413),
     }
     for name, (body, raw, status) in cases.items():
@@ -309,20 +326,33 @@ def test_models_health_metrics_and_unknown_routes(base_url, client):
         model=MODEL, messages=[{"role": "user", "content": "What colour is it?"}], max_tokens=4
     )
     text = httpx.get(base_url + "/metrics").text
-    for name in ("specvlm_requests_total{outcome=\"ok\"}", "specvlm_queue_depth",
-                 "specvlm_completion_tokens_total", "specvlm_accept_length_bucket",
-                 "specvlm_request_latency_seconds_bucket", "specvlm_time_to_first_token_seconds",
-                 "specvlm_requests_total{outcome=\"bad_request\"}"):  # fmt: skip
+    for name in (
+        'specvlm_requests_total{outcome="ok"}',
+        "specvlm_queue_depth",
+        "specvlm_completion_tokens_total",
+        "specvlm_accept_length_bucket",
+        "specvlm_request_latency_seconds_bucket",
+        "specvlm_time_to_first_token_seconds",
+        'specvlm_requests_total{outcome="bad_request"}',
+    ):
         assert name in text, name
     r = httpx.get(base_url + "/nope")
     assert r.status_code == 404 and "error" in r.json()
 
 
 def test_raw_sse_ends_with_done(base_url):
-    body = {"messages": [{"role": "user", "content": "What is there?"}], "max_tokens": 4,
-            "stream": True}  # fmt: skip
-    with httpx.stream("POST", base_url + "/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "What is there?"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
@@ -335,9 +365,15 @@ def test_load_script_every_request_completes_or_gets_503(base_url, scenes):
     spec.loader.exec_module(load)
     _, [(image, question), _] = scenes
     report = load.run_load(
-        base_url, clients=6, requests=12, image=image, prompt=question.removeprefix("<image>\n"),
-        max_tokens=8, api_key=KEY, timeout_s=60,
-    )  # fmt: skip
+        base_url,
+        clients=6,
+        requests=12,
+        image=image,
+        prompt=question.removeprefix("<image>\n"),
+        max_tokens=8,
+        api_key=KEY,
+        timeout_s=60,
+    )
     assert report["ok"] + report["rejected_503"] == 12
     assert report["ok"] >= 5 and report["wrong"] == 0 and report["failed"] == 0
     assert report["healthy_after"]
@@ -468,8 +504,11 @@ def test_python_m_specvlm_serve_starts_the_embedded_pair(tmp_path):
     env = {**os.environ, "SPECVLM_API_KEY": "k1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "specvlm.serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -486,6 +525,10 @@ def test_python_m_specvlm_serve_starts_the_embedded_pair(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    bad = subprocess.run([sys.executable, "-m", "specvlm.serve", "--allow-dir", str(tmp_path / "no")],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "specvlm.serve", "--allow-dir", str(tmp_path / "no")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "is not a folder" in bad.stderr

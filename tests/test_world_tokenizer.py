@@ -68,13 +68,13 @@ def test_chat_template_llava_style(tok):
         {
             "role": "user",
             "content": [{"type": "image"}, {"type": "text", "text": "How many stars?"}],
-        },  # fmt: skip
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "Two."}]},
         {"role": "user", "content": "Which is red?"},
     ]
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert text == (
-        f"<s>{SYSTEM_PROMPT} USER: <image>\nHow many stars? ASSISTANT: Two.</s>"
+        f"{SYSTEM_PROMPT} USER: <image>\nHow many stars? ASSISTANT: Two.</s>"
         "USER: Which is red? ASSISTANT:"
     )
     video = [
@@ -82,10 +82,10 @@ def test_chat_template_llava_style(tok):
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]},
     ]
     assert tok.apply_chat_template(video, tokenize=False, add_generation_prompt=True) == (
-        "<s>Be brief. USER: <video>\nWhat moves? ASSISTANT:"
+        "Be brief. USER: <video>\nWhat moves? ASSISTANT:"
     )
-    ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    # the template leaves <s> to the tokenizer, as llava-hf templates do: one <s>
+    ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids.count(4) == 1 and ids.count(tok.eos_token_id) == 1
 

@@ -45,14 +45,13 @@ def test_saved_folder_loads_with_auto_classes(run):
     image = render(world_sample("train", 0, "image"), cfg.image_size)
     record = make_record("train", 0, "conversation")
     prompt = processor.apply_chat_template(tt.chat_messages(record)[:1], add_generation_prompt=True)
-    enc = processor(text=prompt, images=image, return_tensors="pt", add_special_tokens=False)
+    # the model-card way (as llava-hf): the template writes no <s>, the tokenizer adds one
+    enc = processor(text=prompt, images=image, return_tensors="pt")
     ids, mask = tt.encode_record(record, processor.tokenizer, cfg.n_image_tokens)
     n = enc["input_ids"].shape[1]
-    assert enc["input_ids"][0].tolist() == ids[:n].tolist()
-    # Without add_special_tokens=False the tokenizer adds a second <s> (trained on too).
     bos = processor.tokenizer.bos_token_id
-    doubled = processor(text=prompt, images=image, return_tensors="pt")["input_ids"][0].tolist()
-    assert doubled == [bos, *ids[:n].tolist()]
+    assert enc["input_ids"][0].tolist() == ids[:n].tolist()
+    assert ids[0] == bos and ids[1] != bos
     assert not mask[:n].any() and mask[n:].all()
     expected = tt.normalize(torch.from_numpy(np.array(image))[None])
     assert torch.allclose(enc["pixel_values"], expected, atol=2e-2)

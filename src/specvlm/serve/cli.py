@@ -39,19 +39,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-name", help="the model id clients send (default: the target's "
-                   f"folder name, or {DEFAULTS.model_id} for the embedded pair)")  # fmt: skip
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                   help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV})")  # fmt: skip
-    p.add_argument("--allow-dir", type=Path,
-                   help="image file paths (file:// or plain) are read from inside this folder "
-                   "only; default: none, images come as base64 data URLs")  # fmt: skip
-    p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
-                   help="requests waiting behind the running one; more get 503")  # fmt: skip
-    p.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s,
-                   help="seconds per request, queue wait included")  # fmt: skip
-    p.add_argument("--max-tokens", type=int, default=DEFAULTS.max_tokens_default,
-                   help="max_tokens of a request that names none")  # fmt: skip
+    p.add_argument(
+        "--model-name",
+        help="the model id clients send (default: the target's "
+        f"folder name, or {DEFAULTS.model_id} for the embedded pair)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--allow-dir",
+        type=Path,
+        help="image file paths (file:// or plain) are read from inside this folder "
+        "only; default: none, images come as base64 data URLs",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULTS.max_queue,
+        help="requests waiting behind the running one; more get 503",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULTS.request_timeout_s,
+        help="seconds per request, queue wait included",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULTS.max_tokens_default,
+        help="max_tokens of a request that names none",
+    )
     p.add_argument("--max-images", type=int, default=DEFAULTS.max_images)
     p.add_argument("--max-image-mb", type=float, default=DEFAULTS.max_image_bytes / MiB)
     p.add_argument("--max-image-pixels", type=int, default=DEFAULTS.max_image_pixels)
@@ -98,15 +119,22 @@ def run(args: argparse.Namespace) -> int:
     from specvlm.api import load
 
     if not _loopback(args.host) and config.api_key is None:
-        print(f"warning: serving on {args.host} with no API key: anyone who can reach this "
-              f"port can use it (set --api-key or ${API_KEY_ENV})", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: serving on {args.host} with no API key: anyone who can reach this "
+            f"port can use it (set --api-key or ${API_KEY_ENV})",
+            file=sys.stderr,
+        )
     print("loading the model ...", file=sys.stderr, flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = load(target=args.target, draft=args.draft, device=args.device, dtype=args.dtype)
     app = create_app(engine, config)
-    print(f"serving {config.model_id!r} on http://{args.host}:{args.port} "
-          f"(web page at /, API at /v1)", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"serving {config.model_id!r} on http://{args.host}:{args.port} "
+        f"(web page at /, API at /v1)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

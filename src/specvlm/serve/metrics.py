@@ -35,18 +35,26 @@ class Metrics:
             registry=r,
         )
         self.tau = Histogram(
-            "specvlm_request_tau", "Mean accepted length of each request",
-            buckets=(1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8), registry=r,
-        )  # fmt: skip
+            "specvlm_request_tau",
+            "Mean accepted length of each request",
+            buckets=(1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8),
+            registry=r,
+        )
         self.latency = Histogram(
-            "specvlm_request_latency_seconds", "Request arrival to last token",
-            buckets=_LATENCY, registry=r,
-        )  # fmt: skip
+            "specvlm_request_latency_seconds",
+            "Request arrival to last token",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "specvlm_queue_wait_seconds", "Request arrival to decoding start",
-            buckets=_LATENCY, registry=r,
-        )  # fmt: skip
+            "specvlm_queue_wait_seconds",
+            "Request arrival to decoding start",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.ttft = Histogram(
-            "specvlm_time_to_first_token_seconds", "Decoding start to first token (prefill)",
-            buckets=_LATENCY, registry=r,
-        )  # fmt: skip
+            "specvlm_time_to_first_token_seconds",
+            "Decoding start to first token (prefill)",
+            buckets=_LATENCY,
+            registry=r,
+        )

@@ -172,8 +172,17 @@ class EngineWorker:
             ticket.send(Failed(from_input_error(e)))
             return "bad_request"
         except EngineBusyError as e:  # someone else in this process is using the engine
-            ticket.send(Failed(ApiError(503, str(e), type="server_busy", code="engine_busy",
-                                        headers={"Retry-After": str(self.config.retry_after_s)})))  # fmt: skip
+            ticket.send(
+                Failed(
+                    ApiError(
+                        503,
+                        str(e),
+                        type="server_busy",
+                        code="engine_busy",
+                        headers={"Retry-After": str(self.config.retry_after_s)},
+                    )
+                )
+            )
             return "rejected"
         finally:
             if pieces is not None:

@@ -74,7 +74,7 @@ def answer(
         images=[im for _, im in items],
         return_tensors="pt",
         padding=True,
-        add_special_tokens=False,  # the chat template writes <s> itself
+        add_special_tokens=True,  # the tokenizer adds <s>; the chat template does not
     )
     out = model.generate(
         **enc,

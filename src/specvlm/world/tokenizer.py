@@ -7,12 +7,12 @@ Byte-level BPE (as GPT-2): every string encodes, and decode(encode(text)) gives 
 same text; there is no whitespace normalisation, and `clean_up_tokenization_spaces` is off.
 Special tokens have fixed ids: <unk> 0, <s> 1 (bos), </s> 2 (eos), <pad> 3, <image> 4,
 <video> 5; they are never split, and text around them is kept as is. Encoding plain text adds
-<s> in front (as Llama / Vicuna tokenizers do); the chat template writes <s> itself, so a rendered
-chat must be encoded with add_special_tokens=False (apply_chat_template(tokenize=True) does).
+<s> in front (as Llama / Vicuna tokenizers do). The chat template does not write <s> (as in
+llava-hf checkpoints), so `processor(text=processor.apply_chat_template(...))` gives one <s>.
 
 Chat template, LLaVA-1.5 (Vicuna v1) style:
 
-    <s>{system} USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT:
+    {system} USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT:
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ SYSTEM_PROMPT = (
 # Content may be a string or a list of {"type": "image" | "video" | "text"} items; images and
 # videos are written first (each as its placeholder and a newline), then the text items.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
     "{% if messages and messages[0]['role'] == 'system' %}"
     "{% if messages[0]['content'] is string %}{% set system = messages[0]['content'] %}"
     "{% else %}{% set system = messages[0]['content'] | selectattr('type', 'equalto', 'text')"

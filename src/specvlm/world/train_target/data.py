@@ -59,6 +59,11 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndar
     )
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     mask = np.asarray(enc["assistant_masks"], dtype=bool)
+    bos = tokenizer.bos_token_id
+    if bos is not None and (len(ids) == 0 or ids[0] != bos):
+        # the template leaves <s> to the tokenizer (as llava-hf templates do), and
+        # apply_chat_template(tokenize=True) adds no special tokens: the model reads one <s>
+        ids, mask = np.concatenate([[bos], ids]), np.concatenate([[False], mask])
     # "ASSISTANT: Yes" can tokenize as ":", " ", "Yes": the lone space belongs to the answer
     # (the generation prompt ends at ":"), so a span starts one token earlier there.
     starts = np.flatnonzero(mask[1:] & ~mask[:-1]) + 1
@@ -223,9 +228,9 @@ def collate(
     extra_bos: np.ndarray | None = None,
     image_id: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded batch. Sequences flagged in `extra_bos` get a second <s> in front: that is
-    what `processor(text=apply_chat_template(..., tokenize=False))` gives (the template writes
-    <s> and the tokenizer adds one), so the model is trained on both forms of its prompt.
+    """Right-padded batch. Sequences flagged in `extra_bos` get a second <s> in front, so the
+    model is trained on both forms of its prompt (one <s>, or two as some hand-written pipelines
+    give: a template that writes <s> and a tokenizer that adds one).
     "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without."""
     seqs = [data["ids"][k].long() for k in idx]
     if extra_bos is not None:
