@@ -52,11 +52,16 @@ def main() -> int:
         margin = float(top2.values[0] - top2.values[1])
         margins.append(margin)
         a, b = target.decode([plain[k]]), target.decode([spec[k]])
-        print(f"{item.id}: differs at token {k}: plain {a!r} vs speculative {b!r}; "
-              f"plain top-2 margin {margin:.4f}", flush=True)  # fmt: skip
+        print(
+            f"{item.id}: differs at token {k}: plain {a!r} vs speculative {b!r}; "
+            f"plain top-2 margin {margin:.4f}",
+            flush=True,
+        )
         print(f"\r{i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
-    print(f"\nbf16: identical on {same}/{len(items)} items; margins at the first difference: "
-          f"{', '.join(f'{m:.4f}' for m in sorted(margins)) or 'none'}")  # fmt: skip
+    print(
+        f"\nbf16: identical on {same}/{len(items)} items; margins at the first difference: "
+        f"{', '.join(f'{m:.4f}' for m in sorted(margins)) or 'none'}"
+    )
     return 0
 
 

@@ -165,7 +165,7 @@ def fast_linear_layout(module: nn.Module) -> int:
     """Store every Linear weight (out, in) transposed in memory: same values, strides (1, out).
 
     `F.linear(x, W)` multiplies by W^T; with W^T contiguous, the CPU matmul takes its fast path.
-    Measured on the world target with 2 threads (docs/benchmarks.md, "Linear weight layout"):
+    Measured on the world target with 2 threads (docs/history/benchmarks-history.md, "Linear weight layout"):
     a flatter verify cost curve (a 16-node verify 4.92 ms instead of 5.50 ms).
     Weights shared with an embedding table (tied LM heads) are left as they are, so row lookups
     stay contiguous. Inference only: call it on frozen modules. Returns how many were changed.

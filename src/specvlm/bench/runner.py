@@ -38,7 +38,7 @@ def timing_warning(device: str | torch.device = "cpu") -> str | None:
     """Why CPU timings taken now would mislead, or None. With `OMP_WAIT_POLICY=PASSIVE` the
     OpenMP threads sleep between ops and every op pays a wake-up; decoding is thousands of small
     ops, and speculative decoding (draft steps, tree bookkeeping) pays more of them per token than
-    plain decoding. Measured on a 2-core AVX2 box (docs/benchmarks.md, "Target run 10"): bench
+    plain decoding. Measured on a 2-core AVX2 box (docs/benchmarks.md, "Timing on a CPU"): bench
     1.41x -> 1.01x, plain 151 -> 89 tok/s. Training, with its large ops, barely notices."""
     if torch.device(device).type != "cpu":
         return None

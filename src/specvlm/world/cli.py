@@ -51,7 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     make.add_argument(
         "--families", nargs="+", default=None, help=f"any of {', '.join(FAMILIES)}; default: all"
     )
-    make.add_argument("--resolution", type=int, default=None, help="pixels per side; default: 224 for images, 128 for clips")  # fmt: skip
+    make.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="pixels per side; default: 224 for images, 128 for clips",
+    )
     _start(make)
     make.set_defaults(func=cmd_make)
 
@@ -59,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     show.add_argument("--split", default="train", help=f"one of {', '.join(sorted(SPLITS))}")
     show.add_argument("--n", type=int, default=4, help="number of samples")
     show.add_argument("--kind", default="image", help=f"one of {', '.join(KINDS)}")
-    show.add_argument("--resolution", type=int, default=None, help="pixels per side; default: the kind's")  # fmt: skip
+    show.add_argument(
+        "--resolution", type=int, default=None, help="pixels per side; default: the kind's"
+    )
     _start(show)
     show.add_argument("--out", default="world.png", help="PNG file to write")
     show.set_defaults(func=cmd_show)
@@ -75,11 +82,24 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, help="output folder (checkpoint, data cache, model/)"
     )
-    train.add_argument("--minutes", type=float, default=None, help="training time budget (give this, --steps or both)")  # fmt: skip
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps (give this, --minutes or both)")  # fmt: skip
+    train.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training time budget (give this, --steps or both)",
+    )
+    train.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (give this, --minutes or both)"
+    )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--init", default=None, help="start from this trained world target's model folder (skips the vision stage)")  # fmt: skip
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3")  # fmt: skip
+    train.add_argument(
+        "--init",
+        default=None,
+        help="start from this trained world target's model folder (skips the vision stage)",
+    )
+    train.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
+    )
     train.add_argument(
         "--config",
         default="small",
@@ -88,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train_target)
 
-    ev = sub.add_parser("eval-target", help="score a world target on closed questions and descriptions")  # fmt: skip
+    ev = sub.add_parser(
+        "eval-target", help="score a world target on closed questions and descriptions"
+    )
     which = ev.add_mutually_exclusive_group(required=True)
     which.add_argument("--target", help="target model folder (e.g. OUT/model of train-target)")
     which.add_argument("--model", dest="target", action=Renamed, new="--target")
@@ -100,8 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _start(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--start", type=int, default=0, metavar="I",
-                   help="index of the first sample within the split (same index, same sample)")  # fmt: skip
+    p.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        metavar="I",
+        help="index of the first sample within the split (same index, same sample)",
+    )
     p.add_argument("--seed", dest="start", type=int, action=Renamed, new="--start")
 
 
@@ -145,7 +172,9 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
     check_output_folder(args.out)
-    tok = build_world_tokenizer(args.out, args.vocab_size, args.samples, merge_across_words=args.merge_across_words)  # fmt: skip
+    tok = build_world_tokenizer(
+        args.out, args.vocab_size, args.samples, merge_across_words=args.merge_across_words
+    )
     print(f"wrote {args.out} ({len(tok)} tokens)")
     return 0
 
@@ -161,8 +190,19 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError(f"--lr must be positive, got {args.lr}")
     check_output_folder(args.out)
     extra = {} if args.lr is None else {"lr": args.lr}
-    r = train_target(args.out, args.config, steps=args.steps, minutes=args.minutes, resume=args.resume, init=args.init, progress=sys.stderr.isatty(), **extra)  # fmt: skip
-    print(f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, final loss {r['final_loss']:.4f}; wrote {r['model']}")  # fmt: skip
+    r = train_target(
+        args.out,
+        args.config,
+        steps=args.steps,
+        minutes=args.minutes,
+        resume=args.resume,
+        init=args.init,
+        progress=sys.stderr.isatty(),
+        **extra,
+    )
+    print(
+        f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, final loss {r['final_loss']:.4f}; wrote {r['model']}"
+    )
     return 0
 
 
@@ -171,6 +211,8 @@ def cmd_eval_target(args: argparse.Namespace) -> int:
 
     if args.split not in SPLITS:
         raise InputError(f"unknown --split {args.split!r}; accepted: {', '.join(sorted(SPLITS))}")
-    r = evaluate_target(args.target, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty())  # fmt: skip
+    r = evaluate_target(
+        args.target, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty()
+    )
     print(format_report(r))
     return 0

@@ -371,7 +371,7 @@ CONVERSATION: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
 )
 # the conversation questions about where things are (every third turn of a training drill).
 # Corner questions belong here too: drills without them cost corner answers and descriptions
-# naming every object (docs/world.md).
+# naming every object (docs/history/world-runs.md).
 WHERE: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
     q_position,
     q_relation,

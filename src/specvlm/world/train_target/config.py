@@ -48,13 +48,13 @@ class TargetTrainConfig:
     # each region code (`region_codes`) adds this share of the mean norm of the object's word
     # embeddings to its centre patch's target. Fixed orthonormal codes, not the region's own
     # words, which blurred the colour (colour embeddings lie close together); a larger share
-    # crowds the colour out of what the decoder reads (docs/world.md has the measurements).
+    # crowds the colour out of what the decoder reads (docs/history/world-runs.md has the measurements).
     region_scale: float = 0.6
     # stage 2: point one attention head (head 0 of decoder layer `pointer_layer`) at the object
     # a closed answer is about: at every token of a colour, shape or position answer, a
     # cross-entropy between that head's attention and the object's centre patch, times
     # `pointer_weight` (0 = off). Without it the decoder read a region from the image tokens,
-    # but often from the wrong object, most often the last one in reading order (docs/world.md).
+    # but often from the wrong object, most often the last one in reading order (docs/history/world-runs.md).
     pointer_weight: float = 0.2
     pointer_layer: int = 6
     # stage 2 speed: eager attention (faster than SDPA's CPU backward at these sizes) and

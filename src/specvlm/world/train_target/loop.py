@@ -314,7 +314,7 @@ def train_target(
     stage from instead of a fresh model; the vision stage is skipped (the patch heads, not saved
     with a model, start fresh). bf16 autocast falls back to fp32 on a CPU without native bf16
     (oneDNN's check): an AVX2-only CPU emulates it, and the vision stage took ~7 s a step
-    instead of ~0.25 (docs/world.md).
+    instead of ~0.25 (docs/world.md, "Which CPU").
     """
     cfg = resolve_config(config, overrides)
     out = Path(out)
