@@ -73,7 +73,13 @@ def run_bench(
     config: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """One record per (item, method, temperature, sample); see DESIGN.md §5 for the fields."""
+    """One record per (item, method, temperature, sample).
+
+    Fields: machine, commit, config, method, suite, item, temperature, sample; then either
+    error (the method failed on this item) or tokens, seconds, prefill_s, ttft_s, decode_s,
+    tokens_per_s, tau, accept_histogram, target_forwards, and with a `plain` method in the run,
+    speedup (tokens/s over plain's on the same item) and, at temperature 0, identical.
+    """
     temperatures = list(temperatures)
     base = {"machine": machine(), "commit": commit(), "config": config or {}}
     if items:  # warm-up: every method once, short
