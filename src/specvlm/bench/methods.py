@@ -144,10 +144,13 @@ class HFMethod:
             torch.manual_seed(req.seed)
         clock = _FirstTokenClock()
         start = time.perf_counter()
+        # a text-only prompt passes no pixel_values at all: `transformers` would run the vision
+        # tower on None
+        pixels = {} if prompt.pixel_values is None else {"pixel_values": prompt.pixel_values}
         with torch.inference_mode():
             seq = self.model.generate(
                 input_ids=ids,
-                pixel_values=prompt.pixel_values,
+                **pixels,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=req.max_new_tokens,
                 stopping_criteria=StoppingCriteriaList([clock]),
