@@ -169,7 +169,7 @@ def test_cli_generate_streams_text(pair, tmp_path, capsys):
     engine = api.load(target=pair[0])
     expected = engine.generate(PROMPT, images=[image], max_new_tokens=24, speculative=False)
     assert captured.out == expected.text + "\n"
-    assert "tau" in captured.err
+    assert "tau" in captured.err and "stopped: --max-new-tokens reached" in captured.err
 
 
 def test_chat_history_prompt(pair):

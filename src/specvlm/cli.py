@@ -198,6 +198,13 @@ def _load(args: argparse.Namespace):
 
 
 # ---- verbs ------------------------------------------------------------------------------------
+_STOPS = {
+    "eos": "end of answer",
+    "max_new_tokens": "--max-new-tokens reached",
+    "context": "the model's context is full",
+}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     check_generation(
         max_new_tokens=args.max_new_tokens,
@@ -232,7 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print()
     print(
         f"[{stats.new_tokens} tokens, tau {stats.tau:.2f}, {stats.tokens_per_s:.1f} tok/s, "
-        f"ttft {stats.ttft_s * 1000:.0f} ms]",
+        f"ttft {stats.ttft_s * 1000:.0f} ms, stopped: {_STOPS[stats.stop_reason]}]",
         file=sys.stderr,
     )
     return 0

@@ -395,3 +395,66 @@ def world_smol_folder(
         lambda out: assemble_world_smol(out, lm, vision, seed),
         verify,
     )
+
+
+# ---- 3. the trained world-smol target: the base + a trained delta ------------------------------
+DELTA_WEIGHTS = "model.safetensors"  # fp16: projector.* and lora.{layer}.{target}.A / .B
+DELTA_CONFIG = "delta.json"  # rank, alpha, the base's source, how it was trained
+
+
+def read_delta_config(delta: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((delta / DELTA_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{delta} is not a world-smol delta (no readable {DELTA_CONFIG})") from e
+    if config.get("kind") != "world-smol-delta" or not (delta / DELTA_WEIGHTS).is_file():
+        raise InputError(f"{delta} is not a world-smol delta")
+    return config
+
+
+def assemble_trained_world_smol(out: Path, base: Path, delta: Path) -> None:
+    """Write the trained target into `out`: the base LLaVA folder with the delta's projector
+    and its adapters merged into the decoder linears (`W += alpha / r * B A`, float32).
+    A plain LlavaForConditionalGeneration; deterministic given the base and the delta."""
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from specvlm.world.train_target.lora import apply_delta
+
+    config = read_delta_config(delta)
+    if read_record(base) is not None and read_record(base)["source"] != config["base"]:
+        raise InputError(f"{delta} was trained on another base model than {base}")
+    with quiet_transformers():
+        model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(base)
+    apply_delta(model, load_file(str(delta / DELTA_WEIGHTS)), config["lora_alpha"] / config["lora_rank"])  # fmt: skip
+    with quiet_transformers():
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+
+
+def trained_world_smol_folder(
+    delta: str | Path,
+    gguf: str | Path | None = None,
+    cache: str | Path | None = None,
+    verify: bool = False,
+) -> Path:
+    """The trained world-smol target, assembled once from the wheel's base and `delta` (a
+    folder as `specvlm world train-target --config smol` writes in OUT/delta) and cached."""
+    delta = Path(delta)
+    config = read_delta_config(delta)
+    root = cache_root(cache)
+    base = world_smol_folder(gguf, cache=root, seed=config["seed"], verify=verify)
+    source = {
+        "base": read_record(base)["source"],
+        "delta": {name: sha256_file(delta / name) for name in (DELTA_WEIGHTS, DELTA_CONFIG)},
+    }
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    folder = root / "smollm2" / f"world-smol-trained-{key}"
+    return cached_build(
+        folder,
+        "world-smol-trained",
+        source,
+        lambda out: assemble_trained_world_smol(out, base, delta),
+        verify,
+    )

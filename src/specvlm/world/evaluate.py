@@ -1,27 +1,46 @@
-"""Score a world target on held-out scenes: closed questions, descriptions, answer entropy.
+"""Score a world target on held-out scenes: closed questions of every family, descriptions, entropy.
 
-    specvlm world eval-target --model runs/world-target/model --split test --n 200
-    evaluate_target("src/specvlm/assets/world-target", "hard", n=200)   # -> dict of numbers
+    specvlm world eval-target --target src/specvlm/assets/world-target --split test --n 200 \
+        --out eval-test.json
+    evaluate_target("src/specvlm/assets/world-target", "hard", n=100)   # -> dict of numbers
 
-For each of `n` scenes of the split (kind image):
-- closed questions: the question of the `conversation` record and the first question of the
-  `multiturn` record, answered greedily and scored with `grammar.check_answer`; accuracy per
-  question type and over count, color, position and yes/no (exists, relation, corner);
-- descriptions: the `detailed` record's prompt, answered greedily; coverage is the fraction of
-  scenes whose description names every object (`grammar.mentions`, colour and shape), also by
-  the number of objects in the scene; each object left out is counted as "wrong colour" (its
-  shape named with another colour) or "not named";
-- entropy: the mean, over every generated answer token, of the entropy (nats) of the model's
-  next-token distribution at temperature 1 along the greedy answer.
+For scene i < n of the split (kind image), each family's record of that scene (`make_record`)
+is asked greedily, as a user would ask it (the target's own chat template), and scored:
 
-Generation is plain `transformers` `generate` (batched, left padding), in float32.
+- conversation: `grammar.check_answer` on the whole answer (the first number, yes/no, colour,
+  shape, object or region it names must be the record's short answer);
+- multiple_choice: by its letter only: `mc_letter` (the option letter the answer opens with, as
+  "B", "B.", "B)", "B:", "(B)"; failing that the first "(B)", "answer: B", "option B" in it) must
+  be the record's letter. Whether the text after the letter names the right option
+  (`mc_content`) is reported beside it, as a diagnostic, not scored;
+- reasoning: by its verdict, the answer's first sentence (`verdict`: up to the first ". ", "? " or
+  "! "), scored by `check_answer`: "The red circle is larger. It covers ..." must name the right
+  object before its first full stop; a right value only in the explanation does not count;
+- multiturn: every turn k, asked after the record's reference questions and answers of turns
+  1..k-1 (as benchmarks do, so one wrong answer does not spoil the turns after it), each turn by
+  its own rule (reasoning questions by their verdict); reported per turn;
+- descriptions (`detailed`): the fraction of scenes whose description names every object
+  (`grammar.mentions`, colour and shape), also by the number of objects in the scene; each
+  object left out is counted as "wrong colour" (its shape named with another colour) or "not
+  named".
+
+Also reported: accuracy per question type and by CLOSED_GROUPS (over every family), and the
+mean, over every generated answer token, of the entropy (nats) of the model's next-token
+distribution at temperature 1 along the greedy answer. Every item (question, reference, answer,
+verdict) is kept in the result's "items" (`eval-target --out FILE.json` writes them).
+
+Generation is plain `transformers` `generate` (batched, left padding), in float32, for any
+LLaVA folder with a chat template (the world target's Vicuna-style one, world-smol's ChatML);
+the tokenizer adds BOS only where the rendered template does not start with it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,13 +52,119 @@ from specvlm.world.language import make_record
 from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import SPLITS, check_split, world_sample
 
-# Question types of the headline closed-question accuracy, by group.
+# Question types of the per-group accuracy, by group.
 CLOSED_GROUPS: dict[str, tuple[str, ...]] = {
     "count": ("count",),
     "color": ("color",),
     "position": ("position",),
     "yes/no": ("exists", "relation", "corner"),
 }
+# The reasoning family's question types (qa_image.REASONING), scored by their verdict sentence,
+# in the reasoning family and in multiturn turns alike.
+REASONING_QTYPES = frozenset(
+    {"compare_size", "closest", "extreme", "occlusion", "compare_count", "arithmetic", "edge"}
+)
+# How the text after a multiple-choice letter is checked against the right option (diagnostic).
+MC_CONTENT_KIND = {
+    "mc_count": "number",
+    "mc_color": "color",
+    "mc_shape": "shape",
+    "mc_position": "region",
+    "mc_present": "object",
+    "mc_absent": "object",
+}
+CLOSED_FAMILIES = ("conversation", "multiple_choice", "reasoning", "multiturn")
+CLOSED_TOKENS = 48  # new tokens for a closed answer: the verdict comes first in every family
+
+# An answer that opens with the letter: "B", "B.", "B)", "B:", "B,", "(B)". A bare letter followed
+# by a word ("A red circle ...") is the article, not an option.
+_LETTER_START = r"^\s*\(?([A-D])(?:[.):,]|\s*$)"
+_MC_LETTER = re.compile(
+    _LETTER_START + r"|\(([A-D])\)|(?i:\b(?:answer|option|choice))(?:\s+is)?:?\s+\(?([A-D])\b"
+)
+
+
+def mc_letter(text: str) -> str | None:
+    """The first option letter (A-D) the answer gives, or None."""
+    m = _MC_LETTER.search(text)
+    return None if m is None else next(g for g in m.groups() if g)
+
+
+def mc_content(meta: dict, text: str) -> bool:
+    """Does the answer, its opening letter removed, name the right option's content?"""
+    rest = re.sub(_LETTER_START + r"\s*", "", text, count=1)
+    kind = MC_CONTENT_KIND[meta["qtype"]]
+    return bool(grammar.check_answer({"answer": meta["answer_text"], "answer_kind": kind}, rest))
+
+
+def verdict(text: str) -> str:
+    """The answer's first sentence: the conclusion a reasoning answer opens with."""
+    return re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
+
+
+def score(family: str, meta: dict, text: str) -> bool:
+    """Is `text` a right answer to a closed question of `family` (rules in the docstring)?"""
+    if family == "multiple_choice":
+        return mc_letter(text) == meta["answer"]
+    if family == "reasoning" or meta["qtype"] in REASONING_QTYPES:
+        return bool(grammar.check_answer(meta, verdict(text)))
+    return bool(grammar.check_answer(meta, text))
+
+
+def chat_messages(record: dict, turns: int) -> list[dict]:
+    """The record's first `turns` questions as chat messages, the reference answers between
+    them; the image goes first in the first question (as `train_target.chat_messages`)."""
+    messages = []
+    for k, turn in enumerate(record["conversations"][: 2 * turns - 1]):
+        text = turn["value"].removeprefix("<image>\n")
+        content = [{"type": "text", "text": text}]
+        if turn["from"] == "human" and k == 0:
+            content = [{"type": "image"}, *content]
+        messages.append(
+            {"role": "user" if turn["from"] == "human" else "assistant", "content": content}
+        )
+    return messages
+
+
+@dataclass
+class Item:
+    """One question to ask: the chat up to it, and what scores the answer."""
+
+    family: str  # conversation | multiple_choice | reasoning | multiturn | detailed
+    turn: int  # 1-based (multiturn); 1 elsewhere
+    index: int  # the scene's index within the split
+    meta: dict  # the question's meta: qtype, answer, answer_kind (objects for descriptions)
+    messages: list[dict]
+    reference: str  # the record's answer
+    image: object
+    scene: Scene
+
+    @property
+    def row(self) -> str:
+        return f"multiturn turn {self.turn}" if self.family == "multiturn" else self.family
+
+
+def make_items(split: str, n: int, size: int) -> tuple[list[Item], list[Item]]:
+    """(closed questions of every family, description prompts) for scenes 0..n-1."""
+    closed: list[Item] = []
+    describe: list[Item] = []
+    for i in range(n):
+        scene = world_sample(split, i, "image")
+        assert isinstance(scene, Scene)
+        image = render(scene, size)
+        for family in (*CLOSED_FAMILIES, "detailed"):
+            rec = make_record(split, i, family)
+            metas = rec["meta"]["turns"] if family == "multiturn" else [rec["meta"]]
+            for k, meta in enumerate(metas, start=1):
+                reference = rec["conversations"][2 * k - 1]["value"]
+                item = Item(family, k, i, meta, chat_messages(rec, k), reference, image, scene)
+                if family == "detailed":
+                    describe.append(item)
+                elif meta.get("answer") is not None:
+                    closed.append(item)
+    order = {r: j for j, r in enumerate(CLOSED_FAMILIES)}
+    closed.sort(key=lambda it: (order[it.family], it.turn))  # batch alike prompts together
+    return closed, describe
 
 
 def load(folder: str | Path):
@@ -48,7 +173,7 @@ def load(folder: str | Path):
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise InputError(f"--model: {folder} is not a model folder (no config.json)")
+        raise InputError(f"--target: {folder} is not a model folder (no config.json)")
     hf_logging.set_verbosity_error()
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(str(folder))
@@ -58,23 +183,21 @@ def load(folder: str | Path):
 
 @torch.no_grad()
 def answer(
-    model, processor, items: list[tuple[str, object]], max_new_tokens: int
+    model, processor, items: list[tuple[list[dict], object]], max_new_tokens: int
 ) -> list[tuple[str, list[float]]]:
-    """Greedy answers to (question, image) pairs, with each answer token's entropy at T=1."""
+    """Greedy answers to (chat messages, image) pairs, with each answer token's entropy at T=1."""
     texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        for q, _ in items
+        processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+        for m, _ in items
     ]
+    bos = processor.tokenizer.bos_token
     enc = processor(
         text=texts,
         images=[im for _, im in items],
         return_tensors="pt",
         padding=True,
-        add_special_tokens=True,  # the tokenizer adds <s>; the chat template does not
+        # llava-hf convention: the tokenizer adds <s> unless the template wrote it (ChatML has none)
+        add_special_tokens=not (bos and texts[0].startswith(bos)),
     )
     out = model.generate(
         **enc,
@@ -87,12 +210,16 @@ def answer(
     logits = torch.stack(out.logits, dim=1).float()  # (B, S, V) raw logits, before processors
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)  # (B, S)
-    eos = processor.tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [eos]) | {processor.tokenizer.eos_token_id}
     results = []
     for b in range(new.shape[0]):
         ids = new[b].tolist()
-        n = ids.index(eos) + 1 if eos in ids else len(ids)  # answer tokens, </s> included
-        text = processor.tokenizer.decode(ids[: n - (eos in ids)], skip_special_tokens=True)
+        end = next((j for j, t in enumerate(ids) if t in stops), None)
+        n = len(ids) if end is None else end + 1  # answer tokens, the stop token included
+        text = processor.tokenizer.decode(
+            ids[: n if end is None else end], skip_special_tokens=True
+        )
         results.append((text.strip(), entropy[b, :n].tolist()))
     return results
 
@@ -104,12 +231,16 @@ def evaluate_target(
     batch_size: int = 16,
     max_description_tokens: int = 360,
     progress: bool = True,
+    threads: int = 2,
 ) -> dict:
-    """Closed-question accuracy (per type and headline), description coverage, mean entropy."""
+    """Per-family closed-question accuracy, description coverage, mean entropy, every item."""
     check_split(split)
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
-    torch.set_num_threads(2)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    # on a 2-core box that other work shares, 2 threads thrash: 1 thread ran 20x faster there
+    torch.set_num_threads(threads)
     model, processor = load(model_dir)
     r = evaluate_model(model, processor, split, n, batch_size, max_description_tokens, progress)
     return {"model": str(model_dir), **r}
@@ -127,94 +258,128 @@ def evaluate_model(
 ) -> dict:
     """`evaluate_target` on a loaded model (the processor's tokenizer padding on the left);
     `before_batch(scenes)` is called with each batch's scenes before it is answered."""
-    size = processor.image_processor.crop_size["height"]
-    closed: list[tuple[dict, str, object, Scene]] = []  # (meta, question, image, scene)
-    describe: list[tuple[dict, str, object, Scene]] = []
-    for i in range(n):
-        scene = world_sample(split, i, "image")
-        assert isinstance(scene, Scene)
-        image = render(scene, size)
-        for family in ("conversation", "multiturn"):
-            rec = make_record(split, i, family)
-            meta = rec["meta"]["turns"][0] if family == "multiturn" else rec["meta"]
-            if meta.get("answer") is not None:
-                closed.append((meta, _question(rec), image, scene))
-        rec = make_record(split, i, "detailed")
-        describe.append((rec["meta"], _question(rec), image, scene))
-
-    right: dict[str, list[bool]] = defaultdict(list)
-    entropies: list[float] = []
-    examples: list[dict] = []
-    jobs = [("closed", closed, 40), ("describe", describe, max_description_tokens)]
-    total = sum(math.ceil(len(items) / batch_size) for _, items, _ in jobs)
+    closed, describe = make_items(split, n, processor.image_processor.crop_size["height"])
+    jobs = [(closed, CLOSED_TOKENS), (describe, max_description_tokens)]
+    total = sum(math.ceil(len(items) / batch_size) for items, _ in jobs)
     bar = tqdm(total=total, desc=f"eval {split}", unit="batch", disable=not progress)
-    covered: list[bool] = []
-    by_count: dict[int, list[bool]] = defaultdict(list)  # objects in the scene -> covered
-    position_by_count: dict[int, list[bool]] = defaultdict(list)  # objects -> position right
-    missed = {"not named": 0, "wrong colour": 0}  # objects a description left out
-    for job, items, max_new in jobs:
+    records: list[dict] = []
+    entropies: list[float] = []
+    for items, max_new in jobs:
         for s in range(0, len(items), batch_size):
             chunk = items[s : s + batch_size]
             if before_batch is not None:
-                before_batch([scene for *_, scene in chunk])
-            outs = answer(model, processor, [(q, im) for _, q, im, _ in chunk], max_new)
-            for (meta, q, _, scene), (text, ent) in zip(chunk, outs, strict=True):
+                before_batch([it.scene for it in chunk])
+            outs = answer(model, processor, [(it.messages, it.image) for it in chunk], max_new)
+            for it, (text, ent) in zip(chunk, outs, strict=True):
                 entropies += ent
-                if job == "closed":
-                    ok = bool(grammar.check_answer(meta, text))
-                    right[meta["qtype"]].append(ok)
-                    if meta["qtype"] == "position":
-                        position_by_count[len(scene.objects)].append(ok)
-                else:
-                    names = [o.split() for o in meta["objects"]]
-                    named = [grammar.mentions(text, color, shape) for color, shape in names]
-                    ok = all(named)
-                    covered.append(ok)
-                    by_count[len(names)].append(ok)
-                    for (_, shape), hit in zip(names, named, strict=True):
-                        if not hit:  # its shape named with another colour, or not at all
-                            wrong = grammar.mentions(text, None, shape)
-                            missed["wrong colour" if wrong else "not named"] += 1
-                if len(examples) < 6 or (not ok and len(examples) < 12):
-                    examples.append({"question": q, "answer": text, "ok": ok})
+                records.append(_record(it, text))
             bar.update(1)
     bar.close()
-    per_type = {t: sum(v) / len(v) for t, v in sorted(right.items())}
-    groups = {g: [ok for t in ts for ok in right.get(t, [])] for g, ts in CLOSED_GROUPS.items()}
-    headline = [ok for v in groups.values() for ok in v]
+    return {"split": split, "n": n, **summarize(records), "mean_entropy": _mean(entropies)}
+
+
+def _record(it: Item, text: str) -> dict:
+    """One scored item, as the JSON output lists it."""
+    rec = {
+        "family": it.family,
+        "row": it.row,
+        "turn": it.turn,
+        "index": it.index,
+        "objects_in_scene": len(it.scene.objects),
+        "qtype": it.meta["qtype"],
+        "question": it.messages[-1]["content"][-1]["text"],
+        "earlier_turns": (len(it.messages) - 1) // 2,
+        "reference": it.reference,
+        "answer": text,
+    }
+    if it.family == "detailed":
+        names = [o.split() for o in it.meta["objects"]]
+        named = [grammar.mentions(text, color, shape) for color, shape in names]
+        rec["objects"] = it.meta["objects"]
+        # each object left out: its shape named with another colour, or not at all
+        rec["missed"] = {
+            " ".join(cs): "wrong colour" if grammar.mentions(text, None, cs[1]) else "not named"
+            for cs, hit in zip(names, named, strict=True)
+            if not hit
+        }
+        rec["ok"] = all(named)
+        return rec
+    rec["expected"] = it.meta["answer"]
+    rec["ok"] = score(it.family, it.meta, text)
+    if it.family == "multiple_choice":
+        rec["letter"] = mc_letter(text)
+        rec["content_ok"] = mc_content(it.meta, text)
+    return rec
+
+
+def _mean(xs: list) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def summarize(records: list[dict]) -> dict:
+    """The numbers of a report from the scored items (`_record`)."""
+    closed = [r for r in records if r["family"] != "detailed"]
+    described = [r for r in records if r["family"] == "detailed"]
+    rows: dict[str, list[bool]] = {}
+    for r in closed:  # in CLOSED_FAMILIES order, turns in order (make_items sorts them)
+        rows.setdefault(r["row"], []).append(r["ok"])
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    position_by_count: dict[int, list[bool]] = defaultdict(list)
+    for r in closed:
+        by_type[r["qtype"]].append(r["ok"])
+        if r["qtype"] == "position":
+            position_by_count[r["objects_in_scene"]].append(r["ok"])
+    groups = {g: [ok for t in ts for ok in by_type.get(t, [])] for g, ts in CLOSED_GROUPS.items()}
+    by_count: dict[int, list[bool]] = defaultdict(list)
+    missed = {"not named": 0, "wrong colour": 0}
+    for r in described:
+        by_count[r["objects_in_scene"]].append(r["ok"])
+        for why in r["missed"].values():
+            missed[why] += 1
+    mc = [r["content_ok"] for r in closed if r["family"] == "multiple_choice"]
+    wrong = [r for r in records if not r["ok"]]
     return {
-        "split": split,
-        "n": n,
-        "closed_accuracy": sum(headline) / max(len(headline), 1),
-        "closed_count": len(headline),
-        "closed_groups": {
-            g: (sum(v) / len(v) if v else float("nan"), len(v)) for g, v in groups.items()
-        },
-        "per_type": {t: (acc, len(right[t])) for t, acc in per_type.items()},
+        "families": {row: (sum(v), len(v)) for row, v in rows.items()},
+        "closed_accuracy": _mean([r["ok"] for r in closed]),
+        "closed_count": len(closed),
+        "mc_content": (sum(mc), len(mc)),
+        "closed_groups": {g: (_mean(v), len(v)) for g, v in groups.items()},
+        "per_type": {t: (_mean(v), len(v)) for t, v in sorted(by_type.items())},
         "position_by_objects": {
-            k: (sum(v) / len(v), len(v)) for k, v in sorted(position_by_count.items())
+            k: (_mean(v), len(v)) for k, v in sorted(position_by_count.items())
         },
-        "description_coverage": sum(covered) / max(len(covered), 1),
-        "description_by_objects": {
-            k: (sum(v) / len(v), len(v)) for k, v in sorted(by_count.items())
-        },
+        "description_coverage": _mean([r["ok"] for r in described]),
+        "description_count": len(described),
+        "description_by_objects": {k: (_mean(v), len(v)) for k, v in sorted(by_count.items())},
         "description_missed": missed,
-        "mean_entropy": sum(entropies) / max(len(entropies), 1),
-        "examples": examples,
+        "examples": [r for r in records if r["ok"]][:4] + wrong[:8],
+        "items": records,
     }
 
 
-def _question(record: dict) -> str:
-    return record["conversations"][0]["value"].removeprefix("<image>\n")
-
-
 def format_report(r: dict) -> str:
-    lines = [
-        f"{r['model']}  split {r['split']}  n {r['n']}",
-        f"closed questions: {100 * r['closed_accuracy']:.1f}% of {r['closed_count']}",
-    ]
-    for g, (acc, k) in r["closed_groups"].items():
-        lines.append(f"  {g:<10} {100 * acc:5.1f}%  ({k})")
+    lines = [f"{r['model']}  split {r['split']}  n {r['n']} scenes per family", ""]
+    lines.append(f"{'family':<20} {'n':>5} {'right':>6} {'%':>6}")
+
+    def row(name: str, right: int, k: int, note: str = "") -> None:
+        pct = f"{100 * right / k:6.1f}" if k else f"{'-':>6}"
+        lines.append(f"{name:<20} {k:>5} {right:>6} {pct}{note}")
+
+    mc_right, mc_n = r["mc_content"]
+    for name, (right, k) in r["families"].items():
+        note = ""
+        if name == "multiple_choice" and mc_n:
+            note = f"   (by letter; content right {100 * mc_right / mc_n:.1f}%)"
+        row(name.replace("_", " "), right, k, note)
+    closed = sum(right for right, _ in r["families"].values())
+    row("all closed questions", closed, r["closed_count"])
+    covered = sum(e["ok"] for e in r["items"] if e["family"] == "detailed")
+    row("descriptions", covered, r["description_count"], "   (naming every object)")
+    lines.append("")
+    lines.append(
+        "closed groups (every family): "
+        + ", ".join(f"{g} {100 * a:.1f}% ({k})" for g, (a, k) in r["closed_groups"].items() if k)
+    )
     lines.append(
         "per question type: "
         + ", ".join(f"{t} {100 * a:.0f}% ({k})" for t, (a, k) in r["per_type"].items())
@@ -226,9 +391,8 @@ def format_report(r: dict) -> str:
                 f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["position_by_objects"].items()
             )
         )
-    lines.append(f"descriptions naming every object: {100 * r['description_coverage']:.1f}%")
     lines.append(
-        "  by objects in the scene: "
+        "descriptions by objects in the scene: "
         + ", ".join(
             f"{k}: {100 * a:.0f}% ({m})" for k, (a, m) in r["description_by_objects"].items()
         )
@@ -237,10 +401,22 @@ def format_report(r: dict) -> str:
         "  objects left out: " + ", ".join(f"{k} {v}" for k, v in r["description_missed"].items())
     )
     lines.append(f"mean answer-token entropy at T=1: {r['mean_entropy']:.3f} nats")
-    for ex in r["examples"][:8]:
+    for ex in r["examples"]:
         mark = "ok " if ex["ok"] else "BAD"
-        lines.append(f"  [{mark}] {ex['question'][:70]!r} -> {ex['answer'][:160]!r}")
+        question = ex["question"].replace("\n", " ")
+        lines.append(f"  [{mark}] {ex['row']}: {question[:70]!r} -> {ex['answer'][:120]!r}")
     return "\n".join(lines)
 
 
-__all__ = ["CLOSED_GROUPS", "SPLITS", "evaluate_model", "evaluate_target", "format_report"]
+__all__ = [
+    "CLOSED_GROUPS",
+    "REASONING_QTYPES",
+    "SPLITS",
+    "evaluate_model",
+    "evaluate_target",
+    "format_report",
+    "mc_content",
+    "mc_letter",
+    "score",
+    "verdict",
+]

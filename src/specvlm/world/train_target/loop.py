@@ -219,17 +219,22 @@ def train_llava(
     ckpt_every: int | None,
     log_every: int,
     progress: bool,
+    forward_fn=llava_forward,
+    double_bos: bool = True,
+    show_eta: bool = False,
 ) -> None:
     """Stage 2: the whole LLaVA on the answers, in batches of similar length, until `budget`
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
-    times per epoch."""
+    times per epoch. Other recipes (`smol`) pass their own `forward_fn` (same signature as
+    `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and
+    `show_eta` (the log line ends with the time left)."""
     cfg, state = run.cfg, run.state
     lengths = np.array([len(s) for s in data["ids"]])
     qa = np.array([f in ("conversation", "multiturn") for f in data["family"]])
     repeats = np.where(qa, cfg.qa_repeats, 1)
     per_epoch = math.ceil(int(repeats.sum()) / cfg.batch_size)
     run.model.train()
-    forward = torch.compile(llava_forward, dynamic=True) if cfg.compile else llava_forward
+    forward = torch.compile(forward_fn, dynamic=True) if cfg.compile else forward_fn
     blank_id = tokenizer.convert_tokens_to_ids("<image>")
     pointer_layer = cfg.pointer_layer if cfg.pointer_weight > 0 else None
     epoch, order = -1, []
@@ -254,7 +259,7 @@ def train_llava(
             epoch = step // per_epoch
             order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
         idx = order[step % per_epoch]
-        extra_bos = (idx + epoch) % 2 == 1
+        extra_bos = (idx + epoch) % 2 == 1 if double_bos else None
         pad_id, bos_id = tokenizer.pad_token_id, tokenizer.bos_token_id
         batch = collate(data, idx, pad_id, bos_id, extra_bos, blank_id)
         lr = lr_at(cfg, step, budget.progress(step, elapsed()))
@@ -265,12 +270,21 @@ def train_llava(
         meter.update(losses, n_tok)
         _show(bar, meter, lr, budget, state)
         if state["step"] % log_every == 0:
-            print(meter.log_line(state, lr, per_epoch), file=sys.stderr, flush=True)
+            line = meter.log_line(state, lr, per_epoch)
+            if show_eta:
+                line += f" eta {_eta(budget, state) / 60:.1f}m"
+            print(line, file=sys.stderr, flush=True)
         due = ckpt_every is not None and state["step"] % ckpt_every == 0
         if due or time.perf_counter() - last_ckpt > 60.0 * ckpt_minutes:
             run.save()
             last_ckpt = time.perf_counter()
     bar.close()
+
+
+def _eta(budget: Budget, state: dict) -> float:
+    """Seconds left of `budget` at the run's mean step time so far."""
+    used = budget.progress(state["step"], state["elapsed"])
+    return state["elapsed"] * (1 - used) / max(used, 1e-9)
 
 
 def _show(bar: tqdm, meter: Meter, lr: float, budget: Budget, state: dict) -> None:

@@ -1,0 +1,158 @@
+"""eval-target's scoring rules on hand-written answers, and one run per family on a tiny target."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from specvlm.world import evaluate as ev
+from specvlm.world.language import make_record
+from tests.test_world_train import run  # noqa: F401  (the tiny trained target, a module fixture)
+
+MC = {"qtype": "mc_color", "answer": "B", "answer_kind": "letter", "answer_text": "red"}
+
+
+@pytest.mark.parametrize(
+    "text, letter",
+    [
+        ("B", "B"),
+        ("B.", "B"),
+        ("(B)", "B"),
+        ("B) red", "B"),
+        ("B: red", "B"),
+        ("B. The circle is red.", "B"),
+        ("(B) Red. The circle is red.", "B"),
+        ("The answer is (C).", "C"),
+        ("Answer: D", "D"),
+        ("I pick option A because it is red.", "A"),
+        ("A red circle.", None),  # the article, not an option
+        ("Red.", None),
+        ("b. red", None),  # letters are capitals, as the options are written
+        ("", None),
+    ],
+)
+def test_mc_letter(text, letter):
+    assert ev.mc_letter(text) == letter
+
+
+def test_multiple_choice_is_scored_by_its_letter():
+    assert ev.score("multiple_choice", MC, "B")  # letter only
+    assert ev.score("multiple_choice", MC, "(B) Red. The circle is red.")  # letter + content
+    assert not ev.score("multiple_choice", MC, "(A) Red. The circle is red.")  # wrong letter
+    assert not ev.score("multiple_choice", MC, "Red. The circle is red.")  # content, no letter
+    # the content check is a diagnostic beside the score: right content under a wrong letter
+    assert ev.mc_content(MC, "(A) Red. The circle is red.")
+    assert ev.mc_content(MC, "B. The circle is red, so the other colors do not match it.")
+    assert not ev.mc_content(MC, "(B) Blue.")
+    assert not ev.mc_content(MC, "B")
+
+
+def test_reasoning_is_scored_by_its_verdict_sentence():
+    size = {"qtype": "compare_size", "answer": "red circle", "answer_kind": "object"}
+    assert ev.verdict("The red circle is larger. It covers more.") == "The red circle is larger."
+    assert ev.score("reasoning", size, "The red circle is larger. It covers more of the image.")
+    assert not ev.score(
+        "reasoning", size, "The blue square is larger. It covers more than the red circle."
+    )
+    # a right value only in the explanation does not count
+    more = {"qtype": "compare_count", "answer": "yes", "answer_kind": "yesno"}
+    assert ev.score("reasoning", more, "Yes. There are two circles and one square.")
+    assert not ev.score("reasoning", more, "No. There are two circles, so yes.")
+    edge = {"qtype": "edge", "answer": "left", "answer_kind": "word", "alternatives": ["right"]}
+    assert ev.score("reasoning", edge, "It is closer to the left edge. Not the right one.")
+    assert not ev.score("reasoning", edge, "It is closer to the right edge. The left one is far.")
+    plus = {"qtype": "arithmetic", "answer": "3", "answer_kind": "number"}
+    assert not ev.score("reasoning", plus, "There would be many. The image has 3 now.")
+
+
+def test_multiturn_turns_are_scored_by_their_own_rule():
+    count = {"qtype": "count", "answer": "2", "answer_kind": "number"}
+    # a conversation question: its first number anywhere in the answer
+    assert ev.score("multiturn", count, "I can see two shapes.")
+    assert not ev.score("multiturn", count, "I can see three shapes.")
+    # a reasoning question asked as a turn: its verdict sentence
+    more = {"qtype": "compare_count", "answer": "no", "answer_kind": "yesno"}
+    assert ev.score("multiturn", more, "No. There are no circles.")
+    assert not ev.score("multiturn", more, "Yes. No, wait.")
+
+
+def test_reasoning_qtypes_are_the_reasoning_familys():
+    reasoning = {make_record("train", i, "reasoning")["meta"]["qtype"] for i in range(300)}
+    conversation = {make_record("train", i, "conversation")["meta"]["qtype"] for i in range(300)}
+    assert reasoning == ev.REASONING_QTYPES
+    assert not conversation & ev.REASONING_QTYPES
+
+
+def test_multiturn_items_carry_the_reference_history():
+    from specvlm.world.train_target import chat_messages
+
+    closed, describe = ev.make_items("test", 4, 32)
+    rec = make_record("test", 0, "multiturn")
+    turns = [it for it in closed if it.family == "multiturn" and it.index == 0]
+    assert [it.turn for it in turns] == list(range(1, len(rec["meta"]["turns"]) + 1))
+    last = turns[-1]
+    # the prompt is the training chat up to the last question: reference answers in between
+    assert last.messages == chat_messages(rec)[:-1]
+    assert last.reference == rec["conversations"][-1]["value"]
+    assert sum(it.family == "reasoning" for it in closed) == 4 and len(describe) == 4
+
+
+def _check_report(r: dict, n: int) -> None:
+    fam = r["families"]
+    assert list(fam)[:4] == ["conversation", "multiple_choice", "reasoning", "multiturn turn 1"]
+    assert fam["conversation"][1] == fam["multiple_choice"][1] == fam["reasoning"][1] == n
+    assert sum(k for _, k in fam.values()) == r["closed_count"] == len(r["items"]) - n
+    right = sum(ok for ok, _ in fam.values())
+    assert r["closed_accuracy"] == pytest.approx(right / r["closed_count"])
+    items = r["items"]
+    assert all({"question", "reference", "answer", "ok"} <= set(it) for it in items)
+    assert sum(it["ok"] for it in items if it["family"] == "detailed") == pytest.approx(
+        n * r["description_coverage"]
+    )
+
+
+def test_eval_reports_every_family(run):  # noqa: F811
+    r = ev.evaluate_target(run[0] / "model", "test", n=3, max_description_tokens=8, progress=False)
+    _check_report(r, 3)
+    report = ev.format_report(r)
+    for row in (
+        "conversation",
+        "multiple choice",
+        "reasoning",
+        "multiturn turn 2",
+        "all closed questions",
+    ):
+        assert row in report
+
+
+def test_eval_runs_with_a_chatml_template(run, tmp_path):  # noqa: F811
+    """A target whose template is world-smol's ChatML (no BOS from the tokenizer) runs too."""
+    from specvlm.smol import CHAT_TEMPLATE
+
+    folder = tmp_path / "chatml"
+    shutil.copytree(run[0] / "model", folder)
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    model, processor = ev.load(folder)
+    r = ev.evaluate_model(model, processor, "test", 2, max_description_tokens=4, progress=False)
+    _check_report(r, 2)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_cli_writes_every_item(run, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from specvlm.cli import main
+
+    out = tmp_path / "eval.json"
+    code = main(["world", "eval-target", "--target", str(run[0] / "model"), "--n", "1",
+                 "--threads", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert "multiple choice" in capsys.readouterr().out
+    items = json.loads(out.read_text())["items"]
+    assert {it["family"] for it in items} == {*ev.CLOSED_FAMILIES, "detailed"}
