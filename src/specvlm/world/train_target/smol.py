@@ -1,0 +1,445 @@
+"""Train the world-smol target: SmolLM2-135M-Instruct taught to see the world (issue 20).
+
+    specvlm world train-target --config smol --out runs/world-smol --minutes 110
+    specvlm world train-target --config smol --out runs/world-smol --minutes 110 --resume
+    train_smol_target("runs/x", config="smol", steps=400)                    # from Python
+
+The model is `specvlm.smol.world_smol_folder()`: SmolLM2 (+ `<image>`), the shipped world
+target's vision tower and a fresh projector. The vision tower and SmolLM2's weights stay frozen.
+
+Stage 1 (`projector_share` of the budget, lr `projector_lr`): the projector alone learns to
+speak to the frozen LM. Stage 2 (the rest, lr `lr`): LoRA adapters of rank `lora_rank` on all
+seven linears of every decoder layer (~4.9 M parameters at r = 16) and the projector. Both on
+the answer loss only, over every record of the first `n_scenes` train scenes (all five
+families, plus one `drill_turns`-question drill per scene), mixed with `text_share` text-only
+rows: `text_prompts` general prompts (`TEXT_PROMPTS`) answered by SmolLM2 itself, greedily,
+in at most `text_tokens` tokens, once at data-build time; training on its own answers keeps
+its text-only behaviour. Batches, schedule, checkpoints and the log are the world recipe's
+(`loop.train_llava`): each stage writes `stage{1,2}.pt` atomically every `ckpt_minutes` and at
+its end, and `resume=True` continues from the latest.
+
+A checkpoint and the final output hold only what is trained. The run ends by writing
+`out/delta/`: `model.safetensors` (fp16: the projector and the adapters, ~11 MB at r = 16)
+and `delta.json` (rank, alpha, the base it was trained on). `specvlm.smol.
+trained_world_smol_folder(delta)` assembles the full target from the wheel's base and it,
+merging the adapters into the linears: a plain LlavaForConditionalGeneration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from specvlm.errors import InputError
+from specvlm.hf_quiet import quiet_transformers
+from specvlm.world.language import FAMILIES, make_drill, make_record
+from specvlm.world.scenes import Scene, render
+from specvlm.world.splits import world_sample
+from specvlm.world.train_target.data import encode_record
+from specvlm.world.train_target.loop import Budget, train_llava
+from specvlm.world.train_target.lora import TARGETS, add_lora, delta_tensors, round_to_fp16
+from specvlm.world.train_target.model import vision_features
+from specvlm.world.train_target.run import (
+    Run,
+    _load_checkpoint,
+    make_optimizer,
+)
+
+DELTA_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SmolTrainConfig:
+    """Data, adapters and optimisation of one world-smol training run."""
+
+    n_scenes: int = 2000
+    drill_turns: int = 4  # one training-only drill of this many questions per scene (0: none)
+    text_share: float = 0.1  # share of text-only rows (SmolLM2's own answers)
+    text_prompts: int = 100  # how many of TEXT_PROMPTS
+    text_tokens: int = 48  # at most this many answer tokens each
+    image_size: int = 128  # the world target's vision tower: 64 patches of 16 px
+    n_image_tokens: int = 64
+    batch_size: int = 8
+    projector_share: float = 0.17  # stage 1's share of the steps / minutes
+    projector_lr: float = 1e-3
+    projector_warmup_steps: int = 20
+    lr: float = 2e-4  # stage 2
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = TARGETS
+    qa_repeats: int = 1
+    seed: int = 0  # the projector's initialisation (the base folder) and the adapters'
+    bf16: bool = True
+    compile: bool = False
+
+    # the world recipe's auxiliary losses (`loop.train_step` reads them): off here
+    @property
+    def aux_weight(self) -> float:
+        return 0.0
+
+    @property
+    def align_weight(self) -> float:
+        return 0.0
+
+    @property
+    def pointer_weight(self) -> float:
+        return 0.0
+
+
+SMOL_CONFIGS: dict[str, SmolTrainConfig] = {
+    "smol": SmolTrainConfig(),
+    # for tests, on the tiny GGUF of tests/test_smol.py: seconds
+    "smol-tiny": SmolTrainConfig(
+        n_scenes=6,
+        drill_turns=2,
+        text_share=0.3,
+        text_prompts=4,
+        text_tokens=6,
+        batch_size=4,
+        projector_share=0.5,
+        projector_warmup_steps=1,
+        warmup_steps=1,
+        lr=3e-3,
+        projector_lr=1e-2,
+        lora_rank=4,
+        lora_alpha=8.0,
+        bf16=False,
+    ),
+}
+
+# General prompts whose SmolLM2 answers are the text-only rows (deterministic, no data files).
+_ASK = """
+What is the capital of {}? | France; Japan; Italy; Canada; Egypt; Spain; Brazil; Kenya; India; Norway
+Explain {} in one sentence. | gravity; photosynthesis; inflation; a rainbow; the internet; a vaccine; democracy; an atom; recycling; a volcano
+Give me one tip for {}. | sleeping better; learning a language; saving money; cooking rice; staying focused; running; public speaking; writing an email; studying; gardening
+Write a short sentence about {}. | the sea; autumn; a cat; the moon; coffee; friendship; a city at night; mountains; rain; books
+What is {}? | 7 plus 5; 12 times 3; half of 50; 100 minus 37; 9 squared; the square root of 81; 15 divided by 3; 2 to the power of 5; a prime number; a triangle
+Name three {}. | fruits; colors; planets; musical instruments; countries in Europe; sports; animals that fly; kinds of trees; programming languages; vegetables
+Translate '{}' into French. | good morning; thank you; the red apple; where is the station; I like books; see you tomorrow; the blue sky; a cup of tea; my friend; happy birthday
+Who was {}? | Albert Einstein; Marie Curie; William Shakespeare; Leonardo da Vinci; Isaac Newton; Ada Lovelace; Charles Darwin; Mozart; Cleopatra; Nelson Mandela
+Why {}? | is the sky blue; do leaves change color; do we need sleep; is the ocean salty; do birds migrate; does ice float; do we have seasons; is exercise healthy; does bread rise; do stars twinkle
+How do I {}? | boil an egg; tie a tie; make tea; write a haiku; plant a seed; reverse a list in Python; clean a window; fold a paper plane; start a journal; center a div in CSS
+"""  # template | ten subjects
+_ROWS = [(q, xs.split("; ")) for q, xs in (line.split(" | ") for line in _ASK.strip().splitlines())]
+TEXT_PROMPTS: list[str] = [q.format(xs[k]) for k in range(10) for q, xs in _ROWS]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and its forward
+# ---------------------------------------------------------------------------------------------
+
+
+def load_base(gguf: str | Path | None = None, cache: str | Path | None = None, seed: int = 0):
+    """(folder, model float32, tokenizer) of the untrained world-smol LLaVA."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from specvlm.smol import world_smol_folder
+
+    folder = world_smol_folder(gguf, cache=cache, seed=seed)
+    with quiet_transformers():
+        model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return folder, model, tokenizer
+
+
+def smol_forward(
+    model, input_ids: torch.Tensor, pixel_values: torch.Tensor, pointer_layer: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """`llava_forward` for a frozen vision tower and batches mixing image and text-only rows:
+    (B, T) ids, (B, 3, H, W) pixels -> logits (B, T, V), features and projector output of the
+    rows that have an image ((b, P, Dv), (b, P, d); None if no row has one)."""
+    image = input_ids == model.config.image_token_id  # (B, T)
+    has = image.any(dim=1)  # (B,) rows with an image
+    embeds = model.get_input_embeddings()(input_ids)  # (B, T, d)
+    feats = projected = None
+    if bool(has.any()):
+        with torch.no_grad():  # frozen tower: no activations kept
+            feats = vision_features(model, pixel_values[has])  # (b, P, Dv)
+        projected = model.model.multi_modal_projector(feats)  # (b, P, d)
+        # row-major fill: the b image rows' P slots take the b projected images in order
+        embeds = embeds.masked_scatter(image[..., None], projected.to(embeds.dtype))
+    return model(inputs_embeds=embeds, use_cache=False).logits, feats, projected
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def own_answers(
+    model, tokenizer, prompts: list[str], max_tokens: int, batch: int = 100
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, answer mask) per prompt: the chat prompt followed by the model's own greedy answer
+    (float32, at most `max_tokens` tokens; its <|im_end|> included when it ends in time)."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for s in range(0, len(prompts), batch):
+        prompt_ids = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+            for p in prompts[s : s + batch]
+        ]  # fmt: skip
+        T = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(prompt_ids), T), tokenizer.pad_token_id)  # (b, T) left-padded
+        attn = torch.zeros_like(ids)
+        for b, p in enumerate(prompt_ids):
+            ids[b, T - len(p) :], attn[b, T - len(p) :] = torch.tensor(p), 1
+        out = model.generate(
+            input_ids=ids, attention_mask=attn, max_new_tokens=max_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+        )[:, T:]  # fmt: skip
+        for p, answer in zip(prompt_ids, out.tolist(), strict=True):
+            if eos in answer:
+                answer = answer[: answer.index(eos) + 1]
+            ids_ = np.asarray(p + answer, dtype=np.int64)
+            mask = np.concatenate([np.zeros(len(p), bool), np.ones(len(answer), bool)])
+            rows.append((ids_, mask))
+    return rows
+
+
+def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = True) -> dict:
+    """Images and (ids, mask, scene, family) rows, as `loop.train_llava` reads them: every
+    record of the first `n_scenes` train scenes, plus the text-only rows repeated to make
+    `text_share` of the rows (their scene is 0, an image they never read)."""
+    images = np.zeros((cfg.n_scenes, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    ids, masks, scene, family = [], [], [], []
+    for i in tqdm(range(cfg.n_scenes), desc="world data", disable=not progress, mininterval=5):
+        sample = world_sample("train", i, "image")
+        assert isinstance(sample, Scene)
+        images[i] = np.asarray(render(sample, cfg.image_size))
+        records = [make_record("train", i, f) for f in FAMILIES]
+        if cfg.drill_turns > 0:
+            records.append(make_drill("train", i, cfg.drill_turns))
+        for record in records:
+            a, m = encode_record(record, tokenizer, cfg.n_image_tokens)
+            ids.append(torch.from_numpy(a.astype(np.int32)))  # 49,153 ids: int16 is too small
+            masks.append(torch.from_numpy(m))
+            scene.append(i)
+            family.append(record["meta"]["family"])
+    start = time.perf_counter()
+    text = own_answers(model, tokenizer, TEXT_PROMPTS[: cfg.text_prompts], cfg.text_tokens)
+    print(
+        f"smol data: {len(text)} text-only answers by the base model in "
+        f"{time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+    )
+    n_text = round(cfg.text_share / (1 - cfg.text_share) * len(ids))
+    for k in range(n_text):
+        a, m = text[k % len(text)]
+        ids.append(torch.from_numpy(a.astype(np.int32)))
+        masks.append(torch.from_numpy(m))
+        scene.append(0)
+        family.append("text")
+    n = cfg.n_scenes
+    return {
+        "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
+        "patches": torch.zeros((n, 1, 1), dtype=torch.int8),  # no patch losses here
+        "patch_words": torch.zeros((n, 1, 1), dtype=torch.int16),
+        "family": family,
+        "ids": ids,
+        "masks": masks,
+        "scene": torch.tensor(scene),
+    }
+
+
+def cached_smol_data(
+    cfg: SmolTrainConfig, model, tokenizer, base: Path, out: Path, progress: bool = True
+) -> dict:
+    """`build_smol_data`, kept in `out/data-smol-*.pt` under a name that changes with the data's
+    settings and the base model folder (its name holds its source's hash)."""
+    keys = ("n_scenes", "drill_turns", "text_share", "text_prompts", "text_tokens", "image_size")
+    what = {k: getattr(cfg, k) for k in keys} | {"base": base.name, "prompts": TEXT_PROMPTS}
+    key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+    path = out / f"data-smol-v1-{cfg.n_scenes}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    data = build_smol_data(cfg, model, tokenizer, progress)
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: two stages, each a `Run` with its own checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _stage_run(cfg: SmolTrainConfig, model, trained: torch.nn.ModuleDict, path: Path) -> Run:
+    opt = make_optimizer(cfg, trained)
+    run = Run(cfg, model, None, trained, opt, path)  # no patch heads in this recipe
+    run.state = {
+        "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
+        "losses": [], "pointer_losses": [], "vision": {}, "init": None,
+    }  # fmt: skip
+    return run
+
+
+def _split(total: float | int | None, share: float, whole: bool) -> tuple:
+    if total is None:
+        return None, None
+    first = max(1, round(total * share)) if whole else total * share
+    return first, total - first
+
+
+def train_smol_target(
+    out: str | Path,
+    config: str | SmolTrainConfig = "smol",
+    steps: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    ckpt_minutes: float = 10.0,
+    log_every: int = 10,
+    progress: bool = True,
+    stop_at: int | None = None,
+    gguf: str | Path | None = None,
+    cache: str | Path | None = None,
+    **overrides,
+) -> dict:
+    """Train (or continue) the world-smol target under `out`; write `out/delta/`; return a
+    summary. `steps` / `minutes` (at least one) are the whole budget, stage 1 taking
+    `projector_share` of it. `stop_at` ends this call at that stage-2 step (an interruption
+    that `resume=True` continues from). Returns the trained model (adapters in place) as
+    "trained_model" too, for tests."""
+    if isinstance(config, str) and config not in SMOL_CONFIGS:
+        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
+    cfg = replace(SMOL_CONFIGS[config] if isinstance(config, str) else config, **overrides)
+    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
+        cfg = replace(cfg, bf16=False)
+    if steps is None and minutes is None:
+        raise InputError("give --steps or --minutes (or both)")
+    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
+        raise InputError("--steps must be at least 2 and --minutes positive")
+    out = Path(out)
+    s1, s2 = out / "stage1.pt", out / "stage2.pt"
+    if resume and not s1.is_file():
+        raise InputError(f"--resume: no checkpoint at {s1}")
+    if not resume and (s1.is_file() or s2.is_file()):
+        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    base, model, tokenizer = load_base(gguf, cache, cfg.seed)
+    data = cached_smol_data(cfg, model, tokenizer, base, out, progress)
+    model.requires_grad_(False)
+    projector = model.model.multi_modal_projector
+    projector.requires_grad_(True)
+    model.train()
+    steps1, steps2 = _split(steps, cfg.projector_share, whole=True)
+    min1, min2 = _split(minutes, cfg.projector_share, whole=False)
+    budget1, budget2 = Budget(steps1, min1), Budget(steps2, min2)
+    common = {"ckpt_every": None, "log_every": log_every, "progress": progress}
+    common |= {"forward_fn": smol_forward, "double_bos": False, "show_eta": True}
+
+    # Stage 1: the projector alone
+    cfg1 = replace(cfg, lr=cfg.projector_lr, warmup_steps=cfg.projector_warmup_steps)
+    run1 = _stage_run(cfg1, model, torch.nn.ModuleDict({"projector": projector}), s1)
+    if resume:
+        _load_checkpoint(run1)
+    if not (resume and s2.is_file()) and budget1.progress(run1.state["step"], run1.state["elapsed"]) < 1.0:  # fmt: skip
+        print(f"smol stage 1: the projector alone, {_says(budget1)}", file=sys.stderr, flush=True)
+        train_llava(run1, _image_rows(data), tokenizer, budget1, None, ckpt_minutes, **common)
+        run1.save()
+
+    # Stage 2: adapters on every decoder linear, and the projector
+    adapters = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed, cfg.lora_targets)
+    trained = torch.nn.ModuleDict({"projector": projector, "lora": adapters})
+    run2 = _stage_run(cfg, model, trained, s2)
+    if resume and s2.is_file():
+        _load_checkpoint(run2)
+    n_lora = sum(p.numel() for p in adapters.parameters())
+    print(
+        f"smol stage 2: LoRA r={cfg.lora_rank} ({n_lora / 1e6:.2f} M) + projector, "
+        f"{_says(budget2)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    train_llava(run2, data, tokenizer, budget2, stop_at, ckpt_minutes, **common)
+    run2.save()
+    done = budget2.progress(run2.state["step"], run2.state["elapsed"]) >= 1.0
+    model.eval()
+    result = {
+        "steps": run1.state["step"] + run2.state["step"],
+        "elapsed_s": run1.state["elapsed"] + run2.state["elapsed"],
+        "tokens": run1.state["tokens"] + run2.state["tokens"],
+        "stage1_losses": run1.state["losses"],
+        "losses": run2.state["losses"],
+        "first_loss": (run1.state["losses"] or [float("nan")])[0],
+        "final_loss": _tail_mean(run2.state["losses"]),
+        "model": None,
+        "trained_model": model,
+    }
+    if done:
+        round_to_fp16(trained)  # the model in memory is now exactly the delta
+        result["model"] = str(save_delta(out / "delta", model, adapters, cfg, base, result))
+    return result
+
+
+def _image_rows(data: dict) -> dict:
+    """`data` without its text-only rows: with the LM frozen, they teach the projector nothing
+    (and a batch of them alone would have no gradient)."""
+    keep = [k for k, f in enumerate(data["family"]) if f != "text"]
+    rows = {name: [data[name][k] for k in keep] for name in ("ids", "masks", "family")}
+    return data | rows | {"scene": data["scene"][keep]}
+
+
+def _tail_mean(losses: list[float]) -> float:
+    """The mean of the last tenth of `losses` (up to 50), as the world recipe reports it."""
+    tail = losses[-max(1, min(50, len(losses) // 10)) :]
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def _says(budget: Budget) -> str:
+    parts = [f"{budget.steps} steps"] if budget.steps is not None else []
+    parts += [f"{budget.minutes:.1f} min"] if budget.minutes is not None else []
+    return " or ".join(parts)
+
+
+def save_delta(
+    folder: Path, model, adapters: torch.nn.ModuleList, cfg: SmolTrainConfig, base: Path,
+    result: dict,
+) -> Path:  # fmt: skip
+    """Write `folder/model.safetensors` (the fp16 delta) and `folder/delta.json`, atomically."""
+    from safetensors.torch import save_file
+
+    from specvlm.smol import DELTA_CONFIG, DELTA_WEIGHTS, read_record
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(delta_tensors(model, adapters), str(tmp / DELTA_WEIGHTS))
+    config = {
+        "format": DELTA_FORMAT,
+        "kind": "world-smol-delta",
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_targets": list(cfg.lora_targets),
+        "seed": cfg.seed,
+        "base": read_record(base)["source"],
+        "trained": {
+            "steps": result["steps"],
+            "minutes": round(result["elapsed_s"] / 60, 1),
+            "final_loss": round(result["final_loss"], 4),
+        },
+    }
+    (tmp / DELTA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    from specvlm.world.train_target.model import _replace_dir
+
+    _replace_dir(tmp, folder)
+    return folder

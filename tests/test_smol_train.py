@@ -1,0 +1,163 @@
+"""The world-smol training recipe (`train_target.smol`) on the tiny GGUF of tests/test_smol.py.
+
+A few steps of both stages on the tiny SmolLM2-shaped model: the loss goes down, a stopped run
+resumes to the same weights, only the delta (projector + adapters) is saved, and the folder
+assembled from the base and the delta generates what the trained model in memory generates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm import smol
+from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_delta
+from specvlm.world.train_target.smol import SMOL_CONFIGS, TEXT_PROMPTS, train_smol_target
+from tests.test_smol import write_tiny_gguf
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None,
+    reason="reading GGUF files needs `pip install gguf accelerate`",
+)
+STEPS = 12  # 6 per stage
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("smol-train")
+    gguf = write_tiny_gguf(root / "tiny-smol.gguf")
+    return {"gguf": gguf, "cache": root / "cache", "root": root}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny) -> dict:
+    out = tiny["root"] / "run"
+    r = train_smol_target(
+        out, "smol-tiny", steps=STEPS, progress=False, gguf=tiny["gguf"], cache=tiny["cache"]
+    )
+    return {"out": out, "result": r}
+
+
+def test_prompts_are_distinct():
+    assert len(TEXT_PROMPTS) == 100 == len(set(TEXT_PROMPTS))
+
+
+def test_the_loss_goes_down_in_both_stages(trained):
+    r = trained["result"]
+    assert r["steps"] == STEPS
+    s1, s2 = r["stage1_losses"], r["losses"]
+    assert len(s1) == len(s2) == STEPS // 2
+    assert np.mean(s1[-2:]) < np.mean(s1[:2])
+    assert np.mean(s2[-2:]) < s1[0]
+
+
+def test_only_the_delta_is_saved(trained):
+    out = trained["out"]
+    delta = out / "delta"
+    assert sorted(p.name for p in delta.iterdir()) == sorted(
+        [smol.DELTA_WEIGHTS, smol.DELTA_CONFIG]
+    )
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(delta / smol.DELTA_WEIGHTS))
+    assert all(k.startswith((PROJECTOR, LORA)) for k in tensors)
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    cfg = SMOL_CONFIGS["smol-tiny"]
+    n_lora = sum(t.numel() for k, t in tensors.items() if k.startswith(LORA))
+    d, ff, layers = 64, 128, 2  # the tiny GGUF: width 64, MLP 128, 2 layers, 2 of 4 KV heads
+    per_layer = (d + d) + 2 * (d + 32) + (d + d) + 2 * (d + ff) + (ff + d)  # in + out per linear
+    assert n_lora == cfg.lora_rank * per_layer * layers
+    config = json.loads((delta / smol.DELTA_CONFIG).read_text())
+    assert config["lora_rank"] == cfg.lora_rank and config["base"]["lm"]
+    # the checkpoints hold the trained parameters only, never the frozen base
+    for name in ("stage1.pt", "stage2.pt"):
+        ckpt = torch.load(out / name, weights_only=False)
+        assert all(k.startswith(("projector.", "lora.")) for k in ckpt["model"]), name
+
+
+def test_the_assembled_folder_generates_as_the_trained_model(trained, tiny):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from specvlm.world.scenes import render
+    from specvlm.world.splits import world_sample
+
+    folder = smol.trained_world_smol_folder(trained["out"] / "delta", tiny["gguf"], tiny["cache"])
+    assert smol.trained_world_smol_folder(trained["out"] / "delta", tiny["gguf"], tiny["cache"]) == folder  # fmt: skip
+    plain = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    ours = trained["result"]["trained_model"].eval()
+    image = render(world_sample("test", 0), size=128)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=text, return_tensors="pt")
+    with torch.inference_mode():
+        a = plain.generate(**inputs, max_new_tokens=6, do_sample=False)
+        b = ours.generate(**inputs, max_new_tokens=6, do_sample=False)
+        la, lb = plain(**inputs).logits, ours(**inputs).logits
+    assert a.tolist() == b.tolist()
+    torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
+
+
+def test_a_stopped_run_resumes_to_the_same_delta(trained, tiny):
+    out = tiny["root"] / "stopped"
+    args = {"steps": STEPS, "progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    first = train_smol_target(out, "smol-tiny", stop_at=2, **args)
+    assert first["model"] is None and not (out / "delta").exists()  # not finished: no delta
+    with pytest.raises(Exception, match="--resume"):
+        train_smol_target(out, "smol-tiny", **args)
+    again = train_smol_target(out, "smol-tiny", resume=True, **args)
+    assert again["steps"] == STEPS and again["losses"][:2] == first["losses"]
+    a = (trained["out"] / "delta" / smol.DELTA_WEIGHTS).read_bytes()
+    assert (out / "delta" / smol.DELTA_WEIGHTS).read_bytes() == a
+
+
+def test_a_fresh_adapter_changes_nothing_and_merges_exactly():
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    text = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, vocab_size=50)  # fmt: skip
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=49)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    plain = LlavaForConditionalGeneration(config).eval()
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 49, (1, 7))
+    before = model(input_ids=ids).logits
+    adapters = add_lora(model, rank=2, alpha=4.0, seed=0)
+    torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_(0, 0.1)
+    from specvlm.world.train_target.lora import delta_tensors, round_to_fp16
+
+    round_to_fp16(adapters)
+    round_to_fp16(model.model.multi_modal_projector)
+    apply_delta(plain, delta_tensors(model, adapters), 4.0 / 2)
+    torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_stage_one_reads_image_rows_only():
+    from specvlm.world.train_target.smol import _image_rows
+
+    data = {
+        "ids": [torch.tensor([1]), torch.tensor([2]), torch.tensor([3])],
+        "masks": [torch.tensor([True])] * 3,
+        "family": ["conversation", "text", "drill"],
+        "scene": torch.tensor([4, 0, 5]),
+        "images": "kept",
+    }
+    rows = _image_rows(data)
+    assert rows["family"] == ["conversation", "drill"] and rows["scene"].tolist() == [4, 5]
+    assert [int(t) for t in rows["ids"]] == [1, 3] and rows["images"] == "kept"
