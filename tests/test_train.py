@@ -126,6 +126,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "specvlm.cli", "train-draft", *args, "--no-progress"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_same_weights(tiny_dir, data, tmp_path):
     common = [
         "--target",
@@ -175,6 +176,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tiny_dir, data, tmp_pat
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_dir, data, tmp_path):
     common = [
         "--target",

@@ -60,6 +60,7 @@ def test_saved_folder_loads_with_auto_classes(run):
     assert out.shape[1] == n + 3 or out[0, -1] == processor.tokenizer.eos_token_id
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(run, tmp_path):
     out, _ = run
     # A run stopped at step 20, then resumed to 40, matches the uninterrupted 40-step run.
