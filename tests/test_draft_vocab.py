@@ -188,6 +188,31 @@ def _recording_drafter(engine, with_weight: bool, trees: list):
     return drafter
 
 
+def test_the_draft_embeds_and_proposes_target_ids():
+    """Tree tokens and the ids the head embeds are target ids (d2t far from draft indices)."""
+    from specvlm.target.base import Prefill
+
+    torch.manual_seed(0)
+    d2t = torch.arange(40, 64)  # (24,) draft index i -> target id 40 + i
+    head = EagleHead(_config(24), d2t).eval()
+    table, weight = torch.randn(64, 32), torch.randn(64, 32)  # (V, d) each
+    embedded: list[int] = []
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        embedded.extend(ids.flatten().tolist())
+        return table[ids]
+
+    drafter = EagleDrafter(head, embed, lambda x: x @ weight.T, lm_head_weight=weight)
+    prefill = Prefill(logits=torch.zeros(64), features=torch.randn(6, 32), embeds=table[:6])
+    drafter.begin(prefill, root=3, capacity=64)
+    assert drafter.root_logprobs.shape == (24,)
+    embedded.clear()
+    tree = drafter.propose(3, depth=4, top_k=3, budget=10)
+    assert tree.tokens[0] == 3 and tree.size == 10
+    assert set(tree.tokens[1:].tolist()) <= set(d2t.tolist())
+    assert embedded and set(embedded) <= set(d2t.tolist())  # the expansions' inputs
+
+
 # tiny targets whose greedy answer to PROMPT on noise_image(2) uses 29 and 9 distinct tokens
 @pytest.mark.parametrize(
     ("name", "n"), [("qwen2-gqa-untied-vfl2-32px", 12), ("llama-mha-untied-vfl1-32px", 6)]

@@ -275,6 +275,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every,
         eval_n=args.eval_n,
+        draft_vocab=args.draft_vocab,
         seed=args.seed,
     )
     check_output_folder(args.out)
@@ -463,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="steps; 0 = at the end only")
     p.add_argument("--eval-n", type=int, default=16, help="questions of --eval-data")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and noise")
+    p.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the draft scores only the target's N most frequent answer tokens; 0 = all",
+    )
     p.add_argument(
         "--resume",
         action="store_true",

@@ -5,6 +5,10 @@ positions: the target projector's visual embedding) -> LayerNorm over [f_i; e_{i
 -> one decoder layer -> f^_{i+1}, a prediction of the target's next feature. Logits come from the
 target's own LM head; the embedding table and LM head are the target's, frozen, never stored here.
 
+A head with a reduced draft vocabulary (`draft_vocab_size` N > 0, `specvlm.draft.vocab`) scores
+only N rows of that LM head, d2t (N,) int64 mapping draft index -> target id, stored in its
+model.safetensors. Tree tokens, and the token ids the head embeds, are always target ids.
+
 This module never imports a model family: it sees the target only through `embed` / `lm_head`
 callables and the dimensions recorded in its config.
 """
@@ -13,14 +17,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specvlm.decoding.tree import DraftTree, grow_dynamic_tree
+from specvlm.draft.vocab import check_d2t
 from specvlm.errors import DraftMismatchError, ModelFolderError
 from specvlm.kv_cache import KVCache
 from specvlm.layers import AttentionShape, DecoderBlock, DefaultRope, decoder_block
@@ -51,6 +57,7 @@ class EagleConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     target: dict[str, Any] = field(default_factory=dict)  # the target's fingerprint
+    draft_vocab_size: int = 0  # N > 0: the head scores N target tokens (d2t); 0 = all V
     architecture: str = ARCHITECTURE
     format_version: int = FORMAT_VERSION
 
@@ -94,7 +101,21 @@ class EagleConfig:
                 raise ModelFolderError(
                     f"{source}: {f.name} must be {_TYPE_WORDS[kind]}, got {data[f.name]!r}"
                 )
-        return cls(**data)
+        config = cls(**data)
+        if not 0 <= config.draft_vocab_size < config.vocab_size:
+            raise ModelFolderError(
+                f"{source}: draft_vocab_size must be 0 (full) or 1..{config.vocab_size - 1}, "
+                f"got {config.draft_vocab_size}"
+            )
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json: a full-vocabulary head omits draft_vocab_size, as before it existed, so
+        its folder stays readable by releases that predate it."""
+        data = asdict(self)
+        if not self.draft_vocab_size:
+            del data["draft_vocab_size"]
+        return data
 
     @property
     def attention(self) -> AttentionShape:
@@ -104,8 +125,8 @@ class EagleConfig:
 _FIELD_TYPES: dict[str, type] = {
     "hidden_size": int, "vocab_size": int, "num_attention_heads": int,
     "num_key_value_heads": int, "head_dim": int, "intermediate_size": int,
-    "rms_norm_eps": float, "rope_theta": float, "target": dict, "architecture": str,
-    "format_version": int,
+    "rms_norm_eps": float, "rope_theta": float, "target": dict, "draft_vocab_size": int,
+    "architecture": str, "format_version": int,
 }  # fmt: skip
 _TYPE_WORDS = {int: "an integer", float: "a number", dict: "an object", str: "a string"}
 
@@ -113,9 +134,11 @@ _TYPE_WORDS = {int: "an integer", float: "a number", dict: "an object", str: "a 
 class EagleHead(nn.Module):
     """The trainable part: input norm, fc, one decoder layer (names follow EAGLE checkpoints)."""
 
-    def __init__(self, config: EagleConfig) -> None:
+    def __init__(self, config: EagleConfig, d2t: torch.Tensor | None = None) -> None:
+        """d2t (N,): the draft vocabulary when config.draft_vocab_size = N > 0 (a placeholder
+        arange(N) when None, e.g. before load_state_dict)."""
         super().__init__()
-        d = config.hidden_size
+        d, n = config.hidden_size, config.draft_vocab_size
         self.config = config
         self.input_norm = nn.LayerNorm(2 * d)
         self.fc = nn.Linear(2 * d, d, bias=True)
@@ -123,6 +146,28 @@ class EagleHead(nn.Module):
             d, config.attention, config.intermediate_size, config.rms_norm_eps
         )
         self.rope = DefaultRope(config.head_dim, config.rope_theta)
+        if n:
+            d2t = torch.arange(n, device="cpu") if d2t is None else d2t.detach().long().clone()
+            check_d2t(d2t.cpu(), config.vocab_size, n)
+        else:
+            d2t = None
+        self.register_buffer("d2t", d2t)  # (N,) draft index -> target id; None = full
+        self._rows: tuple | None = None  # (weight, its data_ptr, weight[d2t]): see lm_rows
+
+    def lm_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """The target LM head's rows this head scores, weight[d2t] (N, d); gathered once per
+        weight (the target is frozen) and kept, in the layout F.linear reads fastest."""
+        assert self.d2t is not None, "a full-vocabulary head scores every row"
+        c = self._rows
+        if c is None or c[0] is not weight or c[1] != weight.data_ptr():
+            with torch.inference_mode(False), torch.no_grad():  # usable by training too
+                rows = weight.detach()[self.d2t.to(weight.device)]  # (N, d)
+                # CPU float32: strides (1, N) as layers.fast_linear_layout, measured 2x faster for
+                # k = 10 rows; bfloat16 reads (N, d) rows faster (scripts/draft_vocab_cost.py)
+                if rows.device.type == "cpu" and rows.dtype == torch.float32:
+                    rows = rows.t().contiguous().t()
+            c = self._rows = (weight, weight.data_ptr(), rows)
+        return c[2]
 
     def forward(
         self,
@@ -149,9 +194,12 @@ class EagleHead(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        state = {
+            k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous()  # d2t: int64
+            for k, v in self.state_dict().items()
+        }
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> EagleHead:
@@ -179,6 +227,9 @@ class EagleHead(nn.Module):
             head.load_state_dict(state)
         except RuntimeError as e:
             raise ModelFolderError(f"{weights} does not match its config.json: {e}") from e
+        if head.d2t is not None:  # load_state_dict casts: the stored map itself must be int64
+            n = head.config.draft_vocab_size
+            check_d2t(state["d2t"], head.config.vocab_size, n, str(weights))
         return head.to(dtype).eval()
 
 
@@ -211,23 +262,43 @@ def _describe(fp: dict[str, Any]) -> str:
 
 
 class EagleDrafter:
-    """Drives an EagleHead over one request: catch-up on real features, EAGLE-2 tree growth."""
+    """Drives an EagleHead over one request: catch-up on real features, EAGLE-2 tree growth.
+
+    With a reduced draft vocabulary the head scores N rows: `lm_head_weight` (the target's LM
+    head weight, (V, d), `specvlm.draft.vocab.lm_head_weight`) lets it multiply by those rows
+    only; without it the full logits are computed and sliced (same values, no saving)."""
 
     def __init__(
         self,
         head: EagleHead,
         embed: Callable[[torch.Tensor], torch.Tensor],
         lm_head: Callable[[torch.Tensor], torch.Tensor],
+        lm_head_weight: torch.Tensor | None = None,
     ) -> None:
         self.head = head
         self.embed = embed
         self.lm_head = lm_head
+        self.d2t: torch.Tensor | None = head.d2t  # (N,) draft index -> target id, or None
+        self._rows = (
+            None if self.d2t is None or lm_head_weight is None else head.lm_rows(lm_head_weight)
+        )
         self.cache: KVCache | None = None
-        self.root_logprobs: torch.Tensor | None = None  # (V,) draft distribution after the root
+        self.root_logprobs: torch.Tensor | None = None  # (N,) draft distribution after the root
         self.root_feature: torch.Tensor | None = None  # (1, d) draft's predicted root feature
 
     def _logprobs(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.lm_head(features).float(), dim=-1)
+        """(T, d) -> (T, N) log-probabilities over the draft vocabulary (N = V when full)."""
+        if self.d2t is None:
+            logits = self.lm_head(features)  # (T, V)
+        elif self._rows is not None:
+            logits = F.linear(features, self._rows)  # (T, N): only the draft vocabulary's rows
+        else:
+            logits = self.lm_head(features)[..., self.d2t]  # (T, N), from the full (T, V)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _target_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Draft indices -> target ids (the identity for a full-vocabulary head)."""
+        return tokens if self.d2t is None else self.d2t[tokens]
 
     @torch.inference_mode()
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
@@ -290,7 +361,7 @@ class EagleDrafter:
             mask[:, L : L + S + k] = ancestors
             out = self.head(
                 state["features"][parent_rows],  # (k, d) the parent's predicted feature
-                self.embed(tokens.to(device)),
+                self.embed(self._target_ids(tokens.to(device))),  # tokens: draft indices
                 None,
                 self.cache,
                 mask[:, : L + S + k],  # (k, L + S + k)
@@ -300,6 +371,12 @@ class EagleDrafter:
             state.update(features=out, ancestors=ancestors, level=level + 1)
             return self._logprobs(out)  # (k, V)
 
-        return grow_dynamic_tree(
+        # grown over draft indices (the root is the target's own token); the tree the loop
+        # verifies holds target ids only
+        tree = grow_dynamic_tree(
             root, self.root_logprobs, expand, top_k=top_k, depth=depth, budget=budget
         )
+        if self.d2t is None:
+            return tree
+        tokens = torch.cat([tree.tokens[:1], self.d2t[tree.tokens[1:]]])  # (n,) target ids
+        return replace(tree, tokens=tokens)

@@ -7,6 +7,13 @@ draft, teacher-forced on the target's real features, to predict the next feature
 
 on rows that predict an answer token. Nothing the target computes is stored.
 
+With a reduced draft vocabulary (`draft_vocab` N > 0, `specvlm.draft.vocab`) the map d2t is
+counted first, on the answer tokens of the training data (the target's own greedy answers under
+`regenerate`), and the CE runs over those N tokens: the target's distribution restricted to d2t
+and renormalised, softmax(target logits[d2t]), as EAGLE-3 does. That is the distribution the
+draft can act on: its proposals are always in d2t, so what it must learn is the target's ranking
+among them; an explicit bucket for the mass outside d2t would train a class it can never propose.
+
 Runs on one process or under `torchrun --nproc_per_node N` (DistributedDataParallel; gloo on CPU,
 nccl on GPU): the global batch is split evenly across ranks and gradients are averaged, so the
 result matches a single process with the same global batch.
@@ -39,6 +46,7 @@ import torch.nn.functional as F
 
 from specvlm.config import check_seed
 from specvlm.draft.eagle import EagleConfig, EagleHead
+from specvlm.draft.vocab import count_tokens, coverage, lm_head_weight, top_n_map
 from specvlm.errors import DataError, ImageError, InputError, PromptError
 from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
@@ -74,6 +82,7 @@ class TrainConfig:
     eval_n: int = 16
     eval_max_new_tokens: int = 64
     regenerate_max_new_tokens: int = 256  # per answer, with --regenerate
+    draft_vocab: int = 0  # N > 0: the draft scores the target's N most frequent answer tokens
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,6 +120,12 @@ class TrainConfig:
             raise InputError("lr must be > 0; feature_noise and grad_clip must be >= 0")
         if self.warmup_steps < 0 or self.eval_every < 0:
             raise InputError("warmup_steps and eval_every must be >= 0")
+        if isinstance(self.draft_vocab, bool) or not isinstance(self.draft_vocab, int):
+            raise InputError(f"draft_vocab must be an integer, got {self.draft_vocab!r}")
+        if self.draft_vocab < 0:
+            raise InputError(
+                f"draft_vocab must be >= 0 (0 = full vocabulary), got {self.draft_vocab}"
+            )
         if not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         check_seed(self.seed)
@@ -137,21 +152,57 @@ def distill_loss(
 
     Draft row i reads (f_i, e_{i+1}) and predicts f_{i+1}; rows whose next position is an answer
     token count. Returns (loss, top-1 agreement with the target, rows counted).
+
+    With a reduced draft vocabulary the CE is over its N tokens (the target renormalised on
+    them), and agreement still compares with the target's top-1 over its whole vocabulary.
     """
     S = features.shape[0]
-    config = head.module.config if hasattr(head, "module") else head.config
+    bare = head.module if hasattr(head, "module") else head  # under DDP: the EagleHead
+    config = bare.config
     cache = KVCache(1, config.num_key_value_heads, config.head_dim, S, dtype=features.dtype)
     inputs = features[:-1] if noise is None else features[:-1] + noise
     pred = head(inputs, embeds[1:], torch.arange(S - 1), cache, "causal")  # (S-1, d)
     rows = answer_mask[1:]  # (S-1,) row i predicts position i+1
     want = features[1:][rows]  # (n, d)
+    mine = pred[rows].to(want.dtype)  # (n, d)
+    d2t = bare.d2t  # (N,) or None
     with torch.no_grad():
-        p = torch.softmax(target.lm_head(want).float(), -1)  # (n, V) target distribution
-    logq = torch.log_softmax(target.lm_head(pred[rows].to(want.dtype)).float(), -1)  # (n, V)
+        target_logits = target.lm_head(want).float()  # (n, V)
+    if d2t is None:
+        p = torch.softmax(target_logits, -1)  # (n, V) target distribution
+        logq = torch.log_softmax(target.lm_head(mine).float(), -1)  # (n, V)
+        draft_top = logq.argmax(-1)  # (n,) target ids
+    else:
+        p = torch.softmax(target_logits[:, d2t], -1)  # (n, N) restricted to d2t, renormalised
+        weight = lm_head_weight(target)
+        if weight is not None:
+            logits = F.linear(mine, bare.lm_rows(weight))  # (n, N): the draft vocabulary's rows
+        else:  # a target without a plain weight: the full product, sliced
+            logits = target.lm_head(mine)[:, d2t]  # (n, N)
+        logq = torch.log_softmax(logits.float(), -1)  # (n, N)
+        draft_top = d2t[logq.argmax(-1)]  # (n,) target ids
     ce = -(p * logq).sum(-1).mean()
     loss = cfg.w_logit * ce + cfg.w_feat * F.smooth_l1_loss(pred[rows].float(), want.float())
-    agree = (logq.argmax(-1) == p.argmax(-1)).float().mean().item()
+    agree = (draft_top == target_logits.argmax(-1)).float().mean().item()
     return loss, agree, int(rows.sum())
+
+
+def answer_token_counts(
+    target: Target, convs: list[Conversation], rank: int = 0, world: int = 1
+) -> torch.Tensor:
+    """(V,) int64: how often each target id is an answer token of `convs` (all processes)."""
+
+    def answers():  # each process its share
+        for i in range(rank, len(convs), world):
+            enc = encode(target, convs[i])
+            yield enc.prompt.input_ids[enc.answer_mask]  # (n,) the answer tokens, EOS included
+
+    counts = count_tokens(answers(), target.info.vocab_size)
+    if world > 1:
+        shared = counts.cuda() if dist.get_backend() == "nccl" else counts  # nccl: GPU only
+        dist.all_reduce(shared)
+        counts = shared.cpu()
+    return counts
 
 
 def target_sequence(target: Target, conv: Conversation) -> tuple[torch.Tensor, ...]:
@@ -192,7 +243,10 @@ def _save_checkpoint(out: Path, head: EagleHead, opt, sched, step: int, meta: di
     tmp = root / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().float().contiguous() for k, v in head.state_dict().items()}
+    state = {
+        k: (v.float() if v.is_floating_point() else v).detach().contiguous()  # d2t stays int64
+        for k, v in head.state_dict().items()
+    }
     save_file(state, str(tmp / "head.safetensors"))
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
@@ -544,9 +598,28 @@ def train_draft(
             f"this run (--epochs {cfg.epochs}); give more --epochs or train into a new --out"
         )
 
+    d2t = None
+    if cfg.draft_vocab:
+        V = target.info.vocab_size
+        if cfg.draft_vocab >= V:
+            raise InputError(
+                f"--draft-vocab {cfg.draft_vocab}: the target has {V} tokens; give 1..{V - 1}, "
+                "or 0 for the full vocabulary"
+            )
+        counts = answer_token_counts(target, convs, rank, world)
+        d2t = top_n_map(counts, cfg.draft_vocab)  # (N,) from the data, before any step
+        if rank == 0:
+            log(
+                f"draft vocabulary: {cfg.draft_vocab} of {V} tokens, covering "
+                f"{coverage(counts, d2t):.2%} of the {int(counts.sum())} answer tokens "
+                f"({int((counts > 0).sum())} distinct)"
+            )
+
     torch.manual_seed(cfg.seed)
-    config = EagleConfig.for_target(target.info, **(head_overrides or {}))
-    head = EagleHead(config).to(device)
+    config = EagleConfig.for_target(
+        target.info, draft_vocab_size=cfg.draft_vocab, **(head_overrides or {})
+    )
+    head = EagleHead(config, d2t).to(device)
     model: torch.nn.Module = head
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(head)

@@ -13,6 +13,7 @@ import torch
 
 from specvlm.decoding.tree import DraftTree
 from specvlm.draft.eagle import EagleConfig, EagleHead
+from specvlm.draft.vocab import count_tokens, top_n_map
 from specvlm.target import Target, load_target
 from specvlm.target.base import Prompt
 from specvlm.train.distill import TrainConfig, distill_loss
@@ -44,8 +45,11 @@ def fit_head_to_target(
     steps: int = 150,
     lr: float = 3e-3,
     seed: int = 0,
+    draft_vocab: int = 0,
 ) -> EagleHead:
-    """Fit a fresh head on the target's greedy answers to a few prompts; save it to out_dir."""
+    """Fit a fresh head on the target's greedy answers to a few prompts; save it to out_dir.
+
+    draft_vocab N > 0: a reduced draft vocabulary, the N ids those answers use most."""
     from PIL import Image
 
     from specvlm.api import Engine
@@ -61,13 +65,20 @@ def fit_head_to_target(
                 (f"describe the image in detail. {i}", [Image.fromarray(pixels.numpy())])
             )
     engine = Engine(target, None)
-    sequences = []
+    sequences, answers = [], []
     for text, images in prompts:
         prepared = target.prepare(text, images)
         out = engine.generate(text, images=images, max_new_tokens=new_tokens, speculative=False)
         features, embeds = target_sequence(target, prepared, out.token_ids)
         sequences.append((features, embeds, prepared.input_ids.shape[0]))
-    head = EagleHead(EagleConfig.for_target(target.info, num_attention_heads=2))
+        answers.append(out.token_ids)
+    d2t = None
+    if draft_vocab:
+        d2t = top_n_map(count_tokens(answers, target.info.vocab_size), draft_vocab)
+    config = EagleConfig.for_target(
+        target.info, num_attention_heads=2, draft_vocab_size=draft_vocab
+    )
+    head = EagleHead(config, d2t)
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     for step in range(steps):
