@@ -15,6 +15,7 @@ from specvlm.config import SamplingConfig, TreeConfig, check_seed
 from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
+from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
 from specvlm.layers import prepare_for_inference
 from specvlm.target import Target, load_target
@@ -102,7 +103,9 @@ class Engine:
     def _drafter(self) -> EagleDrafter | None:
         if self.draft is None:
             return None
-        return EagleDrafter(self.draft, self.target.embed, self.target.lm_head)
+        return EagleDrafter(
+            self.draft, self.target.embed, self.target.lm_head, lm_head_weight(self.target)
+        )
 
     def _start(
         self,

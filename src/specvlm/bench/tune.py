@@ -28,6 +28,7 @@ from specvlm.api import Engine
 from specvlm.config import TreeConfig
 from specvlm.decoding.tree import DraftTree
 from specvlm.draft.eagle import EagleDrafter
+from specvlm.draft.vocab import lm_head_weight
 
 PAPER_DEFAULT = TreeConfig(depth=7, top_k=10, budget=60)
 # top_k 1 is a chain; deep, narrow trees pay off when the draft agrees with the target often
@@ -84,7 +85,7 @@ def measure_costs(engine: Engine, prompt: tuple[Any, list], repeats: int = 20) -
     for n in budgets:
         tree = cost_probe_tree(n)
         verify[n] = _best_time(lambda t=tree: target.verify(t.tokens, t.depths, t.mask), repeats)
-    drafter = EagleDrafter(engine.draft, target.embed, target.lm_head)
+    drafter = EagleDrafter(engine.draft, target.embed, target.lm_head, lm_head_weight(target))
     root = int(pre.logits.argmax())
     drafter.begin(pre, root, capacity=prepared.input_ids.shape[0] + 200)
     draft = {}

@@ -369,7 +369,7 @@ class EagleDrafter:
                 rope=(cos[level].expand(k, -1), sin[level].expand(k, -1)),  # (k, hd) each
             )
             state.update(features=out, ancestors=ancestors, level=level + 1)
-            return self._logprobs(out)  # (k, V)
+            return self._logprobs(out)  # (k, N)
 
         # grown over draft indices (the root is the target's own token); the tree the loop
         # verifies holds target ids only

@@ -87,4 +87,9 @@ class Target(Protocol):
 
     def lm_head(self, features: torch.Tensor) -> torch.Tensor: ...
 
+    @property
+    def lm_head_weight(self) -> torch.Tensor | None:
+        """(V, d) W with lm_head(x) == x @ W.T, or None when the head is not a plain product."""
+        ...
+
     def decode(self, token_ids: list[int]) -> str: ...

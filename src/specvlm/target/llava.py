@@ -249,6 +249,12 @@ class LlavaTarget:
     def lm_head(self, features: torch.Tensor) -> torch.Tensor:
         return self._lm_head(features)  # (T, V) in the model's dtype
 
+    @property
+    def lm_head_weight(self) -> torch.Tensor | None:
+        """(V, d) W with lm_head(x) == x @ W.T exactly (None if the head has a bias): a drafter
+        with a reduced vocabulary scores only its rows."""
+        return self._lm_head.weight if self._lm_head.bias is None else None
+
     def _prompt_embeds(self, prompt: Prompt) -> torch.Tensor:
         embeds = self.embed(prompt.input_ids)  # (T, d)
         if prompt.pixel_values is None:
