@@ -78,8 +78,10 @@ def test_exif_orientation_is_applied():
     img = Image.new("RGB", (40, 20), "red")  # wide
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
-    rotated = load_image(png_bytes(img, "JPEG", exif=exif.tobytes()))
-    assert rotated.size == (20, 40)  # upright, as a camera meant it
+    data = png_bytes(img, "JPEG", exif=exif.tobytes())
+    assert load_image(data).size == (20, 40)  # read from a file: upright, as a camera meant it
+    # a PIL image is taken as given, as transformers' processors take it
+    assert load_image(Image.open(io.BytesIO(data))).size == (40, 20)
 
 
 def test_a_decompression_bomb_is_refused_with_the_limit(tmp_path):

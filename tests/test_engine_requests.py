@@ -49,23 +49,32 @@ def test_closing_a_stream_early_frees_the_engine(engine):
 
 def test_threads_get_one_answer_or_a_clean_refusal(engine):
     solo = engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=24).token_ids
-    results: list[object] = []
-    go = threading.Barrier(4)
 
-    def worker() -> None:
-        go.wait()
-        try:
-            results.append(
-                engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=24).token_ids
-            )
-        except specvlm.EngineBusyError as e:
-            results.append(e)
+    def race() -> list[object]:
+        results: list[object] = []
+        go = threading.Barrier(4)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        def worker() -> None:
+            go.wait()
+            try:
+                out = engine.generate(PROMPT, images=[noise_image(0)], max_new_tokens=24)
+                results.append(out.token_ids)
+            except specvlm.EngineBusyError as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    held = engine.stream(PROMPT, images=[noise_image(0)], max_new_tokens=24)
+    next(held)  # the engine is busy: every thread is refused, cleanly
+    refused = race()
+    assert len(refused) == 4 and all(isinstance(r, specvlm.EngineBusyError) for r in refused)
+    held.close()
+    results = race()  # free again: the threads race for it
     answers = [r for r in results if isinstance(r, list)]
     assert len(results) == 4 and answers  # at least one ran
     assert all(r == solo for r in answers)  # and every answer is the solo one, uncorrupted

@@ -532,3 +532,56 @@ def test_python_m_specvlm_serve_starts_the_embedded_pair(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_a_request_that_gave_up_holds_no_queue_place():
+    import asyncio
+
+    from specvlm.serve.errors import ApiError
+    from specvlm.serve.metrics import Metrics
+    from specvlm.serve.worker import EngineWorker
+
+    async def admit() -> None:
+        worker = EngineWorker(None, ServeConfig(max_queue=1), Metrics())  # no thread: all wait
+        first = worker.submit(object())
+        with pytest.raises(ApiError) as e:
+            worker.submit(object())
+        assert e.value.status == 503
+        first.gone.set()  # its client left (or it timed out) while waiting
+        assert worker.depth == 0
+        worker.submit(object())  # the place is free again at once
+        assert worker.depth == 1
+
+    asyncio.run(admit())
+
+
+def test_max_queue_zero_is_refused():
+    import argparse
+
+    from specvlm.errors import InputError
+    from specvlm.serve.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--max-queue", "0"])
+    with pytest.raises(InputError, match="--max-queue must be positive"):
+        config_from_args(args)
+
+
+def test_a_fifo_in_the_allowed_folder_is_refused_not_waited_on(tmp_path):
+    from specvlm.serve.errors import ApiError
+    from specvlm.serve.images import read_image_url
+
+    os.mkfifo(tmp_path / "x.png")
+    done: list = []
+
+    def read() -> None:
+        try:
+            read_image_url("x.png", ServeConfig(allow_dir=tmp_path))
+        except ApiError as e:
+            done.append(e.status)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=5)
+    assert done and done[0] in (400, 403), "reading a FIFO blocked or was accepted"

@@ -217,3 +217,35 @@ def test_two_process_ddp_matches_one_process(tiny_dir, data, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
     state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-2" / "state.json").read_text())
     assert state["world"] == 2
+
+
+def test_regenerated_answers_are_reused_only_for_the_same_inputs(tmp_path, monkeypatch):
+    """`--regenerate`'s cache in OUT is keyed by target, prompts, images and token limit."""
+    from types import SimpleNamespace
+
+    from specvlm.train import distill
+    from specvlm.train.data import Conversation
+
+    calls: list[int] = []
+
+    def fake_regenerate(target, convs, max_new, progress):
+        calls.append(len(convs))
+        return [Conversation(c.id, [(r, t if r == "user" else f"new {max_new}") for r, t in c.turns])
+                for c in convs]  # fmt: skip
+
+    monkeypatch.setattr(distill, "regenerate_answers", fake_regenerate)
+    convs = [Conversation("a", [("user", "q1"), ("assistant", "old")])]
+    cache = tmp_path / "regenerated.jsonl"
+    target_a = SimpleNamespace(info=SimpleNamespace(fingerprint={"structure": "A"}))
+    target_b = SimpleNamespace(info=SimpleNamespace(fingerprint={"structure": "B"}))
+
+    first = distill._regenerated(target_a, convs, cache, 0, 1, 8)
+    assert first[0].turns[1] == ("assistant", "new 8") and calls == [1]
+    distill._regenerated(target_a, convs, cache, 0, 1, 8)
+    assert calls == [1]  # same inputs: the cache is reused
+    distill._regenerated(target_b, convs, cache, 0, 1, 8)
+    assert calls == [1, 1]  # another target: regenerated
+    distill._regenerated(target_b, convs, cache, 0, 1, 16)
+    other = [Conversation("a", [("user", "q2"), ("assistant", "old")])]
+    distill._regenerated(target_b, other, cache, 0, 1, 16)
+    assert calls == [1, 1, 1, 1]  # another limit, another prompt: regenerated each time

@@ -127,7 +127,8 @@ def test_eval_reports_every_family(run):  # noqa: F811
 
 
 def test_eval_runs_with_a_chatml_template(run, tmp_path):  # noqa: F811
-    """A target whose template is world-smol's ChatML (no BOS from the tokenizer) runs too."""
+    """A target whose template is world-smol's ChatML runs too (here on the world tokenizer,
+    which adds its <s> in front of the ChatML text, as it would of any text)."""
     from specvlm.smol import CHAT_TEMPLATE
 
     folder = tmp_path / "chatml"

@@ -1,8 +1,9 @@
 """Reading user-supplied images, with errors that say what went wrong.
 
 Accepted: a PIL image, a path (str or Path) to an image file, the bytes of an image file, or a
-binary file object open on one. Images are turned upright by their EXIF orientation (as a camera
-meant them, and as `transformers`' own `load_image` does) and converted to RGB. URLs are never
+binary file object open on one. Images read from a file or bytes are turned upright by their EXIF
+orientation (as a camera meant them, and as `transformers`' own `load_image` does); a PIL image
+is taken as given, as `transformers`' processors take it. All are converted to RGB. URLs are never
 fetched. An image larger than MAX_PIXELS is refused before it is decoded.
 """
 
@@ -26,9 +27,9 @@ _URL_SCHEMES = ("http://", "https://", "ftp://", "data:")
 
 def load_image(item: Any) -> Image.Image:
     """A PIL image in RGB, upright, from any of the ACCEPTED kinds."""
-    if isinstance(item, Image.Image):
+    if isinstance(item, Image.Image):  # taken as given, like transformers' processors do
         _check_size(item.size, "the image")
-        return ImageOps.exif_transpose(item).convert("RGB")
+        return item.convert("RGB")
     if isinstance(item, str) and item.lower().startswith(_URL_SCHEMES):
         raise ImageError(
             f"{item[:80]!r} is a URL; SpecVLM never fetches URLs: download the image and pass "

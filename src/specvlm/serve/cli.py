@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     for name in ("max_queue", "max_tokens", "max_images", "max_image_pixels"):
-        if getattr(args, name) < (0 if name == "max_queue" else 1):
+        if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
     if args.request_timeout <= 0 or args.max_image_mb <= 0 or args.max_body_mb <= 0:
         raise InputError("--request-timeout, --max-image-mb and --max-body-mb must be positive")

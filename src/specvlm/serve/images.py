@@ -80,8 +80,12 @@ def _read_allowed(path: str, config: ServeConfig) -> bytes:
             code="path_not_allowed",
             param="image_url",
         )
-    try:  # O_NOFOLLOW: a file swapped for a symlink after resolve() is refused, not followed
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # O_NOFOLLOW: a last component swapped for a symlink after resolve() is refused, not
+    # followed; O_NONBLOCK: opening a FIFO does not wait for a writer (the S_ISREG check below
+    # then refuses it; regular files ignore the flag)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(real, flags)
     except OSError as e:
         raise bad_request(
             f"cannot open image file {path!r}: {e.strerror}", param="image_url"

@@ -49,7 +49,7 @@ class Failed:
 Event = Round | Done | Failed
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: tickets live in a set
 class Ticket:
     """A job admitted to the queue, with its way back to the event loop."""
 
@@ -82,7 +82,12 @@ class EngineWorker:
         self.engine = engine
         self.config = config
         self.metrics = metrics
-        self._queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=config.max_queue)
+        self._queue: queue.Queue[Ticket | None] = queue.Queue()  # admission bounds it
+        # the tickets waiting for the engine; one whose client left or timed out stops counting
+        # at once (it stays in the queue until the worker skips it, but holds no place)
+        self._waiting: set[Ticket] = set()
+        self._lock = threading.Lock()
+        self._current: Ticket | None = None
         self._thread = threading.Thread(target=self._loop, name="specvlm-engine", daemon=True)
         self.running = 0
 
@@ -92,30 +97,37 @@ class EngineWorker:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        with self._lock:
+            return self._live_waiting()
+
+    def _live_waiting(self) -> int:
+        """Waiting tickets whose clients are still there (call with the lock held)."""
+        self._waiting = {t for t in self._waiting if not t.gone.is_set()}
+        return len(self._waiting)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        while True:  # drop what waits; the running request ends at its next round
-            try:
-                ticket = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if ticket is not None:
-                ticket.gone.set()
+        with self._lock:  # drop what waits, and end the running request at its next round
+            for ticket in [*self._waiting, self._current]:
+                if ticket is not None:
+                    ticket.gone.set()
+            self._waiting.clear()
         self._queue.put(None)
         self._thread.join(timeout=10)
 
     def submit(self, job: ChatJob) -> Ticket:
-        """Admit a job, or raise a 503 at once when the queue is full."""
+        """Admit a job, or raise a 503 at once when `max_queue` live requests are waiting."""
         ticket = Ticket(
             job, asyncio.get_running_loop(), time.monotonic() + self.config.request_timeout_s
         )
-        try:
-            self._queue.put_nowait(ticket)
-        except queue.Full:
+        with self._lock:
+            full = self._live_waiting() >= self.config.max_queue
+            if not full:
+                self._waiting.add(ticket)
+                self._queue.put_nowait(ticket)
+        if full:
             self.metrics.requests.labels("rejected").inc()
             raise ApiError(
                 503,
@@ -123,12 +135,15 @@ class EngineWorker:
                 type="server_busy",
                 code="queue_full",
                 headers={"Retry-After": str(self.config.retry_after_s)},
-            ) from None
+            )
         self.metrics.queue_depth.set(self.depth)
         return ticket
 
     def _loop(self) -> None:
         while (ticket := self._queue.get()) is not None:
+            with self._lock:
+                self._waiting.discard(ticket)
+                self._current = ticket
             self.metrics.queue_depth.set(self.depth)
             if ticket.gone.is_set():
                 self.metrics.requests.labels("cancelled").inc()
@@ -149,6 +164,8 @@ class EngineWorker:
             finally:
                 self.running = 0
                 self.metrics.running.set(0)
+                with self._lock:
+                    self._current = None
             self.metrics.requests.labels(outcome).inc()
 
     def _run(self, ticket: Ticket) -> str:

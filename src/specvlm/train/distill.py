@@ -490,8 +490,14 @@ def _regenerated(
     max_new: int,
     progress: bool = False,
 ):
-    """Regenerate once (sharded over processes), cached as LLaVA JSONL in the output folder."""
-    if not cache.is_file():
+    """Regenerate once (sharded over processes), cached as LLaVA JSONL in the output folder.
+
+    The cache is reused only for the same target, questions, images and token limit: a key of
+    those is stored beside it (`regenerated.key`), and any difference regenerates."""
+    key_file = cache.with_suffix(".key")
+    key = _regeneration_key(target, convs, max_new)
+    fresh = cache.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+    if not fresh:
         mine = regenerate_answers(target, convs[rank::world], max_new, progress and rank == 0)
         shards = [mine]
         if world > 1:
@@ -520,8 +526,22 @@ def _regenerated(
                     }
                     f.write(json.dumps(row) + "\n")
             os.replace(tmp, cache)
+            key_tmp = key_file.with_suffix(".key.tmp")
+            key_tmp.write_text(key + "\n")
+            os.replace(key_tmp, key_file)
         _barrier()
     return read_conversations(cache, "/", "stop")[0]
+
+
+def _regeneration_key(target: Target, convs: list[Conversation], max_new: int) -> str:
+    """What regenerated answers depend on: the target, every prompt turn and image, the limit."""
+    h = hashlib.sha256()
+    h.update(json.dumps(target.info.fingerprint, sort_keys=True).encode())
+    h.update(str(max_new).encode())
+    for c in convs:
+        prompts = [t for r, t in c.turns if r != "assistant"]
+        h.update(json.dumps([c.id, [str(p.resolve()) for p in c.images], prompts]).encode())
+    return h.hexdigest()
 
 
 # ---- the trainer --------------------------------------------------------------------------
@@ -658,7 +678,8 @@ def train_draft(
                 raise DataError(f"{convs[index].source}: {e}") from e
             noise = None
             if cfg.feature_noise > 0:
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + index)
+                seed = (cfg.seed * 1_000_003 + step * 1009 + index) % 2**63  # any --seed fits
+                gen = torch.Generator().manual_seed(seed)
                 noise = (torch.rand(features[:-1].shape, generator=gen) * 2 - 1) * cfg.feature_noise
                 noise = noise.to(features.device, features.dtype)
             last = j == len(mine) - 1
