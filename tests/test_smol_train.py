@@ -17,14 +17,19 @@ import torch
 
 from specvlm import smol
 from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_delta
-from specvlm.world.train_target.smol import SMOL_CONFIGS, TEXT_PROMPTS, train_smol_target
+from specvlm.world.train_target.smol import (
+    SMOL_CONFIGS,
+    TEXT_PROMPTS,
+    smol_patch_words,
+    train_smol_target,
+)
 from tests.test_smol import write_tiny_gguf
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None,
     reason="reading GGUF files needs `pip install gguf accelerate`",
 )
-STEPS = 12  # 6 per stage
+STEPS = 12  # stage 2 (stage 1: the config's align_steps)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +54,11 @@ def test_prompts_are_distinct():
 
 def test_the_loss_goes_down_in_both_stages(trained):
     r = trained["result"]
-    assert r["steps"] == STEPS
-    s1, s2 = r["stage1_losses"], r["losses"]
-    assert len(s1) == len(s2) == STEPS // 2
+    assert r["steps"] == STEPS and r["align_steps"] == SMOL_CONFIGS["smol-tiny"].align_steps
+    s1, s2 = r["stage1_losses"], r["losses"]  # alignment loss, then answer loss
+    assert len(s1) == r["align_steps"] and len(s2) == STEPS
     assert np.mean(s1[-2:]) < np.mean(s1[:2])
-    assert np.mean(s2[-2:]) < s1[0]
+    assert np.mean(s2[-3:]) < np.mean(s2[:3])
 
 
 def test_only_the_delta_is_saved(trained):
@@ -148,16 +153,68 @@ def test_a_fresh_adapter_changes_nothing_and_merges_exactly():
     torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-def test_stage_one_reads_image_rows_only():
-    from specvlm.world.train_target.smol import _image_rows
+def test_patch_words_name_objects_by_smollm2_tokens(tiny):
+    """The alignment targets: at each object's centre patch its colour, shape and size as
+    SmolLM2 ids (a word of two tokens by its first), then its region codes; 0 elsewhere."""
+    from transformers import AutoTokenizer
 
-    data = {
-        "ids": [torch.tensor([1]), torch.tensor([2]), torch.tensor([3])],
-        "masks": [torch.tensor([True])] * 3,
-        "family": ["conversation", "text", "drill"],
-        "scene": torch.tensor([4, 0, 5]),
-        "images": "kept",
-    }
-    rows = _image_rows(data)
-    assert rows["family"] == ["conversation", "drill"] and rows["scene"].tolist() == [4, 5]
-    assert [int(t) for t in rows["ids"]] == [1, 3] and rows["images"] == "kept"
+    from specvlm.world.scenes import Scene, SceneObject
+
+    tok = AutoTokenizer.from_pretrained(smol.world_smol_folder(tiny["gguf"], cache=tiny["cache"]))
+    scene = Scene(
+        objects=(
+            SceneObject("hexagon", "red", "large", 0.2, 0.2, 0),
+            SceneObject("star", "blue", "small", 0.9, 0.9, 1),
+        )
+    )
+    words = smol_patch_words(scene, 8, tok)  # (64, 5)
+    assert words.shape == (64, 5)
+    first = lambda w: tok.encode(" " + w, add_special_tokens=False)[0]  # noqa: E731
+    assert words[1 * 8 + 1].tolist() == [first("red"), first("hexagon"), first("large"), 1, 4]
+    assert words[7 * 8 + 7].tolist() == [first("blue"), first("star"), first("small"), 3, 6]
+    assert int((words.sum(1) > 0).sum()) == 2
+
+
+def test_the_alignment_loss_reads_the_image_rows_of_a_mixed_batch():
+    """Stage 2 batches mix image and text-only rows; the projector's output exists for the image
+    rows only, and the alignment loss must pair it with those rows' patch words."""
+    from types import SimpleNamespace
+
+    from specvlm.world.train_target.loop import train_step
+
+    torch.manual_seed(0)
+    d, P, image_id = 8, 4, 9
+    embed = torch.nn.Embedding(10, d)
+    proj = torch.nn.Linear(3, d)
+    seen = {}
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.proj = embed, proj
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    def forward(model, ids, pixels, pointer_layer):
+        rows = (ids == image_id).any(1)
+        projected = model.proj(torch.ones(int(rows.sum()), P, 3))  # (b, P, d)
+        seen["rows"] = int(rows.sum())
+        return torch.zeros(ids.shape[0], ids.shape[1], 10, requires_grad=True), None, projected
+
+    cfg = SimpleNamespace(
+        bf16=False, aux_weight=0.0, align_weight=1.0, align_blank_weight=0.5, region_scale=0.6,
+        clip_norm=1.0,
+    )  # fmt: skip
+    model = Model()
+    trained = torch.nn.ModuleDict({"proj": proj})
+    run = SimpleNamespace(cfg=cfg, model=model, trained=trained,
+                          opt=torch.optim.SGD(trained.parameters(), lr=0.0))  # fmt: skip
+    ids = torch.tensor([[1, 2, 3], [image_id, 2, 3], [1, 1, 1]])  # only row 1 has an image
+    words = torch.zeros(3, P, 5, dtype=torch.long)
+    words[1, 0, :3] = torch.tensor([4, 5, 6])
+    batch = {"input_ids": ids, "pixel_values": None, "labels": torch.full((3, 3), -100),
+             "patch_words": words, "pointer": torch.full((3, 3), -1)}  # fmt: skip
+    batch["labels"][:, 1] = 1
+    losses = train_step(run, batch, forward, image_id, None)
+    assert seen["rows"] == 1 and losses["align"] is not None and losses["align"] > 0

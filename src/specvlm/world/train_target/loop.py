@@ -148,11 +148,12 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
         if cfg.aux_weight > 0:
             aux, _ = run.heads(feats, batch["patch_labels"])
             loss = loss + cfg.aux_weight * aux
-        if cfg.align_weight > 0:
+        if cfg.align_weight > 0 and projected is not None:
             embed = model.get_input_embeddings()
+            rows = (batch["input_ids"] == blank_id).any(1)  # (B,) the rows `projected` holds
             align = align_loss(
                 projected,
-                batch["patch_words"],
+                batch["patch_words"][rows],
                 embed,
                 blank_id,
                 cfg.align_blank_weight,
