@@ -259,7 +259,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_draft(args: argparse.Namespace) -> int:
+    from specvlm.draft.compressor import compressor_config
     from specvlm.train.distill import TrainConfig, train_draft
+
+    compressor = None
+    if args.compressor:
+        compressor = compressor_config(
+            args.compressor,
+            args.compressor_operators,
+            args.compressor_ratio,
+            args.compressor_queries,
+        )
+    elif args.compressor_operators or args.compressor_ratio or args.compressor_queries != 2:
+        raise InputError("--compressor-operators / -ratio / -queries need --compressor MODE")
 
     cfg = TrainConfig(
         epochs=args.epochs,
@@ -276,6 +288,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         eval_n=args.eval_n,
         draft_vocab=args.draft_vocab,
+        compressor=compressor,
         seed=args.seed,
     )
     check_output_folder(args.out)
@@ -471,6 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the draft scores only the target's N most frequent answer tokens; 0 = all",
     )
+    p.add_argument(
+        "--compressor",
+        metavar="MODE",
+        help="train an elastic visual compressor with the head (what the draft reads of images): "
+        "select (gate picks one operator per input), mix, concat, or one operator: prune, "
+        "prune_norm, pool, conv, resampler, text",
+    )
+    p.add_argument(
+        "--compressor-operators", metavar="A,B,..", help="the branches of select / mix / concat"
+    )
+    p.add_argument(
+        "--compressor-ratio",
+        action="append",
+        metavar="OP=R",
+        help="reduction ratio of prune / prune_norm / pool / conv (repeatable), e.g. pool=4",
+    )
+    p.add_argument("--compressor-queries", type=int, default=2, help="the resampler's queries")
     p.add_argument(
         "--resume",
         action="store_true",

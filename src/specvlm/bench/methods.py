@@ -3,6 +3,11 @@
 A method returns a `RunResult`. New methods register a factory in `METHODS`; the runner never
 changes. All methods prepare the prompt through the engine's target (same ids, same pixels),
 so the only difference between them is how the tokens are decoded.
+
+`eaglevlm` is the draft head reading every visual token; `specvlm` is a draft head with its
+elastic visual compressor (the engine's --draft when it has one, else
+`BenchContext.compressor_draft`). Both report the draft's own prefill time and its KV cache right
+after that prefill, read from the drafter's cache (`DraftMeter`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from typing import Any, Protocol
 import torch
 
 from specvlm.api import Engine
+from specvlm.draft.base import Drafter
+from specvlm.draft.eagle import EagleHead, check_pairing
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
+from specvlm.layers import prepare_for_inference
+from specvlm.target.base import Prefill
 
 
 @dataclass
@@ -30,6 +39,10 @@ class RunResult:
     tau: float | None = None  # mean accepted length; None for methods that do not report it
     accept_histogram: dict[int, int] = field(default_factory=dict)
     target_forwards: int | None = None
+    # the draft's own prefill (prompt + images as it reads them) and its KV cache right after it
+    draft_prefill_s: float | None = None
+    draft_kv_tokens: int | None = None  # committed positions in the draft's cache
+    draft_kv_bytes: int | None = None  # bytes of their keys and values, all layers
 
     @property
     def seconds(self) -> float:
@@ -63,6 +76,7 @@ class BenchContext:
     engine: Engine  # target (+ draft) loaded by specvlm.load
     target_dir: Path | None = None
     assistant_dir: Path | None = None  # a small separate draft model (same tokenizer)
+    compressor_draft: Path | None = None  # for `specvlm` when the engine's draft has none
     lookup_tokens: int = 10
     _hf: Any = None
 
@@ -77,13 +91,62 @@ class BenchContext:
         return self._hf
 
 
-class EngineMethod:
-    """This project's decoding: `plain` (no draft) or `eaglevlm` (draft head, dynamic tree)."""
+class DraftMeter:
+    """A drafter that times its inner drafter's prefill (`begin`) and reads its KV cache then."""
 
-    def __init__(self, name: str, engine: Engine, speculative: bool) -> None:
-        if speculative and engine.draft is None:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prefill_s: float | None = None
+        self.kv_tokens: int | None = None
+        self.kv_bytes: int | None = None
+
+    def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
+        device = prefill.features.device
+        _sync(device)
+        start = time.perf_counter()
+        self.inner.begin(prefill, root, capacity)
+        _sync(device)
+        self.prefill_s = time.perf_counter() - start
+        cache = self.inner.cache
+        self.kv_tokens = cache.length
+        self.kv_bytes = sum(t[:, :, : cache.length].nbytes for t in (cache.k, cache.v))
+
+    def propose(self, root: int, depth: int, top_k: int, budget: int):
+        return self.inner.propose(root, depth, top_k, budget)
+
+    def observe(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.inner.observe(features, next_tokens)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _MeteredEngine(Engine):
+    """An engine whose drafter of the last request is a `DraftMeter` (`self.meter`)."""
+
+    meter: DraftMeter | None = None
+
+    def _drafter(self) -> Drafter | None:
+        inner = super()._drafter()
+        self.meter = None if inner is None else DraftMeter(inner)
+        return self.meter
+
+
+class EngineMethod:
+    """This project's decoding: `plain` (no draft), `eaglevlm` (draft head, dynamic tree) or
+    `specvlm` (draft head with its elastic visual compressor). `draft`: the head to use instead
+    of the engine's."""
+
+    def __init__(
+        self, name: str, engine: Engine, speculative: bool, draft: EagleHead | None = None
+    ) -> None:
+        draft = draft or engine.draft
+        if speculative and draft is None:
             raise InputError(f"method {name!r} needs a draft head (--draft)")
-        self.name, self.engine, self.speculative = name, engine, speculative
+        self.name, self.speculative = name, speculative
+        self.engine = _MeteredEngine(engine.target, draft, engine.tree, engine.target_dir)
 
     def run(self, req: Request) -> RunResult:
         out = self.engine.generate(
@@ -105,7 +168,52 @@ class EngineMethod:
             tau=s.tau,
             accept_histogram=s.accept_histogram,
             target_forwards=s.target_forwards,
+            **_meter_fields(self.engine.meter if self.speculative else None),
         )
+
+
+def _meter_fields(meter: DraftMeter | None) -> dict[str, Any]:
+    if meter is None or meter.prefill_s is None:  # plain, or a request that ended at once
+        return {}
+    return {
+        "draft_prefill_s": meter.prefill_s,
+        "draft_kv_tokens": meter.kv_tokens,
+        "draft_kv_bytes": meter.kv_bytes,
+    }
+
+
+def _eaglevlm(ctx: BenchContext) -> EngineMethod:
+    draft = ctx.engine.draft
+    if draft is not None and draft.compressor is not None:
+        raise InputError(
+            "method 'eaglevlm' reads every visual token, but this draft has an elastic visual "
+            "compressor: bench it as method 'specvlm' (or give a draft without one)"
+        )
+    return EngineMethod("eaglevlm", ctx.engine, speculative=True)
+
+
+def _specvlm(ctx: BenchContext) -> EngineMethod:
+    draft = ctx.engine.draft
+    if draft is None or draft.compressor is None:
+        if ctx.compressor_draft is None:
+            raise InputError(
+                "method 'specvlm' needs a draft head with an elastic visual compressor (train "
+                "one with specvlm train-draft --compressor select); the draft given has none"
+            )
+        draft = _load_draft(ctx.compressor_draft, ctx.engine)
+        if draft.compressor is None:
+            raise InputError(f"{ctx.compressor_draft} has no elastic visual compressor")
+    return EngineMethod("specvlm", ctx.engine, speculative=True, draft=draft)
+
+
+def _load_draft(folder: Path, engine: Engine) -> EagleHead:
+    """A draft head for the engine's target, prepared as `specvlm.load` prepares one."""
+    target = engine.target
+    device = torch.device(getattr(target, "device", "cpu"))
+    head = EagleHead.load(folder, dtype=target.info.dtype).to(device)
+    prepare_for_inference(head, fast_layout=device.type == "cpu")
+    check_pairing(head.config, target.info, draft_name=f"draft {folder}")
+    return head
 
 
 class _FirstTokenClock:
@@ -198,7 +306,8 @@ def _lookup(ctx: BenchContext) -> HFMethod:
 
 METHODS: dict[str, Callable[[BenchContext], Method]] = {
     "plain": lambda ctx: EngineMethod("plain", ctx.engine, speculative=False),
-    "eaglevlm": lambda ctx: EngineMethod("eaglevlm", ctx.engine, speculative=True),
+    "eaglevlm": _eaglevlm,
+    "specvlm": _specvlm,
     "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),
     "hf-assisted": lambda ctx: HFMethod("hf-assisted", ctx, assistant_model=_assistant(ctx)),
     "hf-lookup": _lookup,

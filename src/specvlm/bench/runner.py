@@ -78,7 +78,9 @@ def run_bench(
     Fields: machine, commit, config, method, suite, item, temperature, sample; then either
     error (the method failed on this item) or tokens, seconds, prefill_s, ttft_s, decode_s,
     tokens_per_s, tau, accept_histogram, target_forwards, and with a `plain` method in the run,
-    speedup (tokens/s over plain's on the same item) and, at temperature 0, identical.
+    speedup (tokens/s over plain's on the same item) and, at temperature 0, identical. Methods
+    with a draft head also give draft_prefill_ms, draft_kv_tokens and draft_kv_bytes (its own
+    prefill, and its KV cache right after it, read from the cache).
     """
     temperatures = list(temperatures)
     base = {"machine": machine(), "commit": commit(), "config": config or {}}
@@ -140,6 +142,12 @@ def run_bench(
                         accept_histogram={str(k): v for k, v in res.accept_histogram.items()},
                         target_forwards=res.target_forwards,
                     )
+                    if res.draft_prefill_s is not None:
+                        rec.update(
+                            draft_prefill_ms=round(1000 * res.draft_prefill_s, 3),
+                            draft_kv_tokens=res.draft_kv_tokens,
+                            draft_kv_bytes=res.draft_kv_bytes,
+                        )
                     if isinstance(plain, RunResult):
                         rec["speedup"] = round(res.tokens_per_s / plain.tokens_per_s, 4)
                         if temperature == 0:
@@ -209,6 +217,10 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 identical=sum(same) / len(same) if same else None,
                 ttft_s=statistics.mean(r["ttft_s"] for r in ok),
             )
+            drafted = [r for r in ok if "draft_prefill_ms" in r]
+            if drafted:  # means over the runs: the draft's prefill and its prompt KV cache
+                for f in ("draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes"):
+                    row[f] = statistics.mean(r[f] for r in drafted)
         else:
             row["error"] = rs[0]["error"]
         rows.append(row)

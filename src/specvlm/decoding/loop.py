@@ -2,6 +2,12 @@
 
 Plain autoregressive decoding is this same loop with no drafter: the "tree" is the root alone,
 so every round verifies one token and accepts none.
+
+Invariant between rounds: `root` (the last emitted token) is in neither KV cache, and the
+target's cache holds exactly Δ positions more than the draft's, Δ fixed at prefill: the visual
+tokens the draft does not read (0 for a draft that reads every prompt token; with an elastic
+visual compressor, the image's P tokens minus its m compressed ones). Each side numbers its own
+positions; a round appends the same accepted tokens to both.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from specvlm.decoding.stats import SpecStats
 from specvlm.decoding.tree import DraftTree
 from specvlm.decoding.verify import greedy_accept, sampled_accept
 from specvlm.draft.base import Drafter
+from specvlm.draft.compressor import prompt_layout, with_layout
 from specvlm.target.base import Prompt, Target
 
 
@@ -70,7 +77,9 @@ def decode(
     stats.new_tokens = emitted
     yield [root]
     if drafter is not None and not done:
-        drafter.begin(pre, root, capacity=T + max_new + tree.depth * tree.top_k + 1)
+        # the drafter reads the prompt too (told where the image's tokens sit: it may compress them)
+        visual = with_layout(pre, prompt_layout(target, prompt))
+        drafter.begin(visual, root, capacity=T + max_new + tree.depth * tree.top_k + 1)
 
     while not done:
         remaining = max_new - emitted  # a round emits at most depth + 1 tokens

@@ -9,6 +9,13 @@ A head with a reduced draft vocabulary (`draft_vocab_size` N > 0, `specvlm.draft
 only N rows of that LM head, d2t (N,) int64 mapping draft index -> target id, stored in its
 model.safetensors. Tree tokens, and the token ids the head embeds, are always target ids.
 
+A head with an elastic visual compressor (`compressor`, `specvlm.draft.compressor`) reads each
+image as a few compressed tokens paired with target features, on its own positions: its KV cache
+holds Δ fewer prompt positions than the target's (Δ = the visual tokens it does not read), and
+stays Δ behind it for the whole request. The compressor's weights sit in the same
+model.safetensors (`compressor.*`), its settings in config.json (`"compressor": {...}`); a
+folder without them is a plain EagleVLM head, as before.
+
 This module never imports a model family: it sees the target only through `embed` / `lm_head`
 callables and the dimensions recorded in its config.
 """
@@ -26,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvlm.decoding.tree import DraftTree, grow_dynamic_tree
+from specvlm.draft.compressor import CompressorConfig, ElasticCompressor, layout_of
 from specvlm.draft.vocab import check_d2t
-from specvlm.errors import DraftMismatchError, ModelFolderError
+from specvlm.errors import DraftMismatchError, InputError, ModelFolderError
 from specvlm.kv_cache import KVCache
 from specvlm.layers import AttentionShape, DecoderBlock, DefaultRope, decoder_block
 from specvlm.target.base import Prefill, TargetInfo
@@ -58,6 +66,7 @@ class EagleConfig:
     rope_theta: float = 10000.0
     target: dict[str, Any] = field(default_factory=dict)  # the target's fingerprint
     draft_vocab_size: int = 0  # N > 0: the head scores N target tokens (d2t); 0 = all V
+    compressor: CompressorConfig | None = None  # what the draft reads of images; None = all
     architecture: str = ARCHITECTURE
     format_version: int = FORMAT_VERSION
 
@@ -101,6 +110,12 @@ class EagleConfig:
                 raise ModelFolderError(
                     f"{source}: {f.name} must be {_TYPE_WORDS[kind]}, got {data[f.name]!r}"
                 )
+        data = dict(data)
+        if "compressor" in data:
+            try:
+                data["compressor"] = CompressorConfig.from_dict(data["compressor"])
+            except InputError as e:
+                raise ModelFolderError(f"{source}: compressor: {e}") from None
         config = cls(**data)
         if not 0 <= config.draft_vocab_size < config.vocab_size:
             raise ModelFolderError(
@@ -110,11 +125,16 @@ class EagleConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        """config.json: a full-vocabulary head omits draft_vocab_size, as before it existed, so
-        its folder stays readable by releases that predate it."""
+        """config.json: a full-vocabulary head omits draft_vocab_size and a head without a
+        compressor omits compressor, as before they existed, so its folder stays readable by
+        releases that predate them."""
         data = asdict(self)
         if not self.draft_vocab_size:
             del data["draft_vocab_size"]
+        if self.compressor is None:
+            del data["compressor"]
+        else:
+            data["compressor"] = self.compressor.to_dict()
         return data
 
     @property
@@ -126,13 +146,14 @@ _FIELD_TYPES: dict[str, type] = {
     "hidden_size": int, "vocab_size": int, "num_attention_heads": int,
     "num_key_value_heads": int, "head_dim": int, "intermediate_size": int,
     "rms_norm_eps": float, "rope_theta": float, "target": dict, "draft_vocab_size": int,
-    "architecture": str, "format_version": int,
+    "compressor": dict, "architecture": str, "format_version": int,
 }  # fmt: skip
 _TYPE_WORDS = {int: "an integer", float: "a number", dict: "an object", str: "a string"}
 
 
 class EagleHead(nn.Module):
-    """The trainable part: input norm, fc, one decoder layer (names follow EAGLE checkpoints)."""
+    """The trainable part: input norm, fc, one decoder layer (names follow EAGLE checkpoints),
+    and the elastic visual compressor when the config has one."""
 
     def __init__(self, config: EagleConfig, d2t: torch.Tensor | None = None) -> None:
         """d2t (N,): the draft vocabulary when config.draft_vocab_size = N > 0 (a placeholder
@@ -146,6 +167,9 @@ class EagleHead(nn.Module):
             d, config.attention, config.intermediate_size, config.rms_norm_eps
         )
         self.rope = DefaultRope(config.head_dim, config.rope_theta)
+        self.compressor = (
+            None if config.compressor is None else ElasticCompressor(config.compressor, d)
+        )
         if n:
             d2t = torch.arange(n, device="cpu") if d2t is None else d2t.detach().long().clone()
             check_d2t(d2t.cpu(), config.vocab_size, n)
@@ -285,6 +309,8 @@ class EagleDrafter:
         self.cache: KVCache | None = None
         self.root_logprobs: torch.Tensor | None = None  # (N,) draft distribution after the root
         self.root_feature: torch.Tensor | None = None  # (1, d) draft's predicted root feature
+        self.hidden = 0  # Δ: prompt positions the target holds and the draft does not read
+        self.choice: str | None = None  # the compressor gate's operator for this request
 
     def _logprobs(self, features: torch.Tensor) -> torch.Tensor:
         """(T, d) -> (T, N) log-probabilities over the draft vocabulary (N = V when full)."""
@@ -301,19 +327,43 @@ class EagleDrafter:
         return tokens if self.d2t is None else self.d2t[tokens]
 
     @torch.inference_mode()
+    def prompt_rows(self, prefill: Prefill) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draft's own prompt rows: features, embeds (T', d), T' = T - Δ.
+
+        Without a compressor (or a prefill that says where its visual tokens sit) they are the
+        target's rows as they are (Δ = 0). With one, each image's visual tokens become its
+        compressed tokens paired with target features; the gate reads the target's feature at
+        the last prompt token."""
+        compressor, layout = self.head.compressor, layout_of(prefill)
+        self.choice = None
+        if compressor is None or not layout.spans:
+            return prefill.features, prefill.embeds
+        rows = compressor(
+            prefill.embeds, (prefill.features,), layout, gate_feature=prefill.features[-1]
+        )
+        self.choice = rows.choice
+        return rows.features[0], rows.embeds
+
+    @torch.inference_mode()
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
+        """capacity: the target's positions for the request; the draft needs Δ fewer."""
         cfg = self.head.config
         dtype = next(self.head.parameters()).dtype
         device = prefill.features.device
+        features, embeds = self.prompt_rows(prefill)  # (T', d) each
+        T = features.shape[0]  # the draft's own positions 0 .. T-1, not the target's
+        self.hidden = prefill.features.shape[0] - T  # Δ: the draft stays this far behind
         self.cache = KVCache(
-            1, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype=dtype, device=device
+            1,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            capacity - self.hidden,
+            dtype=dtype,
+            device=device,
         )
-        T = prefill.features.shape[0]
         root_embed = self.embed(torch.tensor([root], device=device))  # (1, d)
-        next_embeds = torch.cat([prefill.embeds[1:], root_embed])  # (T, d): input i+1 at slot i
-        out = self.head(
-            prefill.features, next_embeds, torch.arange(T, device=device), self.cache, "causal"
-        )
+        next_embeds = torch.cat([embeds[1:].to(root_embed.dtype), root_embed])  # (T, d): i+1 at i
+        out = self.head(features, next_embeds, torch.arange(T, device=device), self.cache, "causal")
         self.cache.commit(list(range(T)))
         self._set_root(out[-1:])
 

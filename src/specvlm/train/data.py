@@ -3,7 +3,9 @@
 A row (JSON list or JSONL, one object per line):
     {"id": "...", "image": "rel/path.png" | ["a.png", "b.png"],
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}
-Image paths are relative to `image_folder` (default: the data file's folder).
+Image paths are relative to `image_folder` (default: the data file's folder). A row's task family
+(for logs, e.g. the compressor gate's choices) is its "family", else its "meta" "family" (world
+data), else none.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Conversation:
     turns: list[tuple[str, str]]  # (role, text): role in user / assistant / system
     images: list[Path] = field(default_factory=list)
     source: str = ""  # "FILE:LINE" of the row it was read from, for error messages
+    family: str = ""  # the task family, when the row names one
 
     def messages(self) -> list[dict[str, Any]]:
         return [{"role": role, "content": text} for role, text in self.turns]
@@ -102,7 +105,14 @@ def _parse(row: Any, folder: Path) -> Conversation:
         turns[first] = ("user", IMAGE_PLACEHOLDER * len(paths) + "\n" + turns[first][1])
     elif placeholders != len(paths):
         raise ValueError("image placeholders do not match images")
-    return Conversation(id=str(row.get("id", "")), turns=turns, images=paths)
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+    family = row.get("family", meta.get("family", ""))
+    return Conversation(
+        id=str(row.get("id", "")),
+        turns=turns,
+        images=paths,
+        family=family if isinstance(family, str) else "",
+    )
 
 
 def read_conversations(

@@ -7,6 +7,13 @@ draft, teacher-forced on the target's real features, to predict the next feature
 
 on rows that predict an answer token. Nothing the target computes is stored.
 
+With an elastic visual compressor (`TrainConfig.compressor`, `specvlm.draft.compressor`) it
+trains jointly with the head: each sequence's images become the compressor's tokens, paired with
+target features and numbered on the draft's own positions, by the same call the decoder makes
+(`draft_rows`); in select mode the gate reads the target's feature at the last prompt token and
+picks one operator by Gumbel-softmax (straight-through; the noise seeded by step and row, so
+resume is exact), and its choices are logged per task family (`"gate"` in train_log.jsonl).
+
 With a reduced draft vocabulary (`draft_vocab` N > 0, `specvlm.draft.vocab`) the map d2t is
 counted first, on the answer tokens of the training data (the target's own greedy answers under
 `regenerate`), and the CE runs over those N tokens: the target's distribution restricted to d2t
@@ -35,6 +42,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,6 +53,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from specvlm.config import check_seed
+from specvlm.draft.compressor import CompressorConfig, VisualLayout, prompt_layout
 from specvlm.draft.eagle import EagleConfig, EagleHead
 from specvlm.draft.vocab import count_tokens, coverage, lm_head_weight, top_n_map
 from specvlm.errors import DataError, ImageError, InputError, PromptError
@@ -83,6 +92,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 64
     regenerate_max_new_tokens: int = 256  # per answer, with --regenerate
     draft_vocab: int = 0  # N > 0: the draft scores the target's N most frequent answer tokens
+    compressor: CompressorConfig | None = None  # what the draft reads of images; None = all
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,6 +139,8 @@ class TrainConfig:
         if not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         check_seed(self.seed)
+        if self.compressor is not None and not isinstance(self.compressor, CompressorConfig):
+            raise InputError(f"compressor must be a CompressorConfig, got {self.compressor!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -136,7 +148,15 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown training settings {unknown}; accepted: {sorted(known)}")
+        if data.get("compressor") is not None:
+            data = {**data, "compressor": CompressorConfig.from_dict(data["compressor"])}
         return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (train_config.json, checkpoints' state.json)."""
+        data = asdict(self)
+        data["compressor"] = None if self.compressor is None else self.compressor.to_dict()
+        return data
 
 
 def distill_loss(
@@ -207,9 +227,42 @@ def answer_token_counts(
 
 def target_sequence(target: Target, conv: Conversation) -> tuple[torch.Tensor, ...]:
     """The frozen target over one conversation: features, input embeddings, answer mask."""
+    return target_item(target, conv)[:3]
+
+
+def target_item(
+    target: Target, conv: Conversation
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, VisualLayout]:
+    """`target_sequence` plus where the conversation's visual tokens sit."""
     enc = encode(target, conv)
     pre = target.prefill(enc.prompt, capacity=enc.prompt.input_ids.shape[0])
-    return pre.features.clone(), pre.embeds.clone(), enc.answer_mask.to(pre.features.device)
+    mask = enc.answer_mask.to(pre.features.device)
+    return pre.features.clone(), pre.embeds.clone(), mask, prompt_layout(target, enc.prompt)
+
+
+def draft_rows(
+    head: EagleHead,
+    features: torch.Tensor,
+    embeds: torch.Tensor,
+    answer_mask: torch.Tensor,
+    layout: VisualLayout,
+    gumbel: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str | None]:
+    """The draft's rows for one sequence (S, d) -> features, embeds (S', d), answer mask (S',)
+    and the gate's choice: the images compressed as `EagleDrafter.begin` does in decoding (the
+    gate reads the target's feature at the last prompt token, the one before the first answer
+    token). Without a compressor the rows are the target's as they are."""
+    if head.compressor is None or not layout.spans:
+        return features, embeds, answer_mask, None
+    answers = answer_mask.nonzero()
+    last_prompt = int(answers[0]) - 1 if answers.numel() else features.shape[0] - 1
+    rows = head.compressor(
+        embeds, (features,), layout, gate_feature=features[last_prompt], gumbel=gumbel
+    )
+    source = rows.source  # (S',) prompt position of a text row, -1 for a compressed token
+    mask = torch.zeros_like(source, dtype=torch.bool)
+    mask[source >= 0] = answer_mask[source[source >= 0]]  # answers are text: kept as they are
+    return rows.features[0], rows.embeds, mask, rows.choice
 
 
 # ---- distributed helpers ------------------------------------------------------------------
@@ -280,7 +333,9 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig, settings: dict[str, A
     """Refuse to resume with settings other than the checkpoint's, naming what differs."""
     diffs = []
     old_cfg = state.get("config", {})
-    for name, new in asdict(cfg).items():
+    if "config" in state:  # a checkpoint from before the compressor read every visual token
+        old_cfg = {"compressor": None, **old_cfg}
+    for name, new in cfg.to_dict().items():
         if name in RESUME_FREE or name not in old_cfg or old_cfg[name] == new:
             continue
         if name == "epochs" and cfg.schedule == "constant" == old_cfg.get("schedule"):
@@ -388,6 +443,16 @@ def _lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
+def _gumbel(head: EagleHead, seed: int) -> torch.Tensor | None:
+    """Gumbel noise (K,) for a select-mode gate, seeded by step and row (exact resume)."""
+    comp = head.compressor
+    if comp is None or comp.config.mode != "select":
+        return None
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    u = torch.rand(len(comp.config.operators), generator=gen).clamp_(1e-10, 1.0)
+    return -torch.log(-torch.log(u))
+
+
 # ---- rows the target cannot take ------------------------------------------------------------
 _ENCODE_PROBLEMS = ((ImageError, "unreadable image"), (PromptError, "longer than the context"))
 
@@ -477,7 +542,7 @@ def regenerate_answers(
                 for t in new
             ]
             turns[k] = ("assistant", target.decode(ids).strip())
-        out.append(Conversation(conv.id, turns, conv.images, conv.source))
+        out.append(Conversation(conv.id, turns, conv.images, conv.source, conv.family))
     return out
 
 
@@ -513,6 +578,7 @@ def _regenerated(
                 for c in merged:
                     row = {
                         "id": c.id,
+                        **({"family": c.family} if c.family else {}),
                         "image": [str(p.resolve()) for p in c.images],
                         "conversations": [
                             {
@@ -637,24 +703,30 @@ def train_draft(
 
     torch.manual_seed(cfg.seed)
     config = EagleConfig.for_target(
-        target.info, draft_vocab_size=cfg.draft_vocab, **(head_overrides or {})
+        target.info,
+        draft_vocab_size=cfg.draft_vocab,
+        compressor=cfg.compressor,
+        **(head_overrides or {}),
     )
     head = EagleHead(config, d2t).to(device)
     model: torch.nn.Module = head
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(head)
+        # a compressor in select mode runs one branch per row: the others get no gradient
+        model = torch.nn.parallel.DistributedDataParallel(
+            head, find_unused_parameters=head.compressor is not None
+        )
     opt = torch.optim.AdamW(
         head.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     step = _load_checkpoint(out, head, opt, sched) if resume else 0
     if rank == 0:
-        _write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
+        _write_atomic(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         if resume:
             _cut_log(out / "train_log.jsonl", step)
         else:
             (out / "train_log.jsonl").unlink(missing_ok=True)
-    meta = {**settings, "world": world, "config": asdict(cfg)}
+    meta = {**settings, "world": world, "config": cfg.to_dict()}
 
     bar = None
     if progress and rank == 0:
@@ -662,6 +734,7 @@ def train_draft(
 
         bar = tqdm(total=total, initial=step, desc="train-draft", unit="step", dynamic_ncols=True)
     log_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    gate_totals: dict[str, Counter] = defaultdict(Counter)  # family -> operator -> rows
     head.train()
     while step < total:
         epoch, b = divmod(step, steps_per_epoch)
@@ -671,26 +744,33 @@ def train_draft(
         batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].tolist()
         mine = batch[rank::world]
         t0, tokens, agree_sum, loss_sum = time.perf_counter(), 0, 0.0, 0.0
+        gate: dict[str, Counter] = defaultdict(Counter)  # this step's choices, per family
         for j, index in enumerate(mine):
             try:
-                features, embeds, mask = target_sequence(target, convs[index])
+                features, embeds, mask, layout = target_item(target, convs[index])
             except InputError as e:  # checked before step 1; a template can still refuse
                 raise DataError(f"{convs[index].source}: {e}") from e
-            noise = None
-            if cfg.feature_noise > 0:
-                seed = (cfg.seed * 1_000_003 + step * 1009 + index) % 2**63  # any --seed fits
-                gen = torch.Generator().manual_seed(seed)
-                noise = (torch.rand(features[:-1].shape, generator=gen) * 2 - 1) * cfg.feature_noise
-                noise = noise.to(features.device, features.dtype)
+            seed = (cfg.seed * 1_000_003 + step * 1009 + index) % 2**63  # any --seed fits
+            tokens += features.shape[0]
             last = j == len(mine) - 1
             sync = model.no_sync() if (world > 1 and not last) else nullcontext()
             with (
                 sync,
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"),
             ):
+                gumbel = _gumbel(head, seed)
+                features, embeds, mask, choice = draft_rows(
+                    head, features, embeds, mask, layout, gumbel
+                )
+                noise = None
+                if cfg.feature_noise > 0:
+                    gen = torch.Generator().manual_seed(seed)
+                    noise = torch.rand(features[:-1].shape, generator=gen) * 2 - 1
+                    noise = (noise * cfg.feature_noise).to(features.device, features.dtype)
                 loss, agree, n = distill_loss(model, target, features, embeds, mask, cfg, noise)
                 (loss / cfg.batch_size).backward()  # DDP averages ranks: sum/global batch
-            tokens += features.shape[0]
+            if choice is not None:
+                gate[convs[index].family or "all"][choice] += 1
             agree_sum += agree
             loss_sum += loss.item()
         if cfg.grad_clip > 0:
@@ -707,6 +787,10 @@ def train_draft(
             "lr": sched.get_last_lr()[0],
             "tokens_per_s": tokens * world / (time.perf_counter() - t0),
         }
+        if gate:  # this process's rows: under torchrun, rank 0's share of the batch
+            record["gate"] = {fam: dict(sorted(c.items())) for fam, c in sorted(gate.items())}
+            for fam, c in gate.items():
+                gate_totals[fam].update(c)
         if rank == 0:
             if bar is not None:
                 bar.update(1)
@@ -736,6 +820,12 @@ def train_draft(
             log_file.write(json.dumps({"step": step, "final_eval_tau": tau}) + "\n")
             log(f"final eval tau {tau:.3f}")
         log_file.close()
+        if gate_totals:  # rank 0's rows
+            summary = "; ".join(
+                f"{fam}: " + ", ".join(f"{op} {n}" for op, n in c.most_common())
+                for fam, c in sorted(gate_totals.items())
+            )
+            log(f"compressor gate choices per task family: {summary}")
         log(f"wrote the draft head to {out}")
     _barrier()
     return head
