@@ -149,3 +149,19 @@ def test_truncated_target_weights(tiny_dir, tmp_path):
     truncate(next(folder.glob("*.safetensors")))
     with pytest.raises(specvlm.ModelFolderError, match="cannot load the LLaVA weights"):
         api.load(target=folder)
+
+
+def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch):
+    """dtype="auto": bfloat16 where the CPU has native bf16, float32 where it has not; the
+    CPU's transposed weight layout only in float32."""
+    import torch
+
+    from specvlm.layers import wants_fast_layout
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(api, "native_bf16", lambda native=native: native)
+        assert api.auto_dtype("cpu") is want
+        assert api.load(target=tiny_dir, dtype="auto").target.info.dtype is want
+    assert wants_fast_layout("cpu", torch.float32)
+    assert not wants_fast_layout("cpu", torch.bfloat16)
+    assert not wants_fast_layout("cuda", torch.float32)

@@ -17,7 +17,7 @@ from specvlm.decoding.stats import SpecStats
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
-from specvlm.layers import prepare_for_inference
+from specvlm.layers import prepare_for_inference, wants_fast_layout
 from specvlm.target import Target, load_target
 from specvlm.target.base import Prompt
 
@@ -218,9 +218,12 @@ def load(
     target None: the embedded default pair (the world target and its draft; `specvlm.embedded`).
     Where they are not shipped, a tiny random LLaVA built in code (`specvlm.tiny`), with a warning.
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
+    dtype: a torch dtype or its name ("float32", "bfloat16", "float16"); "auto" picks by the
+    device's capability (`auto_dtype`: bfloat16 on a CPU with native bf16, else float32);
+    None: float32.
     """
-    dtype = _dtype(dtype)
     device = _device(device)
+    dtype = _dtype(dtype, device)
     if target is None:
         from specvlm import embedded
 
@@ -242,7 +245,7 @@ def load(
     head = None
     if draft is not None:
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
-        prepare_for_inference(head, fast_layout=torch.device(device).type == "cpu")
+        prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
     if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
         from specvlm.bench.tune import load_tuned
@@ -271,9 +274,13 @@ def _device(value: str | torch.device) -> str:
     return str(device)
 
 
-def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+def _dtype(value: torch.dtype | str | None, device: str = "cpu") -> torch.dtype | None:
+    """A torch dtype from its name; "auto": `auto_dtype(device)`; None: the target's default
+    (float32)."""
     if value is None or isinstance(value, torch.dtype):
         return value
+    if value == "auto":
+        return auto_dtype(device)
     names = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -283,5 +290,21 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
         "fp16": torch.float16,
     }
     if value not in names:
-        raise InputError(f"unknown dtype {value!r}; accepted: {', '.join(names)}")
+        raise InputError(f"unknown dtype {value!r}; accepted: auto, {', '.join(names)}")
     return names[value]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 / AMX, as oneDNN reports it)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def auto_dtype(device: str = "cpu") -> torch.dtype:
+    """The dtype by capability: on the CPU bfloat16 where it is native, else float32; on a GPU
+    bfloat16 where supported, else float16."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return torch.bfloat16 if native_bf16() else torch.float32
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32

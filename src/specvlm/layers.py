@@ -179,6 +179,13 @@ def fast_linear_layout(module: nn.Module) -> int:
     return changed
 
 
+def wants_fast_layout(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether `fast_linear_layout` pays: on the CPU in float32. In bfloat16 the CPU's matmul
+    reads the plain layout faster (the SmolLM2 target's plain decoding measured ~20% faster
+    without it; docs/benchmarks.md)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32
+
+
 def prepare_for_inference(
     module: nn.Module, *, fast_layout: bool, plain_rms: tuple[type, ...] = ()
 ) -> None:

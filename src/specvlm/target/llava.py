@@ -26,7 +26,13 @@ from specvlm.errors import (
 )
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.kv_cache import KVCache
-from specvlm.layers import AttentionShape, additive_mask, decoder_block, prepare_for_inference
+from specvlm.layers import (
+    AttentionShape,
+    additive_mask,
+    decoder_block,
+    prepare_for_inference,
+    wants_fast_layout,
+)
 from specvlm.media import load_images
 from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
 
@@ -90,10 +96,12 @@ class LlavaTarget:
             )
         lm = self.model.model.language_model
         # fused q/k/v and gate/up matmuls, the fused RMSNorm op (every supported family's norm
-        # is the plain w * x * rsqrt(mean(x^2) + eps)), and on the CPU its fast weight layout;
+        # is the plain w * x * rsqrt(mean(x^2) + eps)), and on the CPU in float32 its fast layout;
         # values unchanged, and `transformers`' own forward still runs on the same weights
         prepare_for_inference(
-            self.model, fast_layout=self.device.type == "cpu", plain_rms=(type(lm.norm),)
+            self.model,
+            fast_layout=wants_fast_layout(self.device, dtype),
+            plain_rms=(type(lm.norm),),
         )
         self._embed_tokens = lm.embed_tokens
         self._layers = list(lm.layers)
