@@ -165,3 +165,16 @@ def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch):
     assert wants_fast_layout("cpu", torch.float32)
     assert not wants_fast_layout("cpu", torch.bfloat16)
     assert not wants_fast_layout("cuda", torch.float32)
+
+
+def test_embedded_models_by_name(tiny_dir, tmp_path, monkeypatch):
+    from specvlm import embedded
+
+    with pytest.raises(specvlm.InputError, match="accepted: tiny, smol"):
+        api.load(model="large")
+    with pytest.raises(specvlm.InputError, match="not both"):
+        api.load(target=tiny_dir, model="tiny")
+    monkeypatch.setattr(embedded, "ASSETS", tmp_path)  # a release without the smol pair
+    assert embedded.embedded_pair("smol") == (None, None)
+    with pytest.raises(specvlm.InputError, match="'smol' target is not shipped"):
+        api.load(model="smol")

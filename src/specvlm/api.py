@@ -209,14 +209,17 @@ def load(
     device: str = "cpu",
     dtype: torch.dtype | str | None = None,
     tree: TreeConfig | None = None,
+    model: str | None = None,
 ) -> Engine:
     """Load a target checkpoint folder and a draft-head folder.
 
     tree None: the tree `specvlm bench --tune` chose for this target on this machine, if any,
     else `TreeConfig()`.
 
-    target None: the embedded default pair (the world target and its draft; `specvlm.embedded`).
-    Where they are not shipped, a tiny random LLaVA built in code (`specvlm.tiny`), with a warning.
+    target None: an embedded pair (`specvlm.embedded`): `model` names it ("tiny": the world
+    target and its draft; "smol": the world-smol target and its draft), None the default.
+    Where the default is not shipped, a tiny random LLaVA built in code (`specvlm.tiny`), with a
+    warning.
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
     dtype: a torch dtype or its name ("float32", "bfloat16", "float16"); "auto" picks by the
     device's capability (`auto_dtype`: bfloat16 on a CPU with native bf16, else float32);
@@ -224,12 +227,16 @@ def load(
     """
     device = _device(device)
     dtype = _dtype(dtype, device)
+    if target is not None and model is not None:
+        raise InputError("give a target folder or an embedded model name, not both")
     if target is None:
         from specvlm import embedded
 
-        target = embedded.embedded_target()
+        target, shipped_draft = embedded.embedded_pair(model or embedded.DEFAULT_MODEL)
+        if target is None and model is not None:
+            raise InputError(f"the embedded {model!r} target is not shipped in this release")
         if target is not None:
-            draft = draft or embedded.embedded_draft()
+            draft = draft or shipped_draft
         else:
             from specvlm import tiny
 

