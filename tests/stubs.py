@@ -3,7 +3,10 @@
 The stub target is a second-order Markov chain over a tiny vocabulary: its next-token logits are
 a fixed random table indexed by the last two tokens of the context. It implements the `Target`
 protocol (prepare / prefill / verify / commit) without any neural network, so thousands of
-generations take seconds and the exact probability of any sequence is known.
+generations take seconds and the exact probability of any sequence is known. Images are
+placeholders only: each adds `image_grid`'s tokens to the prompt (they never change the chain,
+which reads the last two tokens) and a span to the prefill's `visual`, as an adapter reports
+them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import torch
 from specvlm.config import SamplingConfig
 from specvlm.decoding.sampling import target_probs
 from specvlm.decoding.tree import DraftTree, grow_dynamic_tree
-from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
+from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified, VisualLayout, VisualSpan
 
 V = 5
+IMAGE = 4  # the placeholder id an image's tokens have in the prompt
 
 
 class StubTarget:
-    def __init__(self, seed: int = 0, sharpness: float = 1.5) -> None:
+    def __init__(
+        self, seed: int = 0, sharpness: float = 1.5, image_grid: tuple[int, int, int] = (1, 2, 2)
+    ) -> None:
+        self.image_grid = image_grid
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.randn(V, V, V, generator=gen) * sharpness  # (prev2, prev1) -> logits
         self.info = TargetInfo(
@@ -39,13 +46,22 @@ class StubTarget:
         return self.table[context[-2], context[-1]].clone()  # (V,)
 
     def prepare(self, prompt: str, images) -> Prompt:
-        ids = torch.tensor([len(prompt) % V, 1, 2])
-        return Prompt(text=prompt, input_ids=ids)
+        n = len(images or [])
+        P = self.image_grid[0] * self.image_grid[1] * self.image_grid[2]
+        ids = torch.tensor([len(prompt) % V, *[IMAGE] * (n * P), 1, 2])
+        return Prompt(text=prompt, input_ids=ids, n_images=n)
 
     def prefill(self, prompt: Prompt, capacity: int) -> Prefill:
         self.history = prompt.input_ids.tolist()
         T = len(self.history)
-        return Prefill(self.logits_after(self.history), torch.zeros(T, V), torch.zeros(T, V))
+        P = self.image_grid[0] * self.image_grid[1] * self.image_grid[2]
+        spans = tuple(VisualSpan(1 + k * P, *self.image_grid) for k in range(prompt.n_images))
+        return Prefill(
+            self.logits_after(self.history),
+            torch.zeros(T, V),
+            torch.zeros(T, V),
+            visual=VisualLayout(spans),
+        )
 
     def verify(self, tokens, depths, tree_mask) -> Verified:
         n = tokens.shape[0]

@@ -91,6 +91,32 @@ def test_world_suite_contents_and_sizes(tmp_path):
     assert other[0].id == "test-001000000-image-conversation"
 
 
+def test_world_multi_puts_n_scenes_in_one_prompt_and_asks_about_one(tmp_path):
+    four = load_suite("world-multi-4", n=5, cache_dir=tmp_path)
+    assert [it.suite for it in four] == ["world-multi-4"] * 5 and len({it.id for it in four}) == 5
+    for i, it in enumerate(four):
+        check_item(it)
+        assert len(it.images) == 4 and len(set(it.images)) == 4
+        text = it.messages[0]["content"]
+        assert text.startswith("".join(f"Image {j + 1}: {IMAGE}\n" for j in range(4)))
+        assert f"The question is about image {i % 4 + 1}. " in text
+        # the reference describes the scene asked about: that scene's own record
+        asked = int(it.images[i % 4].stem)
+        assert it.id == f"test-{asked:09d}-image-detailed-of-4"
+        detailed = load_suite("world-detailed", n=asked + 1, cache_dir=tmp_path)
+        assert it.reference == detailed[asked].reference
+    assert [int(p.stem) for p in four[1].images] == [4, 5, 6, 7]  # item i: scenes 4i .. 4i + 3
+    assert load_suite("world-multi-4", n=5, cache_dir=tmp_path / "again") == [
+        BenchItem(it.id, it.suite, it.messages, tuple(tmp_path / "again" / p.relative_to(tmp_path)
+                  for p in it.images), it.reference)
+        for it in four
+    ]  # fmt: skip
+    assert len(load_suite("world-multi-1", cache_dir=tmp_path)) == 20  # default n
+    for bad in ("world-multi-0", "world-multi-17"):
+        with pytest.raises(InputError, match=r"world-multi-N takes N = 1..16"):
+            load_suite(bad, cache_dir=tmp_path)
+
+
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "bench"
@@ -396,7 +422,7 @@ def test_mmbench_errors(tmp_path):
 
 def test_unknown_sources(tmp_path):
     with pytest.raises(
-        DataError, match=r"no suite or file named 'world-nope'; accepted: .*world-detailed"
+        DataError, match=r"no suite or file named 'world-nope'; accepted: .*world-multi-N"
     ):
         load_suite("world-nope")
     with pytest.raises(DataError, match=r"mmbench expects"):

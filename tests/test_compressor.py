@@ -25,15 +25,12 @@ from specvlm.draft.compressor import (
     VisualSpan,
     compressor_config,
     grid_pool,
-    prompt_layout,
     random_keep,
-    visual_layout,
-    with_layout,
 )
 from specvlm.draft.eagle import EagleConfig, EagleDrafter, EagleHead
 from specvlm.errors import InputError, ModelFolderError
 from specvlm.target import load_target
-from specvlm.target.base import Prefill
+from specvlm.target.base import Prefill, visual_layout
 from specvlm.train.data import Conversation
 from specvlm.train.distill import draft_rows, target_item
 from specvlm.world.dataset import make_dataset
@@ -122,14 +119,25 @@ def test_rows_keep_text_and_number_the_compressed_tokens_in_place():
     assert torch.equal(text_only.source, text) and torch.equal(text_only.embeds, e[text])
 
 
-def test_visual_layout_from_the_prompt_ids():
+def test_visual_layout_from_the_prompt_ids_and_the_adapters_grids():
     ids = torch.tensor([1, 2, *[7] * 16, 3, *[7] * 16, 4])
-    layout = visual_layout(ids, 7, 2)
+    layout = visual_layout(ids, 7, [(1, 4, 4)] * 2)
     assert layout.spans == (VisualSpan(2, 1, 4, 4), VisualSpan(19, 1, 4, 4))
-    assert visual_layout(torch.tensor([1, 7, 7, 7, 2]), 7, 1).spans == (VisualSpan(1, 1, 1, 3),)
-    assert visual_layout(torch.tensor([1, 2]), 7, 0).spans == ()
+    assert layout.n_visual == 32
+    assert visual_layout(torch.tensor([1, 7, 7, 7, 2]), 7, [(1, 1, 3)]).spans == (
+        VisualSpan(1, 1, 1, 3),
+    )
+    assert visual_layout(torch.tensor([1, 2]), 7, []).spans == ()
+    back_to_back = visual_layout(torch.tensor([1, *[7] * 8, 2]), 7, [(1, 2, 2)] * 2)
+    assert back_to_back.spans == (VisualSpan(1, 1, 2, 2), VisualSpan(5, 1, 2, 2))
     with pytest.raises(InputError, match="not contiguous"):
-        visual_layout(torch.tensor([7, 7, 1, 7, 7]), 7, 1)
+        visual_layout(torch.tensor([7, 7, 1, 7, 7]), 7, [(1, 2, 2)])
+    with pytest.raises(InputError, match="4 visual placeholder tokens but its 1 images have 9"):
+        visual_layout(torch.tensor([7, 7, 7, 7]), 7, [(1, 3, 3)])
+    with pytest.raises(InputError, match="prompt order"):
+        VisualLayout((VisualSpan(5, 1, 2, 2), VisualSpan(7, 1, 2, 2)))
+    with pytest.raises(InputError, match="grid of >= 1"):
+        VisualSpan(0, 1, 0, 4)
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -253,8 +261,8 @@ def test_a_text_only_draft_never_reads_visual_tokens():
         f, e = features.clone(), embeds.clone()
         f[2:18], e[2:18] = fill, fill
         drafter = EagleDrafter(head, lambda ids: table[ids], lambda x: x @ table.T)
-        prefill = Prefill(logits=torch.zeros(64), features=f, embeds=e)
-        drafter.begin(with_layout(prefill, layout), root=3, capacity=40)
+        prefill = Prefill(logits=torch.zeros(64), features=f, embeds=e, visual=layout)
+        drafter.begin(prefill, root=3, capacity=40)
         assert drafter.cache.length == 22 - 16 and drafter.hidden == 16
         assert drafter.cache.capacity == 40 - 16
         results.append(drafter.root_logprobs)
@@ -331,8 +339,9 @@ def test_greedy_output_is_the_targets_for_every_operator_and_mode(target):
     plain = api.Engine(target, None).generate(
         PROMPT, [noise_image(2)], max_new_tokens=32, speculative=False
     )
-    P = prompt_layout(target, prompt).n_visual
-    assert P == 16  # a 4 x 4 grid
+    layout = target.prefill(prompt, capacity=prompt.input_ids.shape[0]).visual
+    assert layout.spans[0].grid == (1, 4, 4)  # set by the adapter: a 4 x 4 grid
+    P = layout.n_visual
     for cc in CONFIGS:
         torch.manual_seed(0)
         head = EagleHead(EagleConfig.for_target(target.info, num_attention_heads=2, compressor=cc))
@@ -372,7 +381,7 @@ def test_training_and_decoding_build_the_same_draft_rows(target, tmp_path):
     prompt = target.tokenize(text, conv.images)
     prefill = target.prefill(prompt, capacity=prompt.input_ids.shape[0])
     drafter = EagleDrafter(head, target.embed, target.lm_head)
-    pf, pe = drafter.prompt_rows(with_layout(prefill, prompt_layout(target, prompt)))
+    pf, pe = drafter.prompt_rows(prefill)
     assert drafter.choice == choice
     T = pf.shape[0]
     torch.testing.assert_close(pf, f[:T], atol=1e-5, rtol=1e-5)
@@ -443,7 +452,102 @@ def test_bench_reports_the_drafts_prefill_and_kv_cache(target, tmp_path):
     assert spec["draft_prefill_ms"] > 0
     rows = {r["method"]: r for r in runner.summarise(records) if r["suite"] == "all"}
     assert rows["specvlm"]["draft_kv_tokens"] == spec["draft_kv_tokens"]
-    with pytest.raises(InputError, match="bench it as method 'specvlm'"):
+    with pytest.raises(InputError, match="bench only method 'specvlm'"):
         build_methods(["eaglevlm"], BenchContext(engine=api.Engine(target, pooled)))
     with pytest.raises(InputError, match="needs a draft head with an elastic visual compressor"):
         build_methods(["specvlm"], BenchContext(engine=engine))
+
+
+# ---- where the images are: the target's Prefill, the same for every caller ------------------
+class Recorder:
+    """A drafter that keeps what `begin` was given and proposes the root alone."""
+
+    def __init__(self) -> None:
+        self.prefills: list[Prefill] = []
+
+    def begin(self, prefill, root, capacity):
+        self.prefills.append(prefill)
+
+    def propose(self, root, depth, top_k, budget):
+        from specvlm.decoding.tree import DraftTree
+
+        return DraftTree.single(root)
+
+    def observe(self, features, next_tokens):
+        pass
+
+
+def test_the_loop_hands_the_drafter_the_targets_own_prefill_spans():
+    from tests.stubs import IMAGE, StubTarget
+
+    target = StubTarget(image_grid=(1, 2, 3))
+    prompt = target.prepare("abc", [object(), object()])
+    assert prompt.input_ids.tolist().count(IMAGE) == 12
+    drafter = Recorder()
+    for _ in decode(target, prompt, drafter=drafter, max_new_tokens=4, sampling=SamplingConfig(),
+                    tree=TreeConfig(), stats=SpecStats()):  # fmt: skip
+        pass
+    (seen,) = drafter.prefills
+    assert type(seen) is Prefill  # the target's own, not a wrapper
+    assert seen.visual.spans == (VisualSpan(1, 1, 2, 3), VisualSpan(7, 1, 2, 3))
+    text_only = target.prefill(target.prepare("abc", []), capacity=8)
+    assert text_only.visual.spans == ()
+
+
+def test_tuning_drafts_read_the_images_as_decoding_does(target, monkeypatch):
+    from specvlm.bench import tune
+
+    seen = []
+    rows = EagleDrafter.prompt_rows
+
+    def spy(self, prefill):
+        out = rows(self, prefill)
+        seen.append((prefill.visual.n_visual, out[0].shape[0]))  # (target, draft) rows
+        return out
+
+    monkeypatch.setattr(EagleDrafter, "prompt_rows", spy)
+    head = _tiny_head(target, CompressorConfig(mode="fixed", operators=("text",)))
+    engine = api.Engine(target, head)
+    monkeypatch.setattr(tune, "GRID", {"depth": (2,), "top_k": (1,), "budget": (2,)})
+    tune.measure_costs(engine, (PROMPT, [noise_image(0)]), repeats=1)
+    prompt = target.prepare(PROMPT, [noise_image(0)])
+    T = prompt.input_ids.shape[0]
+    assert seen == [(16, T - 16)]  # the image's 16 tokens, and the draft read none of them
+
+
+def _tiny_head(target, compressor: CompressorConfig | None) -> EagleHead:
+    torch.manual_seed(0)
+    config = EagleConfig.for_target(target.info, num_attention_heads=2, compressor=compressor)
+    return EagleHead(config).eval()
+
+
+# ---- forced settings (ablations) -------------------------------------------------------------
+def test_a_forced_setting_shares_the_trained_modules_and_refuses_what_was_not_trained():
+    comp = _select(ratios={"conv": 4.0}, queries=3)
+    pool9 = comp.override(CompressorConfig(mode="fixed", operators=("pool",), ratios={"pool": 9}))
+    assert list(pool9.parameters()) == [] and not pool9.training
+    conv = comp.override(CompressorConfig(mode="fixed", operators=("conv",), ratios={"conv": 3}))
+    assert conv.conv is comp.conv  # a 2 x 2 window, as trained (ceil(sqrt(3)) = 2)
+    concat = comp.override(
+        CompressorConfig(mode="concat", operators=("prune", "pool", "conv", "resampler"),
+                         ratios={"conv": 4.0}, queries=3)
+    )  # fmt: skip
+    assert concat.resampler is comp.resampler and concat.conv is comp.conv
+    assert comp.override(comp.config).gate is comp.gate
+    x, f = torch.randn(20, D), torch.randn(20, D)
+    layout = VisualLayout((VisualSpan(2, 1, 4, 4),))
+    with torch.no_grad():
+        rows = conv(x, (f,), layout)
+        tokens, _ = comp.operator("conv", x[2:18], (1, 4, 4))
+    assert torch.equal(rows.embeds[2:6], tokens) and rows.choice is None
+    bad = [
+        (CompressorConfig(mode="fixed", operators=("conv",), ratios={"conv": 9}), "3 x 3|2 x 2"),
+        (CompressorConfig(mode="fixed", operators=("resampler",), queries=2), "3 queries"),
+        (CompressorConfig(mode="select", operators=("pool", "text")), "the gate was trained"),
+    ]
+    for cfg, message in bad:
+        with pytest.raises(InputError, match=message):
+            comp.override(cfg)
+    no_conv = _fixed("pool")
+    with pytest.raises(InputError, match="conv is not among"):
+        no_conv.override(CompressorConfig(mode="fixed", operators=("conv",)))

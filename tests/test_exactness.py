@@ -8,6 +8,7 @@ from transformers import LlavaForConditionalGeneration
 
 from specvlm.api import Engine
 from specvlm.config import TreeConfig
+from specvlm.draft.compressor import CompressorConfig
 from specvlm.draft.eagle import EagleConfig, EagleHead
 from specvlm.target import load_target
 from specvlm.train.quickfit import fit_head_to_target
@@ -75,11 +76,19 @@ def test_two_images_in_one_prompt_equal_transformers(tiny_dirs):
     prompt = target.prepare(text, images)
     assert prompt.n_images == 2
     expected, _ = hf_greedy(folder, prompt)
+    # the adapter says where each image's 6 x 6 patch grid (48 px / 8 px patches) sits
+    visual = target.prefill(prompt, capacity=prompt.input_ids.shape[0]).visual
+    ids = prompt.input_ids
+    assert [s.grid for s in visual.spans] == [(1, 6, 6)] * 2
+    for span in visual.spans:
+        assert (ids[span.start : span.end] == target.image_token_id).all()
+    assert int((ids == target.image_token_id).sum()) == visual.n_visual == 72
     torch.manual_seed(1)
-    head = EagleHead(EagleConfig.for_target(target.info)).eval()
-    assert (
-        Engine(target, head).generate(text, images, max_new_tokens=NEW_TOKENS).token_ids == expected
-    )
+    for compressor in (None, CompressorConfig(ratios={"pool": 4}), CompressorConfig(mode="concat")):
+        info = target.info
+        head = EagleHead(EagleConfig.for_target(info, compressor=compressor)).eval()
+        out = Engine(target, head).generate(text, images, max_new_tokens=NEW_TOKENS)
+        assert out.token_ids == expected, compressor
 
 
 def test_eos_stops_generation_and_is_returned(tmp_path):

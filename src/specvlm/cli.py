@@ -20,6 +20,9 @@ from specvlm import __version__
 from specvlm.errors import InputError
 
 BENCH_METHODS = "plain,eaglevlm,hf-plain,hf-assisted,hf-lookup"
+SWEEP_METHODS = "plain,eaglevlm,specvlm"
+BENCH_SUITES = ["world"]  # never mutated: `--suite` given or not is `is BENCH_SUITES`
+ABLATE_SUITES = ["world-detailed"]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -144,6 +147,19 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         metavar="DEPTH,TOP_K,BUDGET",
         help="draft tree, e.g. 5,4,12; default: the one `bench --tune` chose on this machine, "
         "else 5,4,16",
+    )
+
+
+def _compressor_draft_arg(p: argparse.ArgumentParser, why: str) -> None:
+    p.add_argument("--compressor-draft", metavar="DIR", help=why)
+
+
+def _sweep_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sweep",
+        metavar="N,N,..",
+        help="the visual-token sweep: suites world-multi-N, N images per prompt (e.g. 1,4,8: "
+        "64 / 256 / 512 visual tokens on the world targets), and the compressor's gain per count",
     )
 
 
@@ -330,6 +346,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plots:
         runner.require_matplotlib()
         check_output_folder(args.plots, "--plots")
+    default_methods = args.methods == BENCH_METHODS
+    if args.sweep:
+        if args.suite is not BENCH_SUITES:
+            raise InputError("give --suite or --sweep, not both (--sweep picks world-multi-N)")
+        args.suite = _sweep_suites(args.sweep)
+        args.methods = SWEEP_METHODS if default_methods else args.methods
     items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
     engine = _load(args)
     if (warning := runner.timing_warning(args.device)) is not None:
@@ -339,14 +361,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from specvlm.embedded import embedded_baseline
 
         args.assistant = embedded_baseline()
-    if args.assistant is None and "hf-assisted" in names and args.methods == BENCH_METHODS:
+    if args.assistant is None and "hf-assisted" in names and default_methods:
         names.remove("hf-assisted")
         print("note: hf-assisted skipped (no --assistant model given)", file=sys.stderr)
-    ctx = bm.BenchContext(
-        engine=engine,
-        target_dir=engine.target_dir,
-        assistant_dir=Path(args.assistant) if args.assistant else None,
-    )
+    ctx = _bench_context(args, engine)
+    if default_methods:  # specvlm joins with a compressor draft; eaglevlm needs a plain one
+        names, notes = bm.default_methods(names, ctx)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     methods = bm.build_methods(names, ctx)
     if args.tune:
         from specvlm.bench.tune import tune
@@ -369,6 +391,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "target": str(engine.target_dir),
         "draft": args.draft,
+        "compressor_draft": args.compressor_draft,
     }
     records = runner.run_bench(
         methods,
@@ -381,14 +404,106 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config=config,
         progress=sys.stderr.isatty(),
     )
-    table = runner.markdown_table(runner.summarise(records))
-    print(table)
+    rows = runner.summarise(records)
+    print(runner.markdown_table(rows))
+    if drafts := runner.draft_table(rows):
+        print(f"\nThe drafts' costs (means per run):\n\n{drafts}")
+    if args.sweep and (sweep := runner.sweep_table(runner.sweep_rows(rows))):
+        print(f"\nThe compressor's gain per visual-token count:\n\n{sweep}")
     if args.out:
         runner.write_jsonl(records, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.plots:
         for path in runner.plot(records, args.plots):
             print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _sweep_suites(value: str) -> list[str]:
+    """--sweep "1,4,8" -> the suites world-multi-1, -4, -8."""
+    from specvlm.bench.suites import multi_images
+
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts:
+        raise InputError(f"--sweep {value!r}: give images per prompt, e.g. 1,4,8")
+    suites = [f"world-multi-{n}" for n in counts]
+    for suite in suites:
+        multi_images(suite)  # says the range when one is out of it
+    return suites
+
+
+def _bench_context(args: argparse.Namespace, engine):
+    """The drafts of bench / ablate: the engine's (--draft, else the embedded one), the plain
+    embedded draft for eaglevlm when --draft has a compressor, and --compressor-draft."""
+    from specvlm.bench import methods as bm
+    from specvlm.embedded import embedded_draft, embedded_target
+
+    embedded = args.target is None and embedded_target() is not None
+    shipped = embedded_draft() if embedded else None
+    draft_dir = Path(args.draft) if args.draft else shipped
+    return bm.BenchContext(
+        engine=engine,
+        target_dir=engine.target_dir,
+        draft_dir=draft_dir,
+        plain_draft=shipped,
+        compressor_draft=Path(args.compressor_draft) if args.compressor_draft else None,
+        assistant_dir=Path(args.assistant) if getattr(args, "assistant", None) else None,
+    )
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from specvlm.bench import ablation, runner
+    from specvlm.bench.suites import load_suite
+
+    if args.n is not None and args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    ratios = ablation.parse_ratios(args.ratios)
+    if args.quick:
+        args.n = 2 if args.n is None else args.n
+        args.max_new_tokens = min(args.max_new_tokens, 48)
+    check_generation(max_new_tokens=args.max_new_tokens, seeds=[args.seed])
+    if args.sweep and args.suite is not ABLATE_SUITES:
+        raise InputError("give --suite or --sweep, not both (--sweep picks world-multi-N)")
+    suites = _sweep_suites(args.sweep) if args.sweep else args.suite
+    if args.out:
+        check_output_file(args.out)
+    items = [it for s in suites for it in load_suite(s, n=args.n)]
+    engine = _load(args)
+    if (warning := runner.timing_warning(args.device)) is not None:
+        print(warning, file=sys.stderr)
+    ctx = _bench_context(args, engine)
+    ctx.head("specvlm")  # a compressor draft is at hand, or a message saying how to give one
+    config = {
+        "ablation": True,
+        "tree": vars(engine.tree),
+        "max_new_tokens": args.max_new_tokens,
+        "target": str(engine.target_dir),
+        "draft": args.draft,
+        "compressor_draft": args.compressor_draft,
+        "ratios": list(ratios),
+    }
+    records = ablation.run_ablation(
+        ctx,
+        items,
+        ratios=ratios,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        config=config,
+        progress=sys.stderr.isatty(),
+    )
+    rows = runner.summarise(records)
+    print(ablation.ablation_table(rows))
+    if pivot := ablation.pivot_table(rows):
+        print(f"\nSpeedup over plain per visual-token count:\n\n{pivot}")
+    if args.out:
+        runner.write_jsonl(records, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if bad := ablation.not_identical(rows):
+        print(f"specvlm: error: output differs from plain's (or failed): {bad}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -422,13 +537,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="small separate draft model folder for hf-assisted (default with the embedded "
         "pair: its shipped 2-layer baseline)",
     )
+    _compressor_draft_arg(
+        p,
+        "the draft of method specvlm (a draft with an elastic visual "
+        "compressor); with it the default methods add specvlm",
+    )
     p.add_argument(
         "--suite",
         action=_Repeatable,
-        default=["world"],
+        default=BENCH_SUITES,
         help="suite name or file/folder (repeatable)",
     )
-    p.add_argument("--methods", default=BENCH_METHODS, help="comma-separated")
+    p.add_argument(
+        "--methods",
+        default=BENCH_METHODS,
+        help="comma-separated; the default adds specvlm when a compressor draft is given, and "
+        f"is {SWEEP_METHODS} with --sweep",
+    )
+    _sweep_arg(p)
     p.add_argument(
         "--temperature", type=float, nargs="+", default=[0.0], help="one or more; 0 = greedy"
     )
@@ -456,6 +582,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose the tree for this target on this machine (used by load())",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "ablate",
+        help="the elastic visual compressor's ablation: each operator alone, each mode",
+        description="For one compressor draft: the draft as trained, concat, each operator "
+        "forced alone (prune / prune_norm / pool at each --ratios, conv and the resampler at "
+        "their trained setting, text), eaglevlm (with a plain draft) and plain, interleaved per "
+        "item, greedy. Forced rows reuse one head trained under the draft's own mode. Prints a "
+        "Markdown table (τ, speedup over plain, draft prefill ms, draft KV tokens and bytes, "
+        "identical); exit 1 if any output differs from plain's.",
+    )
+    _engine_args(p)
+    _compressor_draft_arg(p, "the compressor draft to ablate; default: --draft when it has one")
+    p.add_argument(
+        "--suite",
+        action=_Repeatable,
+        default=ABLATE_SUITES,
+        help="suite name or file/folder (repeatable)",
+    )
+    _sweep_arg(p)
+    p.add_argument(
+        "--ratios",
+        default="4,9,16,25",
+        metavar="R,R,..",
+        help="the reduction ratios of the forced prune / prune_norm / pool rows",
+    )
+    _max_new_tokens(p, 128, "as bench; --quick: 48")
+    p.add_argument("--n", type=int, default=None, help="items per suite; default: the suite's")
+    p.add_argument("--seed", type=int, default=0, help="the bench's request seed (greedy)")
+    p.add_argument("--out", help="write one JSON record per item and setting here (.jsonl)")
+    p.add_argument("--quick", action="store_true", help="a minute-scale run: 2 items, 48 tokens")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("train-draft", help="train an EagleVLM draft head (online distillation)")
     p.add_argument("--target", required=True, help="target model folder")

@@ -4,10 +4,13 @@ A method returns a `RunResult`. New methods register a factory in `METHODS`; the
 changes. All methods prepare the prompt through the engine's target (same ids, same pixels),
 so the only difference between them is how the tokens are decoded.
 
-`eaglevlm` is the draft head reading every visual token; `specvlm` is a draft head with its
-elastic visual compressor (the engine's --draft when it has one, else
-`BenchContext.compressor_draft`). Both report the draft's own prefill time and its KV cache right
-after that prefill, read from the drafter's cache (`DraftMeter`).
+`eaglevlm` is a draft head reading every visual token; `specvlm` is a draft head with its
+elastic visual compressor. One run can compare them (`BenchContext.head`): `specvlm` takes
+`BenchContext.compressor_draft` when given, else the engine's draft if it has a compressor;
+`eaglevlm` takes the engine's draft if it has none, else `BenchContext.plain_draft` (e.g. the
+embedded draft). Both report the draft's own prefill time, its KV cache right after that prefill
+(read from the drafter's cache), the image tokens the target read and the compressor gate's
+choice (`DraftMeter`), and which draft they ran (`RunResult.draft`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 
 from specvlm.api import Engine
 from specvlm.draft.base import Drafter
-from specvlm.draft.eagle import EagleHead, check_pairing
+from specvlm.draft.compressor import CompressorConfig, ElasticCompressor
+from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
+from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.layers import prepare_for_inference
@@ -43,6 +48,9 @@ class RunResult:
     draft_prefill_s: float | None = None
     draft_kv_tokens: int | None = None  # committed positions in the draft's cache
     draft_kv_bytes: int | None = None  # bytes of their keys and values, all layers
+    visual_tokens: int | None = None  # the target's visual tokens in the prompt, all images
+    gate_choice: str | None = None  # the compressor gate's operator (select / mix), or None
+    draft: dict[str, Any] | None = None  # which draft ran: `describe_draft`
 
     @property
     def seconds(self) -> float:
@@ -69,16 +77,44 @@ class Method(Protocol):
     def run(self, req: Request) -> RunResult: ...
 
 
+@dataclass(frozen=True)
+class BenchDraft:
+    """A draft head for a method, and the folder it came from (None: built in memory)."""
+
+    head: EagleHead
+    folder: Path | None = None
+
+
+def describe_draft(draft: BenchDraft, forced: CompressorConfig | None = None) -> dict[str, Any]:
+    """What a record says of its draft: the folder, its compressor's settings (mode, operators,
+    ratios, queries, seed; None = reads every visual token) and, in an ablation, the setting
+    forced on that compressor at inference."""
+    cfg = draft.head.config.compressor
+    out: dict[str, Any] = {
+        "folder": None if draft.folder is None else str(draft.folder),
+        "compressor": None if cfg is None else cfg.to_dict(),
+    }
+    if forced is not None:
+        out["forced"] = forced.to_dict()
+    return out
+
+
 @dataclass
 class BenchContext:
-    """What methods are built from."""
+    """What methods are built from.
+
+    The two draft methods resolve their heads from the engine's draft and the folders here
+    (`head`): a run can hold a plain draft for `eaglevlm` and a compressor draft for `specvlm`."""
 
     engine: Engine  # target (+ draft) loaded by specvlm.load
     target_dir: Path | None = None
+    draft_dir: Path | None = None  # the folder of engine.draft, for the records
+    plain_draft: Path | None = None  # eaglevlm's head when the engine's draft has a compressor
+    compressor_draft: Path | None = None  # specvlm's head (else the engine's, if compressed)
     assistant_dir: Path | None = None  # a small separate draft model (same tokenizer)
-    compressor_draft: Path | None = None  # for `specvlm` when the engine's draft has none
     lookup_tokens: int = 10
     _hf: Any = None
+    _loaded: dict[Path, EagleHead] = field(default_factory=dict, repr=False)
 
     def hf_model(self):
         """The target checkpoint as `transformers` itself loads it (for the hf-* baselines)."""
@@ -90,6 +126,70 @@ class BenchContext:
             self._hf = _quiet_load(LlavaForConditionalGeneration, self.target_dir, self.engine)
         return self._hf
 
+    def _load(self, folder: Path) -> EagleHead:
+        if folder not in self._loaded:
+            self._loaded[folder] = _load_draft(folder, self.engine)
+        return self._loaded[folder]
+
+    def head(self, method: str) -> BenchDraft:
+        """The draft of `eaglevlm` (reads every visual token) or `specvlm` (has a compressor);
+        InputError, saying what to give, when this context has none."""
+        mine = self.engine.draft
+        if method == "specvlm":
+            if self.compressor_draft is not None:
+                head = self._load(self.compressor_draft)
+                if head.compressor is None:
+                    raise InputError(
+                        f"--compressor-draft {self.compressor_draft} has no elastic visual "
+                        "compressor (train one with specvlm train-draft --compressor select)"
+                    )
+                return BenchDraft(head, self.compressor_draft)
+            if mine is not None and mine.compressor is not None:
+                return BenchDraft(mine, self.draft_dir)
+            raise InputError(
+                "method 'specvlm' needs a draft head with an elastic visual compressor (train "
+                "one with specvlm train-draft --compressor select; give it with "
+                "--compressor-draft DIR); the draft given has none"
+            )
+        if method == "eaglevlm":
+            if mine is not None and mine.compressor is None:
+                return BenchDraft(mine, self.draft_dir)
+            if self.plain_draft is not None:
+                head = self._load(self.plain_draft)
+                if head.compressor is not None:
+                    raise InputError(f"{self.plain_draft} has a compressor; eaglevlm needs none")
+                return BenchDraft(head, self.plain_draft)
+            if mine is None:
+                raise InputError("method 'eaglevlm' needs a draft head (--draft)")
+            raise InputError(
+                "method 'eaglevlm' reads every visual token, but the draft given has an elastic "
+                "visual compressor: give a draft without one with --draft and the compressor "
+                "draft with --compressor-draft, or bench only method 'specvlm'"
+            )
+        raise InputError(f"no draft method {method!r}; accepted: eaglevlm, specvlm")
+
+    def has(self, method: str) -> bool:
+        """Whether `head(method)` finds a draft (without saying why not)."""
+        try:
+            self.head(method)
+        except InputError:
+            return False
+        return True
+
+
+def default_methods(names: list[str], ctx: BenchContext) -> tuple[list[str], list[str]]:
+    """The default method list fitted to the drafts at hand: `specvlm` joins (after `eaglevlm`)
+    when a compressor draft is given; `eaglevlm` leaves when no draft reads every token.
+    Returns (names, notes saying what changed)."""
+    names, notes = list(names), []
+    if "specvlm" not in names and ctx.has("specvlm"):
+        at = names.index("eaglevlm") + 1 if "eaglevlm" in names else len(names)
+        names.insert(at, "specvlm")
+    if "eaglevlm" in names and not ctx.has("eaglevlm"):
+        names.remove("eaglevlm")
+        notes.append("eaglevlm skipped (the draft given has a compressor; no plain draft given)")
+    return names, notes
+
 
 class DraftMeter:
     """A drafter that times its inner drafter's prefill (`begin`) and reads its KV cache then."""
@@ -99,6 +199,8 @@ class DraftMeter:
         self.prefill_s: float | None = None
         self.kv_tokens: int | None = None
         self.kv_bytes: int | None = None
+        self.visual_tokens: int | None = None
+        self.choice: str | None = None
 
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
         device = prefill.features.device
@@ -110,6 +212,8 @@ class DraftMeter:
         cache = self.inner.cache
         self.kv_tokens = cache.length
         self.kv_bytes = sum(t[:, :, : cache.length].nbytes for t in (cache.k, cache.v))
+        self.visual_tokens = prefill.visual.n_visual
+        self.choice = getattr(self.inner, "choice", None)
 
     def propose(self, root: int, depth: int, top_k: int, budget: int):
         return self.inner.propose(root, depth, top_k, budget)
@@ -124,29 +228,53 @@ def _sync(device: torch.device) -> None:
 
 
 class _MeteredEngine(Engine):
-    """An engine whose drafter of the last request is a `DraftMeter` (`self.meter`)."""
+    """An engine whose drafter of the last request is a `DraftMeter` (`self.meter`), its draft
+    reading images through `compressor` when given (an ablation's forced setting)."""
 
     meter: DraftMeter | None = None
+    compressor: ElasticCompressor | None = None
 
     def _drafter(self) -> Drafter | None:
-        inner = super()._drafter()
-        self.meter = None if inner is None else DraftMeter(inner)
+        if self.draft is None:
+            self.meter = None
+            return None
+        inner = EagleDrafter(
+            self.draft,
+            self.target.embed,
+            self.target.lm_head,
+            lm_head_weight(self.target),
+            compressor=self.compressor,
+        )
+        self.meter = DraftMeter(inner)
         return self.meter
 
 
 class EngineMethod:
     """This project's decoding: `plain` (no draft), `eaglevlm` (draft head, dynamic tree) or
     `specvlm` (draft head with its elastic visual compressor). `draft`: the head to use instead
-    of the engine's."""
+    of the engine's; `forced`: a setting forced on its compressor (ablations,
+    `ElasticCompressor.override`)."""
 
     def __init__(
-        self, name: str, engine: Engine, speculative: bool, draft: EagleHead | None = None
+        self,
+        name: str,
+        engine: Engine,
+        speculative: bool,
+        draft: BenchDraft | None = None,
+        forced: CompressorConfig | None = None,
     ) -> None:
-        draft = draft or engine.draft
+        if draft is None and engine.draft is not None:
+            draft = BenchDraft(engine.draft)
         if speculative and draft is None:
             raise InputError(f"method {name!r} needs a draft head (--draft)")
         self.name, self.speculative = name, speculative
-        self.engine = _MeteredEngine(engine.target, draft, engine.tree, engine.target_dir)
+        head = draft.head if speculative and draft is not None else None
+        self.engine = _MeteredEngine(engine.target, head, engine.tree, engine.target_dir)
+        if forced is not None:
+            if head is None or head.compressor is None:
+                raise InputError(f"method {name!r}: a forced setting needs a compressor draft")
+            self.engine.compressor = head.compressor.override(forced)
+        self.draft_info = None if head is None else describe_draft(draft, forced)
 
     def run(self, req: Request) -> RunResult:
         out = self.engine.generate(
@@ -168,6 +296,7 @@ class EngineMethod:
             tau=s.tau,
             accept_histogram=s.accept_histogram,
             target_forwards=s.target_forwards,
+            draft=self.draft_info,
             **_meter_fields(self.engine.meter if self.speculative else None),
         )
 
@@ -179,31 +308,17 @@ def _meter_fields(meter: DraftMeter | None) -> dict[str, Any]:
         "draft_prefill_s": meter.prefill_s,
         "draft_kv_tokens": meter.kv_tokens,
         "draft_kv_bytes": meter.kv_bytes,
+        "visual_tokens": meter.visual_tokens,
+        "gate_choice": meter.choice,
     }
 
 
 def _eaglevlm(ctx: BenchContext) -> EngineMethod:
-    draft = ctx.engine.draft
-    if draft is not None and draft.compressor is not None:
-        raise InputError(
-            "method 'eaglevlm' reads every visual token, but this draft has an elastic visual "
-            "compressor: bench it as method 'specvlm' (or give a draft without one)"
-        )
-    return EngineMethod("eaglevlm", ctx.engine, speculative=True)
+    return EngineMethod("eaglevlm", ctx.engine, speculative=True, draft=ctx.head("eaglevlm"))
 
 
 def _specvlm(ctx: BenchContext) -> EngineMethod:
-    draft = ctx.engine.draft
-    if draft is None or draft.compressor is None:
-        if ctx.compressor_draft is None:
-            raise InputError(
-                "method 'specvlm' needs a draft head with an elastic visual compressor (train "
-                "one with specvlm train-draft --compressor select); the draft given has none"
-            )
-        draft = _load_draft(ctx.compressor_draft, ctx.engine)
-        if draft.compressor is None:
-            raise InputError(f"{ctx.compressor_draft} has no elastic visual compressor")
-    return EngineMethod("specvlm", ctx.engine, speculative=True, draft=draft)
+    return EngineMethod("specvlm", ctx.engine, speculative=True, draft=ctx.head("specvlm"))
 
 
 def _load_draft(folder: Path, engine: Engine) -> EagleHead:

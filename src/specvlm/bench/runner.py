@@ -15,7 +15,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+DRAFT_FIELDS = ("draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes", "visual_tokens")
+
+
 def run_bench(
     methods: list[Method],
     items: list[Any],
@@ -79,8 +82,10 @@ def run_bench(
     error (the method failed on this item) or tokens, seconds, prefill_s, ttft_s, decode_s,
     tokens_per_s, tau, accept_histogram, target_forwards, and with a `plain` method in the run,
     speedup (tokens/s over plain's on the same item) and, at temperature 0, identical. Methods
-    with a draft head also give draft_prefill_ms, draft_kv_tokens and draft_kv_bytes (its own
-    prefill, and its KV cache right after it, read from the cache).
+    with a draft head also give draft (its folder and compressor settings: `describe_draft`),
+    draft_prefill_ms, draft_kv_tokens and draft_kv_bytes (its own prefill, and its KV cache
+    right after it, read from the cache), visual_tokens (the target's, all images of the
+    prompt) and gate_choice (the compressor gate's operator, or None).
     """
     temperatures = list(temperatures)
     base = {"machine": machine(), "commit": commit(), "config": config or {}}
@@ -142,11 +147,15 @@ def run_bench(
                         accept_histogram={str(k): v for k, v in res.accept_histogram.items()},
                         target_forwards=res.target_forwards,
                     )
+                    if res.draft is not None:
+                        rec["draft"] = res.draft
                     if res.draft_prefill_s is not None:
                         rec.update(
                             draft_prefill_ms=round(1000 * res.draft_prefill_s, 3),
                             draft_kv_tokens=res.draft_kv_tokens,
                             draft_kv_bytes=res.draft_kv_bytes,
+                            visual_tokens=res.visual_tokens,
+                            gate_choice=res.gate_choice,
                         )
                     if isinstance(plain, RunResult):
                         rec["speedup"] = round(res.tokens_per_s / plain.tokens_per_s, 4)
@@ -219,8 +228,16 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             drafted = [r for r in ok if "draft_prefill_ms" in r]
             if drafted:  # means over the runs: the draft's prefill and its prompt KV cache
-                for f in ("draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes"):
-                    row[f] = statistics.mean(r[f] for r in drafted)
+                for f in DRAFT_FIELDS:
+                    values = [r[f] for r in drafted if r.get(f) is not None]
+                    if values:
+                        row[f] = statistics.mean(values)
+                choices = Counter(r["gate_choice"] for r in drafted if r.get("gate_choice"))
+                if choices:  # how often the gate chose each operator
+                    row["gate_choices"] = dict(sorted(choices.items()))
+            drafts = {json.dumps(r["draft"], sort_keys=True) for r in ok if r.get("draft")}
+            if len(drafts) == 1:
+                row["draft"] = json.loads(drafts.pop())
         else:
             row["error"] = rs[0]["error"]
         rows.append(row)
@@ -248,6 +265,110 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['suite']} | {r['method']} | {r['temperature']:g} | {sp} | {tau} | "
             f"{r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} | {same} | "
             f"{r['runs']}{err} |"
+        )
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A number for a table, "—" for None."""
+    return "—" if value is None else format(value, spec)
+
+
+def gate_text(row: dict[str, Any]) -> str:
+    """The gate's choices of a summary row: "prune 3, pool 1", or "—"."""
+    return ", ".join(f"{op} {n}" for op, n in (row.get("gate_choices") or {}).items()) or "—"
+
+
+def compressor_text(row: dict[str, Any]) -> str:
+    """A draft's compressor in a few words: mode, operators and ratios (or the forced one)."""
+    draft = row.get("draft") or {}
+    cfg = draft.get("forced") or draft.get("compressor")
+    if not cfg:
+        return "none (reads every visual token)" if draft else "—"
+    ops = []
+    for op in cfg["operators"]:
+        r = cfg["ratios"].get(op)
+        q = cfg["queries"] if op == "resampler" else None
+        ops.append(f"{op} {r:g}x" if r else f"{op} {q}q" if q else op)
+    forced = "forced " if draft.get("forced") else ""
+    return f"{forced}{cfg['mode']}: {', '.join(ops)}"
+
+
+def draft_table(rows: list[dict[str, Any]]) -> str:
+    """The draft methods' costs per suite: τ, speedup, the draft's prefill and KV cache (tokens
+    and bytes, means per run), the target's visual tokens, the compressor and the gate's
+    choices (operator: runs). Empty when no row has a draft."""
+    drafted = [r for r in rows if "draft_prefill_ms" in r]
+    if not drafted:
+        return ""
+    lines = [
+        "| suite | method | visual tokens | τ | speedup | draft prefill ms | draft KV tokens | "
+        "draft KV bytes | identical | compressor | gate choices |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in drafted:
+        same = "—" if r.get("identical") is None else f"{100 * r['identical']:.0f}%"
+        lines.append(
+            f"| {r['suite']} | {r['method']} | {fmt(r.get('visual_tokens'), '.0f')} | "
+            f"{fmt(r.get('tau'), '.2f')} | {fmt(r.get('speedup'), '.2f')} | "
+            f"{fmt(r.get('draft_prefill_ms'), '.2f')} | {fmt(r.get('draft_kv_tokens'), '.0f')} | "
+            f"{fmt(r.get('draft_kv_bytes'), ',.0f')} | {same} | {compressor_text(r)} | {gate_text(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_rows(
+    rows: list[dict[str, Any]], base: str = "eaglevlm", method: str = "specvlm"
+) -> list[dict[str, Any]]:
+    """The compressor's gain per visual-token count: for each suite (a count, e.g.
+    world-multi-N) with both methods at T = 0, their speedups over plain, gain = method's /
+    base's, and their draft KV caches and prefills; ordered by visual tokens."""
+    by = {(r["suite"], r["method"]): r for r in rows if r["temperature"] == 0 and "error" not in r}
+    out = []
+    for (suite, name), b in by.items():
+        m = by.get((suite, method))
+        if name != base or suite == "all" or m is None:
+            continue
+        gain = None
+        if m.get("speedup") and b.get("speedup"):
+            gain = m["speedup"] / b["speedup"]
+        out.append(
+            {
+                "suite": suite,
+                "visual_tokens": m.get("visual_tokens", b.get("visual_tokens")),
+                "base": base,
+                "method": method,
+                "base_speedup": b.get("speedup"),
+                "speedup": m.get("speedup"),
+                "gain": gain,
+                "base_tau": b.get("tau"),
+                "tau": m.get("tau"),
+                "base_kv_tokens": b.get("draft_kv_tokens"),
+                "kv_tokens": m.get("draft_kv_tokens"),
+                "base_prefill_ms": b.get("draft_prefill_ms"),
+                "prefill_ms": m.get("draft_prefill_ms"),
+            }
+        )
+    return sorted(out, key=lambda r: (r["visual_tokens"] or 0, r["suite"]))
+
+
+def sweep_table(sweep: list[dict[str, Any]]) -> str:
+    """`sweep_rows` as Markdown: one row per visual-token count."""
+    if not sweep:
+        return ""
+    b, m = sweep[0]["base"], sweep[0]["method"]
+    lines = [
+        f"| suite | visual tokens | {b} speedup | {m} speedup | gain ({m} / {b}) | τ {b} → {m} | "
+        f"draft KV tokens {b} → {m} | draft prefill ms {b} → {m} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sweep:
+        lines.append(
+            f"| {r['suite']} | {fmt(r['visual_tokens'], '.0f')} | "
+            f"{fmt(r['base_speedup'], '.2f')} | {fmt(r['speedup'], '.2f')} | "
+            f"{fmt(r['gain'], '.2f')} | {fmt(r['base_tau'], '.2f')} → {fmt(r['tau'], '.2f')} | "
+            f"{fmt(r['base_kv_tokens'], '.0f')} → {fmt(r['kv_tokens'], '.0f')} | "
+            f"{fmt(r['base_prefill_ms'], '.2f')} → {fmt(r['prefill_ms'], '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -13,7 +13,15 @@ test sample s * 1_000_000 + i), images rendered at 224 px into `<cache_dir>/worl
 `world-detailed`, `world-conversation`, `world-reasoning`, `world-mc` (the record's own prompt,
 which already asks for a justification) and `world-multiturn` (the turns before the last question
 are the record's, the last question is the one answered); `world` interleaves the five. Default
-n: 20 per suite (100 for `world`). A world suite is one `WorldSuite(family, kind)` entry in
+n: 20 per suite (100 for `world`).
+
+`world-multi-N` (N = 1 .. 16) puts N test scenes in one prompt ("Image 1: <image>" ... "Image N:
+<image>") and asks the detailed-description question about one of them (image i % N + 1 of item
+i; the reference is that scene's description): N x 64 visual tokens on the world targets (the
+embedded world target and world-smol read 64 per image, an 8 x 8 grid), N x 16 on the tiny
+random LLaVA (4 x 4). Item i uses test samples s * 1_000_000 + i * N + j, j < N. It is the
+visual-token sweep of the elastic visual compressor (issue 22): world-multi-1 / 4 / 8 give
+64 / 256 / 512 visual tokens per prompt. A world suite is one `WorldSuite(family, kind)` entry in
 WORLD_SUITES; an `events` kind works as is (its polarity picture is an image), `video` needs a
 runner that takes frame folders.
 
@@ -39,12 +47,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from specvlm.bench.loaders import (
+    IMAGE,
     BenchItem,
     load_llava_bench,
     load_mmbench,
@@ -57,7 +67,16 @@ from specvlm.world.dataset import DEFAULT_RESOLUTION, write_media
 from specvlm.world.language import make_record
 from specvlm.world.splits import SPLIT_SIZE, split_seed, world_sample
 
-__all__ = ["FORMATS", "SUITES", "BenchItem", "default_cache_dir", "detect_format", "load_suite"]
+__all__ = [
+    "FORMATS",
+    "PATTERN_SUITES",
+    "SUITES",
+    "BenchItem",
+    "default_cache_dir",
+    "detect_format",
+    "load_suite",
+    "multi_images",
+]
 
 
 @dataclass(frozen=True)
@@ -100,9 +119,18 @@ FORMATS: dict[str, str] = {
     "scienceqa-all": "ScienceQA as above, text-only test questions included",
     "mmbench": "MMBench: a .tsv with columns index, question, hint, A-D, answer, image (base64)",
 }
+MULTI = re.compile(r"world-multi-(\d+)")  # world-multi-N: N scenes in one prompt
+# 16 x 64 = 1,024 visual tokens: world-smol (context 8,192) takes them all; the embedded world
+# target (context 1,024) up to 13 (a longer prompt is refused by its adapter, saying why)
+MULTI_MAX = 16
+MULTI_FAMILY = "detailed"  # the question asked about one of the scenes: long answers
+PATTERN_SUITES: dict[str, str] = {
+    "world-multi-N": f"N = 1..{MULTI_MAX} world test scenes in one prompt, a detailed question "
+    "about one of them (N x 64 visual tokens on the world targets)",
+}
 ACCEPTED = (
-    f"a built-in suite ({', '.join(SUITES)}), a path to benchmark files, or FORMAT:PATH with "
-    f"FORMAT one of {', '.join(FORMATS)}"
+    f"a built-in suite ({', '.join([*SUITES, *PATTERN_SUITES])}), a path to benchmark files, or "
+    f"FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}"
 )
 DEFAULT_N = 20
 WORLD_SPLIT = "test"
@@ -132,6 +160,8 @@ def load_suite(
     cache = cache.resolve()
     if name_or_path in SUITES:
         return world_suite(name_or_path, n=n, cache_dir=cache, seed=seed)
+    if (n_images := multi_images(name_or_path)) is not None:
+        return world_multi_suite(n_images, n=n, cache_dir=cache, seed=seed)
     fmt, path = parse_source(name_or_path)
     if fmt == "llava-bench":
         return load_llava_bench(path, n=n, seed=seed)
@@ -285,4 +315,54 @@ def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> 
             writers[kind] = (_media_writer(folder, kind), folder)
         media, folder = writers[kind]
         items.append(world_item(suite, start + k // len(names), media, folder))
+    return items
+
+
+def multi_images(name: str) -> int | None:
+    """N of a `world-multi-N` suite name, or None for any other name; InputError for an N out
+    of range."""
+    m = MULTI.fullmatch(name)
+    if m is None:
+        return None
+    n_images = int(m.group(1))
+    if not 1 <= n_images <= MULTI_MAX:
+        raise InputError(
+            f"suite {name!r}: world-multi-N takes N = 1..{MULTI_MAX} scenes per prompt "
+            f"(N x 64 visual tokens must fit the world target's context), got {n_images}"
+        )
+    return n_images
+
+
+def world_multi_suite(
+    n_images: int, *, n: int | None, cache_dir: Path, seed: int = 0
+) -> list[BenchItem]:
+    """`world-multi-N`: item i holds N test scenes and the detailed question about one."""
+    total = n if n is not None else DEFAULT_N
+    start = seed * SEED_STRIDE
+    if start + SEED_STRIDE > SPLIT_SIZE or total * n_images > SEED_STRIDE:
+        raise InputError(
+            f"world suites take seed < {SPLIT_SIZE // SEED_STRIDE} and n * N <= {SEED_STRIDE}"
+        )
+    kind = "image"
+    folder = cache_dir / "world" / f"{WORLD_SPLIT}-{kind}-{DEFAULT_RESOLUTION[kind]}px"
+    media = _media_writer(folder, kind)
+    name = f"world-multi-{n_images}"
+    items = []
+    for i in range(total):
+        scenes = [start + i * n_images + j for j in range(n_images)]
+        asked = i % n_images
+        record = make_record(WORLD_SPLIT, scenes[asked], MULTI_FAMILY, kind, media(scenes[asked]))
+        question = record["conversations"][0]["value"].replace(IMAGE, "").strip()
+        listing = "".join(f"Image {j + 1}: {IMAGE}\n" for j in range(n_images))
+        prompt = f"{listing}The question is about image {asked + 1}. {question}"
+        images = tuple(folder / media(index)["image"] for index in scenes)
+        items.append(
+            BenchItem(
+                id=f"{record['id']}-of-{n_images}",
+                suite=name,
+                messages=({"role": "user", "content": prompt},),
+                images=images,
+                reference=record["conversations"][1]["value"],
+            )
+        )
     return items

@@ -23,7 +23,6 @@ from specvlm.decoding.stats import SpecStats
 from specvlm.decoding.tree import DraftTree
 from specvlm.decoding.verify import greedy_accept, sampled_accept
 from specvlm.draft.base import Drafter
-from specvlm.draft.compressor import prompt_layout, with_layout
 from specvlm.target.base import Prompt, Target
 
 
@@ -77,9 +76,9 @@ def decode(
     stats.new_tokens = emitted
     yield [root]
     if drafter is not None and not done:
-        # the drafter reads the prompt too (told where the image's tokens sit: it may compress them)
-        visual = with_layout(pre, prompt_layout(target, prompt))
-        drafter.begin(visual, root, capacity=T + max_new + tree.depth * tree.top_k + 1)
+        # the drafter reads the prompt too (pre.visual: where the images' tokens sit, which it
+        # may read compressed)
+        drafter.begin(pre, root, capacity=T + max_new + tree.depth * tree.top_k + 1)
 
     while not done:
         remaining = max_new - emitted  # a round emits at most depth + 1 tokens

@@ -36,8 +36,12 @@ image was, ...) 0, 1, 2, ...; its KV cache holds T - Δ prompt positions, Δ = t
 does not read, fixed at prefill. The same `ElasticCompressor.forward` builds the draft's rows in
 training (`specvlm.train.distill`) and in decoding (`EagleDrafter.begin`).
 
-This module never imports a model family: where the visual tokens sit comes from the prompt's
-ids and the target's image token id (`prompt_layout`).
+Where the visual tokens sit, and on what grid, comes with the target's prefill
+(`Prefill.visual`, set by the target adapter): this module never imports a model family.
+
+Ablations force another setting on a trained compressor at inference (`ElasticCompressor.
+override`): one operator alone, at any ratio for the parameter-free ones, or every operator
+concatenated; the forced settings reuse the modules trained under the draft's own mode.
 """
 
 from __future__ import annotations
@@ -53,7 +57,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvlm.errors import InputError
-from specvlm.target.base import Prefill, Prompt
+from specvlm.target.base import NO_VISUAL, VisualLayout, VisualSpan
+
+__all__ = [
+    "MODES",
+    "NO_VISUAL",
+    "OPERATORS",
+    "Compressed",
+    "CompressorConfig",
+    "ElasticCompressor",
+    "VisualLayout",
+    "VisualSpan",
+    "compressor_config",
+]
 
 OPERATORS = ("prune", "prune_norm", "pool", "conv", "resampler", "text")
 MODES = ("select", "mix", "concat", "fixed")
@@ -197,88 +213,6 @@ def compressor_config(
     return CompressorConfig(mode=mode, operators=ops, ratios=parsed, queries=queries)
 
 
-# ---- where the visual tokens sit ------------------------------------------------------------
-@dataclass(frozen=True)
-class VisualSpan:
-    """One image's visual tokens: prompt positions [start, start + frames*height*width)."""
-
-    start: int
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def length(self) -> int:
-        return self.frames * self.height * self.width
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        return self.frames, self.height, self.width
-
-
-@dataclass(frozen=True)
-class VisualLayout:
-    spans: tuple[VisualSpan, ...] = ()
-
-    @property
-    def n_visual(self) -> int:
-        return sum(s.length for s in self.spans)
-
-
-NO_VISUAL = VisualLayout()
-
-
-def visual_layout(input_ids: torch.Tensor, image_token_id: int, n_images: int) -> VisualLayout:
-    """input_ids (T,) with the placeholder expanded to P tokens per image -> the images' spans.
-
-    Each image's P tokens must be contiguous; its grid is sqrt(P) x sqrt(P) when P is a square
-    (LLaVA-1.5), else one row of P."""
-    slots = (input_ids == image_token_id).nonzero().flatten().tolist()  # visual positions
-    if not slots:
-        return NO_VISUAL
-    if n_images < 1 or len(slots) % n_images:
-        raise InputError(
-            f"{len(slots)} visual tokens cannot be split evenly into {n_images} images"
-        )
-    P = len(slots) // n_images
-    side = math.isqrt(P)
-    h, w = (side, side) if side * side == P else (1, P)
-    spans = []
-    for k in range(n_images):
-        mine = slots[k * P : (k + 1) * P]
-        if mine[-1] - mine[0] != P - 1:
-            raise InputError(f"image {k}'s {P} visual tokens are not contiguous in the prompt")
-        spans.append(VisualSpan(mine[0], 1, h, w))
-    return VisualLayout(tuple(spans))
-
-
-def prompt_layout(target: Any, prompt: Prompt) -> VisualLayout:
-    """The visual spans of a prepared prompt: its ids and the target's `image_token_id` (a
-    target without one reads no images the drafter could compress)."""
-    image_token_id = getattr(target, "image_token_id", None)
-    if image_token_id is None or not prompt.n_images:
-        return NO_VISUAL
-    return visual_layout(prompt.input_ids, int(image_token_id), prompt.n_images)
-
-
-@dataclass
-class VisualPrefill(Prefill):
-    """A target's Prefill plus where its visual tokens sit, for a drafter that compresses them."""
-
-    visual: VisualLayout = NO_VISUAL
-
-
-def with_layout(prefill: Prefill, layout: VisualLayout) -> VisualPrefill:
-    return VisualPrefill(
-        **{f.name: getattr(prefill, f.name) for f in fields(Prefill)}, visual=layout
-    )
-
-
-def layout_of(prefill: Prefill) -> VisualLayout:
-    """The layout a Prefill carries (none: the drafter reads every token as it is)."""
-    return getattr(prefill, "visual", None) or NO_VISUAL
-
-
 # ---- geometry (pure) ------------------------------------------------------------------------
 def window(ratio: float) -> int:
     """The pool / conv window side s for a ratio r: s = ceil(sqrt(r)), so s*s >= r."""
@@ -391,10 +325,19 @@ class Compressed:
 class ElasticCompressor(nn.Module):
     """Compresses the visual spans of a sequence; see the module docstring."""
 
-    def __init__(self, config: CompressorConfig, hidden_size: int) -> None:
+    def __init__(
+        self, config: CompressorConfig, hidden_size: int, trained: ElasticCompressor | None = None
+    ) -> None:
+        """trained: take its modules (conv, resampler, gate) instead of new ones (`override`)."""
         super().__init__()
         self.config = config
-        d, ops = hidden_size, config.operators
+        self.hidden_size = d = hidden_size
+        ops = config.operators
+        if trained is not None:  # shared, not copied: the names its state_dict has
+            for name in ("conv", "resampler", "gate"):
+                if name in ops or (name == "gate" and config.mode in ("select", "mix")):
+                    setattr(self, name, getattr(trained, name))
+            return
         if "conv" in ops:
             self.conv = StridedConv(d, window(config.ratio("conv")))
         if "resampler" in ops:
@@ -404,6 +347,41 @@ class ElasticCompressor(nn.Module):
             with torch.no_grad():  # token; untrained: uniform (argmax: the first operator)
                 self.gate.weight.zero_()
                 self.gate.bias.zero_()
+
+    def override(self, config: CompressorConfig) -> ElasticCompressor:
+        """The same trained modules under another setting, for ablations at inference.
+
+        Parameter-free operators (prune, prune_norm, pool, text) take any ratio; conv takes the
+        ratios of its trained window, the resampler its trained query count; a gate (select /
+        mix) only the trained one (same mode, same operators). Nothing is copied: the result
+        shares this compressor's weights."""
+        mine, problems = self.config, []
+        if "conv" in config.operators:
+            if "conv" not in mine.operators:
+                problems.append("conv is not among this compressor's trained operators")
+            elif window(config.ratio("conv")) != self.conv.s:
+                s = self.conv.s
+                problems.append(
+                    f"conv was trained with a {s} x {s} window (ratio {mine.ratio('conv'):g}); "
+                    f"it takes ratios r with ceil(sqrt(r)) = {s}, got {config.ratio('conv'):g}"
+                )
+        if "resampler" in config.operators:
+            if "resampler" not in mine.operators:
+                problems.append("the resampler is not among this compressor's trained operators")
+            elif config.queries != mine.queries:
+                problems.append(
+                    f"the resampler was trained with {mine.queries} queries, got {config.queries}"
+                )
+        gated = config.mode in ("select", "mix")
+        if gated and (config.mode, config.operators) != (mine.mode, mine.operators):
+            problems.append(
+                f"the gate was trained for mode {mine.mode!r} over {list(mine.operators)}; a "
+                f"forced setting is mode 'fixed' (one operator) or 'concat', got {config.mode!r} "
+                f"over {list(config.operators)}"
+            )
+        if problems:
+            raise InputError("cannot force this compressor setting: " + "; ".join(problems))
+        return ElasticCompressor(config, self.hidden_size, trained=self).train(self.training)
 
     def gate_logits(self, feature: torch.Tensor) -> torch.Tensor:
         """(d,) the target's feature at the last prompt token -> (K,) one logit per operator."""

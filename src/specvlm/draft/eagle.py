@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvlm.decoding.tree import DraftTree, grow_dynamic_tree
-from specvlm.draft.compressor import CompressorConfig, ElasticCompressor, layout_of
+from specvlm.draft.compressor import CompressorConfig, ElasticCompressor
 from specvlm.draft.vocab import check_d2t
 from specvlm.errors import DraftMismatchError, InputError, ModelFolderError
 from specvlm.kv_cache import KVCache
@@ -290,7 +290,10 @@ class EagleDrafter:
 
     With a reduced draft vocabulary the head scores N rows: `lm_head_weight` (the target's LM
     head weight, (V, d), `specvlm.draft.vocab.lm_head_weight`) lets it multiply by those rows
-    only; without it the full logits are computed and sliced (same values, no saving)."""
+    only; without it the full logits are computed and sliced (same values, no saving).
+
+    `compressor`: read images through this one instead of the head's own (ablations: the head's
+    compressor forced to another setting, `ElasticCompressor.override`)."""
 
     def __init__(
         self,
@@ -298,8 +301,10 @@ class EagleDrafter:
         embed: Callable[[torch.Tensor], torch.Tensor],
         lm_head: Callable[[torch.Tensor], torch.Tensor],
         lm_head_weight: torch.Tensor | None = None,
+        compressor: ElasticCompressor | None = None,
     ) -> None:
         self.head = head
+        self.compressor = compressor if compressor is not None else head.compressor
         self.embed = embed
         self.lm_head = lm_head
         self.d2t: torch.Tensor | None = head.d2t  # (N,) draft index -> target id, or None
@@ -330,11 +335,11 @@ class EagleDrafter:
     def prompt_rows(self, prefill: Prefill) -> tuple[torch.Tensor, torch.Tensor]:
         """The draft's own prompt rows: features, embeds (T', d), T' = T - Δ.
 
-        Without a compressor (or a prefill that says where its visual tokens sit) they are the
+        Without a compressor (or images: `prefill.visual`, set by the target) they are the
         target's rows as they are (Δ = 0). With one, each image's visual tokens become its
         compressed tokens paired with target features; the gate reads the target's feature at
         the last prompt token."""
-        compressor, layout = self.head.compressor, layout_of(prefill)
+        compressor, layout = self.compressor, prefill.visual
         self.choice = None
         if compressor is None or not layout.spans:
             return prefill.features, prefill.embeds

@@ -6,14 +6,22 @@ A target holds the KV cache of ONE request (batch 1). The decoding loop drives i
     pre = target.prefill(prompt, capacity)     # vision tower + projector once, then the prompt
     out = target.verify(tokens, depths, mask)  # one forward over a whole draft tree
     target.commit(path)                        # keep the accepted path's K/V, drop the rest
+
+`pre.visual` says where each image's visual tokens sit in the prompt and on what grid: the
+adapter sets it at prefill (it alone knows its family's vision tower), and every reader of a
+prefill (the decoding loop's drafter, the trainer, the tree tuner) gets the same spans from it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from specvlm.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,91 @@ class Prompt:
     n_images: int = 0
 
 
+@dataclass(frozen=True)
+class VisualSpan:
+    """One image's visual tokens: prompt positions [start, start + frames * height * width),
+    frame-major then row-major on a (frames, height, width) grid."""
+
+    start: int
+    frames: int
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        dims = (self.start, self.frames, self.height, self.width)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in dims):
+            raise InputError(f"a visual span takes integers, got {self}")
+        if self.start < 0 or min(self.frames, self.height, self.width) < 1:
+            raise InputError(f"a visual span needs start >= 0 and a grid of >= 1, got {self}")
+
+    @property
+    def length(self) -> int:
+        return self.frames * self.height * self.width
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.frames, self.height, self.width
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Where a prompt's images are: one span per image, in prompt order, not overlapping."""
+
+    spans: tuple[VisualSpan, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spans", tuple(self.spans))
+        for a, b in zip(self.spans, self.spans[1:], strict=False):
+            if b.start < a.end:
+                raise InputError(f"visual spans must be in prompt order, apart: {a} then {b}")
+
+    @property
+    def n_visual(self) -> int:
+        """Visual tokens in the prompt, all images."""
+        return sum(s.length for s in self.spans)
+
+
+NO_VISUAL = VisualLayout()
+
+
+def visual_layout(
+    input_ids: torch.Tensor, image_token_id: int, grids: Sequence[tuple[int, int, int]]
+) -> VisualLayout:
+    """input_ids (T,), each image's placeholder expanded to its tokens -> the images' spans.
+
+    grids: each image's (frames, height, width), in prompt order, as the adapter's vision tower
+    lays them out. Each image's tokens must be contiguous (one image may follow another
+    directly)."""
+    slots = (input_ids == image_token_id).nonzero().flatten().tolist()  # visual positions
+    sizes = [math.prod(g) for g in grids]
+    if len(slots) != sum(sizes):
+        raise InputError(
+            f"the prompt has {len(slots)} visual placeholder tokens but its {len(grids)} images "
+            f"have {sum(sizes)} ({sizes})"
+        )
+    spans, at = [], 0
+    for k, (grid, P) in enumerate(zip(grids, sizes, strict=True)):
+        mine = slots[at : at + P]
+        if mine[-1] - mine[0] != P - 1:
+            raise InputError(f"image {k}'s {P} visual tokens are not contiguous in the prompt")
+        spans.append(VisualSpan(mine[0], *grid))
+        at += P
+    return VisualLayout(tuple(spans))
+
+
 @dataclass
 class Prefill:
     logits: torch.Tensor  # (V,) float32, next-token logits after the prompt
     features: torch.Tensor  # (T, d) last hidden state (post final norm) at each prompt position
     embeds: torch.Tensor  # (T, d) what the language model read: token or visual embeddings
     aux: torch.Tensor | None = None  # (T, k*d) residual stream after the chosen layers, or None
+    # where each image's visual tokens sit among the T positions (set by the adapter; empty for
+    # a text-only prompt): a drafter may read them compressed (specvlm.draft.compressor)
+    visual: VisualLayout = NO_VISUAL
 
 
 @dataclass
@@ -70,7 +157,9 @@ class Target(Protocol):
 
     def tokenize(self, text: str, images: list[Any]) -> Prompt: ...
 
-    def prefill(self, prompt: Prompt, capacity: int) -> Prefill: ...
+    def prefill(self, prompt: Prompt, capacity: int) -> Prefill:
+        """Fill the KV cache with the prompt; the Prefill's `visual` names the images' spans."""
+        ...
 
     def verify(
         self, tokens: torch.Tensor, depths: torch.Tensor, tree_mask: torch.Tensor | None

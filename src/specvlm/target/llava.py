@@ -34,7 +34,15 @@ from specvlm.layers import (
     wants_fast_layout,
 )
 from specvlm.media import load_images
-from specvlm.target.base import Prefill, Prompt, TargetInfo, Verified
+from specvlm.target.base import (
+    NO_VISUAL,
+    Prefill,
+    Prompt,
+    TargetInfo,
+    Verified,
+    VisualLayout,
+    visual_layout,
+)
 
 SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -263,14 +271,25 @@ class LlavaTarget:
         with a reduced vocabulary scores only its rows."""
         return self._lm_head.weight if self._lm_head.bias is None else None
 
-    def _prompt_embeds(self, prompt: Prompt) -> torch.Tensor:
+    def visual_grid(self, n_tokens: int) -> tuple[int, int, int]:
+        """The (frames, height, width) grid of one image's `n_tokens` visual tokens: LLaVA-1.5's
+        (1, side, side) patch grid, side = image_size // patch_size ("default" feature select
+        strategy, CLS dropped); a count off the grid (e.g. "full", CLS kept) is one row."""
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        return (1, side, side) if n_tokens == side * side else (1, 1, n_tokens)
+
+    def _prompt_embeds(self, prompt: Prompt) -> tuple[torch.Tensor, VisualLayout]:
+        """The language model's input (T, d), visual embeddings in the placeholders' rows, and
+        where each image's tokens sit."""
         embeds = self.embed(prompt.input_ids)  # (T, d)
         if prompt.pixel_values is None:
-            return embeds
+            return embeds, NO_VISUAL
         out = self.model.model.get_image_features(
             pixel_values=prompt.pixel_values, return_dict=True
         )
-        visual = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)  # (n_img * P, d)
+        per_image = list(out.pooler_output)  # n_img x (P, d)
+        visual = torch.cat(per_image, dim=0).to(embeds.dtype)  # (n_img * P, d)
         slots = prompt.input_ids == self.image_token_id  # (T,)
         if int(slots.sum()) != visual.shape[0]:
             raise PromptError(
@@ -279,7 +298,8 @@ class LlavaTarget:
             )
         embeds = embeds.clone()
         embeds[slots] = visual
-        return embeds
+        grids = [self.visual_grid(v.shape[0]) for v in per_image]
+        return embeds, visual_layout(prompt.input_ids, self.image_token_id, grids)
 
     def _run(
         self, embeds: torch.Tensor, positions: torch.Tensor, mask
@@ -310,12 +330,12 @@ class LlavaTarget:
             dtype=self.info.dtype,
             device=self.device,
         )
-        embeds = self._prompt_embeds(prompt)  # (T, d)
+        embeds, visual = self._prompt_embeds(prompt)  # (T, d), the images' spans
         T = embeds.shape[0]
         features, aux = self._run(embeds, torch.arange(T, device=self.device), "causal")
         self.cache.commit(list(range(T)))
         logits = self.lm_head(features[-1:]).float()[0]  # (V,)
-        return Prefill(logits=logits, features=features, embeds=embeds, aux=aux)
+        return Prefill(logits=logits, features=features, embeds=embeds, aux=aux, visual=visual)
 
     @torch.inference_mode()
     def verify(

@@ -53,12 +53,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from specvlm.config import check_seed
-from specvlm.draft.compressor import CompressorConfig, VisualLayout, prompt_layout
+from specvlm.draft.compressor import CompressorConfig
 from specvlm.draft.eagle import EagleConfig, EagleHead
 from specvlm.draft.vocab import count_tokens, coverage, lm_head_weight, top_n_map
 from specvlm.errors import DataError, ImageError, InputError, PromptError
 from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
+from specvlm.target.base import VisualLayout
 from specvlm.train.data import (
     IMAGE_PLACEHOLDER,
     Conversation,
@@ -233,11 +234,12 @@ def target_sequence(target: Target, conv: Conversation) -> tuple[torch.Tensor, .
 def target_item(
     target: Target, conv: Conversation
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, VisualLayout]:
-    """`target_sequence` plus where the conversation's visual tokens sit."""
+    """`target_sequence` plus where the conversation's visual tokens sit (the prefill's spans,
+    as the decoding loop's drafter gets them)."""
     enc = encode(target, conv)
     pre = target.prefill(enc.prompt, capacity=enc.prompt.input_ids.shape[0])
     mask = enc.answer_mask.to(pre.features.device)
-    return pre.features.clone(), pre.embeds.clone(), mask, prompt_layout(target, enc.prompt)
+    return pre.features.clone(), pre.embeds.clone(), mask, pre.visual
 
 
 def draft_rows(
