@@ -22,6 +22,7 @@ from specvlm.errors import (
     ModelFolderError,
     PromptError,
     UnsupportedModelError,
+    VideoError,
 )
 
 __version__ = "0.1.0"
@@ -75,6 +76,7 @@ __all__ = [
     "StreamPiece",
     "TreeConfig",
     "UnsupportedModelError",
+    "VideoError",
     "__version__",
     "load",
 ]

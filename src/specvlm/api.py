@@ -18,7 +18,7 @@ from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
 from specvlm.layers import prepare_for_inference, wants_fast_layout
-from specvlm.target import Target, load_target
+from specvlm.target import Target, load_target, modalities
 from specvlm.target.base import Prompt
 
 
@@ -116,14 +116,21 @@ class Engine:
     ) -> Iterator[list[int]]:
         """Check the request now (bad input raises here, before anything runs); decode lazily."""
         request = GenerationRequest.from_options(options)
-        if request.video is not None or request.events is not None:
-            kind = "video" if request.video is not None else "events"
-            raise InputError(
-                f"this target ({self.target.info.architecture}) does not read {kind}; "
-                "it accepts a prompt and images"
-            )
+        reads = modalities(self.target)
+        for kind in ("video", "events"):
+            if getattr(request, kind) is not None and kind not in reads:
+                takes = (
+                    "a prompt, images and a video" if "video" in reads else "a prompt and images"
+                )
+                raise InputError(
+                    f"this target ({self.target.info.architecture}) does not read {kind}; "
+                    f"it accepts {takes}"
+                )
         sampling = request.sampling
-        prepared = self.target.prepare(prompt, images)
+        if request.video is not None:
+            prepared = self.target.prepare(prompt, images, video=request.video)
+        else:
+            prepared = self.target.prepare(prompt, images)
         return self._rounds(prepared, request, sampling, stats)
 
     def _rounds(
@@ -167,6 +174,12 @@ class Engine:
         images: PIL images or paths, one per image placeholder (or put before a string prompt).
         options: the fields of `GenerationRequest` (max_new_tokens=256, temperature=0.0,
         top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None, speculative=True, video, events).
+
+        video (a target that reads video, e.g. Video-LLaVA): a folder of frame images (in name
+        order), a list of frames (PIL images or paths), a (frames, height, width, 3) uint8 array,
+        or a video file's path (decoded by PyAV: pip install 'specvlm[video]'); sampled
+        uniformly to the checkpoint's frame count (Video-LLaVA: 8), shorter clips used whole; at
+        its `<video>` placeholder, or before a string prompt. events: not read by any target yet.
         """
         stats = SpecStats()
         ids = [tok for new in self._start(prompt, images, options, stats) for tok in new]

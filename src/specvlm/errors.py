@@ -22,6 +22,10 @@ class ImageError(InputError):
     """An image that cannot be read, or images that do not fit the prompt."""
 
 
+class VideoError(ImageError):
+    """A video that cannot be read (a file, a folder of frames, a list of frames)."""
+
+
 class PromptError(InputError):
     """A prompt that cannot be run: too long for the context, or placeholders that do not match."""
 

@@ -9,10 +9,21 @@ import torch
 from specvlm.errors import UnsupportedModelError
 from specvlm.target.base import Prefill, Prompt, Target, TargetInfo, Verified
 from specvlm.target.llava import LlavaTarget, read_config
+from specvlm.target.video_llava import VideoLlavaTarget
 
-ADAPTERS = {"LlavaForConditionalGeneration": LlavaTarget}
+ADAPTERS = {
+    "LlavaForConditionalGeneration": LlavaTarget,
+    "VideoLlavaForConditionalGeneration": VideoLlavaTarget,
+}
 
-__all__ = ["Prefill", "Prompt", "Target", "TargetInfo", "Verified", "load_target"]
+__all__ = ["Prefill", "Prompt", "Target", "TargetInfo", "Verified", "load_target", "modalities"]
+
+
+def modalities(target: Target) -> tuple[str, ...]:
+    """What a target reads: its `modalities` attribute, else LLaVA's ("text", "image").
+
+    A target that reads "video" takes `prepare(prompt, images, video=...)`."""
+    return tuple(getattr(target, "modalities", ("text", "image")))
 
 
 def load_target(

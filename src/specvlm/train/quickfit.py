@@ -40,7 +40,7 @@ def fit_head_to_target(
     target_dir: str | Path,
     out_dir: str | Path,
     *,
-    prompts: list[tuple[str, list]] | None = None,
+    prompts: list[tuple] | None = None,
     new_tokens: int = 96,
     steps: int = 150,
     lr: float = 3e-3,
@@ -49,6 +49,7 @@ def fit_head_to_target(
 ) -> EagleHead:
     """Fit a fresh head on the target's greedy answers to a few prompts; save it to out_dir.
 
+    prompts: (text, images) pairs, or (text, images, video) for a target that reads video.
     draft_vocab N > 0: a reduced draft vocabulary, the N ids those answers use most."""
     from PIL import Image
 
@@ -66,9 +67,12 @@ def fit_head_to_target(
             )
     engine = Engine(target, None)
     sequences, answers = [], []
-    for text, images in prompts:
-        prepared = target.prepare(text, images)
-        out = engine.generate(text, images=images, max_new_tokens=new_tokens, speculative=False)
+    for text, images, *video in prompts:
+        media = {"video": video[0]} if video and video[0] is not None else {}
+        prepared = target.prepare(text, images, **media)
+        out = engine.generate(
+            text, images=images, max_new_tokens=new_tokens, speculative=False, **media
+        )
         features, embeds = target_sequence(target, prepared, out.token_ids)
         sequences.append((features, embeds, prepared.input_ids.shape[0]))
         answers.append(out.token_ids)
