@@ -110,6 +110,7 @@ def test_bench_with_default_methods_and_a_compressor_draft(tiny_dir, drafts, tmp
     assert {r["method"] for r in records} >= {"plain", "eaglevlm", "specvlm", "hf-plain"}
     assert all(r["identical"] for r in records if r["method"] in ("eaglevlm", "specvlm"))
     assert records[0]["config"]["compressor_draft"] == str(drafts["select"])
+    assert records[0]["config"]["dtype"] == "float32"  # every record says the dtype it ran in
     assert "The drafts' costs" in stdout and "| world-multi-2 | specvlm | 32 |" in stdout
     # the compressor draft as --draft: specvlm runs it; eaglevlm has no plain draft and leaves
     argv = ["bench", "--target", str(tiny_dir), "--draft", str(drafts["select"]),

@@ -139,7 +139,12 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target model folder (Hugging Face format); default: embedded")
     p.add_argument("--draft", help="draft head folder; default: the embedded target's draft")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default: float32")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 | bfloat16 | float16 | auto (bfloat16 on a CPU with native bf16, else "
+        "float32); default: float32",
+    )
     p.add_argument(
         "--tree",
         type=_tree,
@@ -387,6 +392,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     config = {
+        "dtype": str(engine.target.info.dtype).removeprefix("torch."),
         "tree": vars(engine.tree),
         "max_new_tokens": args.max_new_tokens,
         "target": str(engine.target_dir),

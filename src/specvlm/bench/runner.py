@@ -457,7 +457,9 @@ def plot(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
 
 def report_header(records: list[dict[str, Any]], command: str) -> str:
     r = records[0] if records else {}
+    dtype = (r.get("config") or {}).get("dtype")
     return (
-        f"Command: `{command}`  \nMachine: {r.get('machine', machine())}  \n"
+        f"Command: `{command}`  \nMachine: {r.get('machine', machine())}"
+        f"{f', {dtype}' if dtype else ''}  \n"
         f"Commit: {r.get('commit', commit())}, {time.strftime('%Y-%m-%d')}"
     )
