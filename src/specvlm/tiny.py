@@ -64,6 +64,55 @@ def tiny_tokenizer(vocab_size: int = 320):
     return fast
 
 
+def tiny_configs(
+    tokenizer, text_model: str, hidden_size: int, num_layers: int, num_heads: int,
+    num_kv_heads: int, intermediate_size: int, vision_hidden_size: int, vision_layers: int,
+    image_size: int, patch_size: int, tie_word_embeddings: bool, max_position_embeddings: int,
+    with_eos: bool, init_std: float,
+):  # fmt: skip
+    """(text config, CLIP vision config) of a tiny random VLM: shared by the LLaVA and the
+    Video-LLaVA builders."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    text_config = AutoConfig.for_model(
+        text_model,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=init_std,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id if with_eos else None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden_size,
+    )
+    return text_config, vision_config
+
+
+def init_tiny_head(model, tokenizer, head_std: float) -> None:
+    """Redraw the LM head (or the tied embedding table) with a wider std, so that a tiny random
+    model's greedy answers vary, and set its generation config's eos / pad ids."""
+    with torch.no_grad():
+        if not model.config.tie_word_embeddings:
+            model.lm_head.weight.normal_(0.0, head_std)
+        else:
+            model.model.language_model.embed_tokens.weight.normal_(0.0, head_std)
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def build_tiny_llava(
     folder: str | Path,
     *,
@@ -86,41 +135,15 @@ def build_tiny_llava(
     head_std: float = 0.5,
 ) -> Path:
     """Write a tiny random LlavaForConditionalGeneration folder and return its path."""
-    from transformers import (
-        AutoConfig,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     folder = Path(folder)
     tokenizer = tiny_tokenizer()
-    vocab = len(tokenizer)
-    text_config = AutoConfig.for_model(
-        text_model,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab,
-        max_position_embeddings=max_position_embeddings,
-        initializer_range=init_std,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id if with_eos else None,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_config = CLIPVisionConfig(
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden_size,
-    )
+    text_config, vision_config = tiny_configs(
+        tokenizer, text_model, hidden_size, num_layers, num_heads, num_kv_heads,
+        intermediate_size, vision_hidden_size, vision_layers, image_size, patch_size,
+        tie_word_embeddings, max_position_embeddings, with_eos, init_std,
+    )  # fmt: skip
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -131,13 +154,7 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        if not tie_word_embeddings:
-            model.lm_head.weight.normal_(0.0, head_std)
-        else:
-            model.model.language_model.embed_tokens.weight.normal_(0.0, head_std)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    init_tiny_head(model, tokenizer, head_std)
     with quiet_transformers():
         from transformers import CLIPImageProcessor  # PIL fallback without torchvision: fine
 

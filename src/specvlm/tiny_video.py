@@ -74,40 +74,20 @@ def build_tiny_video_llava(
     Video-LLaVA checkpoints leave it unset, and 8 is used). init_std 0.2 (LLaVA's tiny: 0.1):
     at 0.1 this model's greedy answers settle into repeating one token within a few steps."""
     from transformers import (
-        AutoConfig,
-        CLIPVisionConfig,
         VideoLlavaConfig,
         VideoLlavaForConditionalGeneration,
         VideoLlavaImageProcessor,
     )
 
+    from specvlm.tiny import init_tiny_head, tiny_configs
+
     folder = Path(folder)
     tokenizer = tiny_video_tokenizer()
-    vocab = len(tokenizer)
-    text_config = AutoConfig.for_model(
-        "llama",
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab,
-        max_position_embeddings=max_position_embeddings,
-        initializer_range=init_std,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id if with_eos else None,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_config = CLIPVisionConfig(
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden_size,
-    )
+    text_config, vision_config = tiny_configs(
+        tokenizer, "llama", hidden_size, num_layers, num_heads, num_kv_heads,
+        intermediate_size, vision_hidden_size, vision_layers, image_size, patch_size,
+        tie_word_embeddings, max_position_embeddings, with_eos, init_std,
+    )  # fmt: skip
     patches = (image_size // patch_size) ** 2
     config = VideoLlavaConfig(
         vision_config=vision_config,
@@ -122,13 +102,7 @@ def build_tiny_video_llava(
     )
     torch.manual_seed(seed)
     model = VideoLlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        if not tie_word_embeddings:
-            model.lm_head.weight.normal_(0.0, head_std)
-        else:
-            model.model.language_model.embed_tokens.weight.normal_(0.0, head_std)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    init_tiny_head(model, tokenizer, head_std)
     pixels = {
         "size": {"shortest_edge": image_size},
         "crop_size": {"height": image_size, "width": image_size},
