@@ -67,6 +67,9 @@ def read_config(folder: Path) -> dict[str, Any]:
 class LlavaTarget:
     """A LLaVA checkpoint as a verifier: prepare, prefill, verify a tree, commit a path."""
 
+    ARCHITECTURE = "LlavaForConditionalGeneration"
+    FAMILY = "LLaVA"  # in messages
+
     def __init__(
         self,
         folder: str | Path,
@@ -92,15 +95,20 @@ class LlavaTarget:
                     f"cannot load the tokenizer/processor from {folder}: {e}; a LLaVA folder needs "
                     "tokenizer files, preprocessor_config.json and processor_config.json"
                 ) from e
+        self.tokenizer = self.processor.tokenizer
+        self._bind_model(folder, device, dtype, aux_layers)
+
+    def _bind_model(self, folder, device, dtype: torch.dtype, aux_layers: tuple[int, ...]) -> None:
+        """The loaded model on `device`, readied for `decoder_block`, its parts bound, and
+        `info`; shared by the adapters of this family (`self.ARCHITECTURE`, `self.FAMILY`)."""
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
-        self.tokenizer = self.processor.tokenizer
         cfg = self.model.config
         text = cfg.text_config
         if text.model_type not in SUPPORTED_TEXT_MODELS:
             raise UnsupportedModelError(
-                f"{folder}: LLaVA with a '{text.model_type}' language model is not supported; "
-                f"supported: {', '.join(SUPPORTED_TEXT_MODELS)}"
+                f"{folder}: {self.FAMILY} with a '{text.model_type}' language model is not "
+                f"supported; supported: {', '.join(SUPPORTED_TEXT_MODELS)}"
             )
         lm = self.model.model.language_model
         # fused q/k/v and gate/up matmuls, the fused RMSNorm op (every supported family's norm
@@ -128,7 +136,7 @@ class LlavaTarget:
         if window and getattr(text, "use_sliding_window", True):
             max_context = min(max_context, int(window))  # beyond it the mask would differ
         self.info = TargetInfo(
-            architecture="LlavaForConditionalGeneration",
+            architecture=self.ARCHITECTURE,
             text_model_type=text.model_type,
             hidden_size=text.hidden_size,
             vocab_size=text.vocab_size,
@@ -377,7 +385,7 @@ class LlavaTarget:
     def _fingerprint(self) -> dict[str, Any]:
         """What a draft head records about its target: structure (exact) and a weight probe."""
         structure = {
-            "architecture": "LlavaForConditionalGeneration",
+            "architecture": self.ARCHITECTURE,
             "text_model_type": self.model.config.text_config.model_type,
             "hidden_size": self.model.config.text_config.hidden_size,
             "vocab_size": self.model.config.text_config.vocab_size,

@@ -26,7 +26,6 @@ verification and commit are LLaVA's, unchanged (inherited), as is the decoding l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -35,12 +34,11 @@ from typing import Any
 
 import torch
 
-from specvlm.errors import ImageError, ModelFolderError, PromptError, UnsupportedModelError
+from specvlm.errors import ImageError, ModelFolderError, PromptError
 from specvlm.hf_quiet import quiet_transformers
-from specvlm.layers import AttentionShape, prepare_for_inference, wants_fast_layout
 from specvlm.media import load_images, load_video
-from specvlm.target.base import Prompt, TargetInfo, VisualLayout, visual_layout
-from specvlm.target.llava import SUPPORTED_TEXT_MODELS, LlavaTarget, read_config
+from specvlm.target.base import Prompt, VisualLayout, visual_layout
+from specvlm.target.llava import LlavaTarget, read_config
 
 ARCHITECTURE = "VideoLlavaForConditionalGeneration"
 DEFAULT_NUM_FRAMES = 8  # Video-LLaVA's frames a clip (training, model card)
@@ -131,6 +129,8 @@ class VideoLlavaTarget(LlavaTarget):
     """A Video-LLaVA checkpoint as a verifier: images and a video at prefill, then LLaVA's
     verify / commit on the same Llama language model."""
 
+    ARCHITECTURE = ARCHITECTURE
+    FAMILY = "Video-LLaVA"
     modalities: tuple[str, ...] = ("text", "image", "video")
 
     def __init__(
@@ -171,35 +171,8 @@ class VideoLlavaTarget(LlavaTarget):
                     "folder needs tokenizer files and processor_config.json (or "
                     "preprocessor_config.json)"
                 ) from e
-        self.model.to(device).eval().requires_grad_(False)
-        self.device = torch.device(device)
-        cfg = self.model.config
-        text = cfg.text_config
-        if text.model_type not in SUPPORTED_TEXT_MODELS:
-            raise UnsupportedModelError(
-                f"{folder}: Video-LLaVA with a '{text.model_type}' language model is not "
-                f"supported; supported: {', '.join(SUPPORTED_TEXT_MODELS)}"
-            )
-        lm = self.model.model.language_model
-        # as LlavaTarget: fused q/k/v and gate/up, fused RMSNorm, the CPU float32 layout
-        prepare_for_inference(
-            self.model,
-            fast_layout=wants_fast_layout(self.device, dtype),
-            plain_rms=(type(lm.norm),),
-        )
-        self._embed_tokens = lm.embed_tokens
-        self._layers = list(lm.layers)
-        self._norm = lm.norm
-        self._rotary = lm.rotary_emb
-        self._lm_head = self.model.lm_head
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.shape = AttentionShape(
-            text.num_attention_heads,
-            getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
-            head_dim,
-        )
-        self.image_token_id = int(cfg.image_token_id)
-        self.video_token_id = int(cfg.video_token_id)
+        self._bind_model(folder, device, dtype, aux_layers)
+        self.video_token_id = int(self.model.config.video_token_id)
         for name, token, token_id in (
             ("image", self.processing.image_token, self.image_token_id),
             ("video", self.processing.video_token, self.video_token_id),
@@ -210,30 +183,6 @@ class VideoLlavaTarget(LlavaTarget):
                     f"{self.tokenizer.convert_tokens_to_ids(token)} but config.json says "
                     f"{token_id}; the tokenizer and the model do not belong together"
                 )
-        max_context = int(text.max_position_embeddings)
-        window = getattr(text, "sliding_window", None)
-        if window and getattr(text, "use_sliding_window", True):
-            max_context = min(max_context, int(window))
-        self.info = TargetInfo(
-            architecture=ARCHITECTURE,
-            text_model_type=text.model_type,
-            hidden_size=text.hidden_size,
-            vocab_size=text.vocab_size,
-            n_layers=len(self._layers),
-            max_context=max_context,
-            eos_token_ids=self._eos_ids(),
-            dtype=dtype,
-            fingerprint=self._fingerprint(),
-            num_heads=self.shape.n_heads,
-            num_kv_heads=self.shape.n_kv_heads,
-            head_dim=self.shape.head_dim,
-            intermediate_size=text.intermediate_size,
-            rms_norm_eps=text.rms_norm_eps,
-            rope_theta=float((getattr(text, "rope_parameters", None) or {}).get("rope_theta", 1e4)),
-        )
-        self.cache = None
-        self.aux_layers = ()
-        self.set_aux_layers(aux_layers)
 
     @property
     def num_frames(self) -> int:
@@ -451,16 +400,3 @@ class VideoLlavaTarget(LlavaTarget):
         return (1, side, side) if n_tokens == side * side else (1, 1, n_tokens)
 
     # ---- identity -----------------------------------------------------------------------
-    def _fingerprint(self) -> dict[str, Any]:
-        """What a draft head records about its target: structure (exact) and a weight probe."""
-        text = self.model.config.text_config
-        structure = {
-            "architecture": ARCHITECTURE,
-            "text_model_type": text.model_type,
-            "hidden_size": text.hidden_size,
-            "vocab_size": text.vocab_size,
-            "n_layers": len(self._layers),
-        }
-        digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
-        probe = self._lm_head.weight[:4, :4].float().flatten().tolist()
-        return {"structure": digest, **structure, "lm_head_probe": [round(x, 6) for x in probe]}
