@@ -137,6 +137,30 @@ def test_a_fitted_draft_is_exact_and_accepts_runs(target, hf_model, video_dir, t
         assert [t for piece in streamed for t in piece.token_ids] == expected
 
 
+def test_cli_generate_reads_a_video(target, hf_model, video_dir, tmp_path, capsys):
+    """`specvlm generate --video FOLDER` speculates with a draft and prints transformers' own
+    greedy tokens for the same frames."""
+    import json
+
+    from specvlm.cli import main
+
+    frames = clip(N_FRAMES, seed=5)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        frame.save(folder / f"{i:02d}.png")
+    expected, _ = hf_greedy(hf_model, target.prepare(PROMPT, None, video=frames))
+    fit_head_to_target(
+        video_dir, tmp_path / "draft", prompts=[(PROMPT, [], frames)], new_tokens=NEW_TOKENS
+    )
+    argv = ["generate", "--target", str(video_dir), "--draft", str(tmp_path / "draft"), "--video"]
+    argv += [str(folder), "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["token_ids"] == expected
+    assert out["stats"]["tau"] > 1.5  # the draft was used, and accepted runs
+
+
 def test_sample_frame_indices_follow_the_model_card():
     for total in range(8, 40):  # Video-LLaVA's card: np.arange(0, total, total / 8).astype(int)
         card = np.arange(0, total, total / 8).astype(int).tolist()

@@ -239,6 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     kwargs = dict(
         images=args.image or None,
         max_new_tokens=args.max_new_tokens,
+        video=args.video,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -526,9 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p, seed=0, seed_help="prompt i samples with seed SEED + i")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("generate", help="answer a prompt about images")
+    p = sub.add_parser("generate", help="answer a prompt about images or a video")
     p.add_argument("--prompt", required=True)
     p.add_argument("--image", action="append", help="image file (repeat for several)")
+    p.add_argument(
+        "--video",
+        metavar="PATH",
+        help="a video file (decoded by PyAV: pip install 'specvlm[video]') or a folder of frame "
+        "images, for a target that reads video (Video-LLaVA)",
+    )
     p.add_argument("--json", action="store_true", help="print text, token ids and stats as JSON")
     p.add_argument("--plain", action="store_true", help="plain decoding (no draft)")
     _engine_args(p)
