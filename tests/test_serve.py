@@ -70,6 +70,11 @@ def user_turn(question: str, *urls: str) -> list[dict]:
     return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
 
 
+def video_turn(question: str, *urls: str) -> list[dict]:
+    parts = [{"type": "video_url", "video_url": {"url": u}} for u in urls]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+
+
 def png_bytes(size: tuple[int, int], color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
@@ -285,6 +290,7 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on(base_url, scenes
             None,
             400,
         ),
+        "video to an image model": ({"messages": video_turn("?", "clip.mp4")}, None, 400),
         "body over the limit": (None, b'{"x": "' + b"a" * (4 * MiB) + b'"}', 413),
     }
     for name, (body, raw, status) in cases.items():
@@ -294,6 +300,9 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on(base_url, scenes
         assert err["message"] and err["type"], name
     r = post(base_url, {"messages": [{"role": "user", "content": "red " * 3000}]})
     assert r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(base_url, {"messages": video_turn("?", "clip.mp4")})
+    assert r.json()["error"]["code"] == "unsupported_content"
+    assert "reads no video" in r.json()["error"]["message"]
     assert httpx.get(base_url + "/health").json()["status"] == "ok"
     r = post(base_url, {"messages": good, "max_tokens": 4})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
@@ -585,3 +594,58 @@ def test_a_fifo_in_the_allowed_folder_is_refused_not_waited_on(tmp_path):
     t.start()
     t.join(timeout=5)
     assert done and done[0] in (400, 403), "reading a FIFO blocked or was accepted"
+
+
+# ---------------------------------------------------------------- a target that reads video
+
+
+def test_video_url_parts_reach_a_video_target(tmp_path):
+    """A tiny Video-LLaVA served: a video as a data URL, as a file and as a frames folder in the
+    allowed folder all answer what `Engine.generate(video=...)` answers; bad videos get 400s,
+    paths outside the folder 403."""
+    av = pytest.importorskip("av")
+    from specvlm.tiny_video import build_tiny_video_llava
+
+    folder = build_tiny_video_llava(tmp_path / "video-llava", num_layers=2, num_frames=4)
+    engine = api.load(target=folder)
+    allowed = tmp_path / "allowed"
+    (allowed / "frames").mkdir(parents=True)
+    frames = [Image.new("RGB", (40, 32), (30 * i, 200 - 20 * i, 90)) for i in range(8)]
+    for i, frame in enumerate(frames):
+        frame.save(allowed / "frames" / f"{i}.png")
+    with av.open(str(allowed / "clip.mp4"), "w") as container:  # lossless: frames decode exactly
+        stream = container.add_stream("libx264rgb", rate=10, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 40, 32, "rgb24"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
+    question = "what happens?"
+    want = engine.generate(question, video=frames, max_new_tokens=12, speculative=False)
+    config = ServeConfig(model_id=MODEL, allow_dir=allowed, max_video_bytes=MiB)
+    with serving(create_app(engine, config)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        clip = data_url(allowed / "clip.mp4", "video/mp4")
+        for source in (clip, "clip.mp4", f"file://{allowed / 'clip.mp4'}", "frames"):
+            r = client.chat.completions.create(
+                model=MODEL, messages=video_turn(question, source), max_tokens=12
+            )
+            assert r.choices[0].message.content == want.text, source[:40]
+            assert r.usage.completion_tokens == len(want.token_ids)
+        (tmp_path / "outside.mp4").write_bytes((allowed / "clip.mp4").read_bytes())
+        bad = {
+            "not a video": (video_turn("?", data_url(b"no video here", "video/mp4")), 400),
+            "two videos": (video_turn("?", "clip.mp4", "frames"), 400),
+            "missing file": (video_turn("?", "nothing.mp4"), 400),
+            "outside the folder": (video_turn("?", str(tmp_path / "outside.mp4")), 403),
+            "remote": (video_turn("?", "https://example.com/a.mp4"), 400),
+            "too large": (video_turn("?", data_url(os.urandom(MiB + 10), "video/mp4")), 400),
+        }
+        for name, (messages, status) in bad.items():
+            r = httpx.post(url + "/v1/chat/completions", json={"messages": messages}, timeout=60)
+            assert r.status_code == status, (name, r.text)
+            # the server's own paths are never shown (only what the client sent)
+            assert "specvlm-video-" not in r.text and str(allowed) not in r.text, name
+        r = client.chat.completions.create(
+            model=MODEL, messages=video_turn(question, "frames"), max_tokens=12
+        )
+        assert r.choices[0].message.content == want.text  # alive and exact after the errors

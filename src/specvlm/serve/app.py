@@ -40,6 +40,9 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     worker = EngineWorker(engine, config, metrics)
     target = getattr(engine, "target", None)
     image_token = getattr(getattr(target, "processor", None), "image_token", None) or "<image>"
+    video = None
+    if "video" in getattr(target, "modalities", ()):  # a Video-LLaVA target
+        video = protocol.VideoInput(target.processing.video_token, target.num_frames)
     context = getattr(getattr(target, "info", None), "max_context", None)
     max_tokens_limit = min(config.max_tokens_limit, context or config.max_tokens_limit)
     started = int(time.time())
@@ -107,8 +110,8 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         try:
             body = await _read_body(request, config.max_body_bytes)
             job = await run_in_threadpool(
-                protocol.parse_chat, body, config, image_token, max_tokens_limit
-            )  # images are decoded off the event loop
+                protocol.parse_chat, body, config, image_token, max_tokens_limit, video
+            )  # images and videos are decoded off the event loop
         except ApiError:
             metrics.requests.labels("bad_request").inc()
             raise

@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-dir",
         type=Path,
-        help="image file paths (file:// or plain) are read from inside this folder "
-        "only; default: none, images come as base64 data URLs",
+        help="image and video paths (file:// or plain; a video may be a folder of frames) "
+        "are read from inside this folder only; default: none, media come as base64 data URLs",
     )
     p.add_argument(
         "--max-queue",
@@ -76,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=DEFAULTS.max_images)
     p.add_argument("--max-image-mb", type=float, default=DEFAULTS.max_image_bytes / MiB)
     p.add_argument("--max-image-pixels", type=int, default=DEFAULTS.max_image_pixels)
+    p.add_argument("--max-video-mb", type=float, default=DEFAULTS.max_video_bytes / MiB)
     p.add_argument("--max-body-mb", type=float, default=DEFAULTS.max_body_bytes / MiB)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -84,8 +85,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     for name in ("max_queue", "max_tokens", "max_images", "max_image_pixels"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
-    if args.request_timeout <= 0 or args.max_image_mb <= 0 or args.max_body_mb <= 0:
-        raise InputError("--request-timeout, --max-image-mb and --max-body-mb must be positive")
+    sizes = (args.request_timeout, args.max_image_mb, args.max_video_mb, args.max_body_mb)
+    if min(sizes) <= 0:
+        raise InputError(
+            "--request-timeout, --max-image-mb, --max-video-mb and --max-body-mb must be positive"
+        )
     if args.allow_dir is not None and not args.allow_dir.is_dir():
         raise InputError(f"--allow-dir {args.allow_dir} is not a folder")
     if not 0 <= args.port < 65536:
@@ -100,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_images=args.max_images,
         max_image_bytes=int(args.max_image_mb * MiB),
         max_image_pixels=args.max_image_pixels,
+        max_video_bytes=int(args.max_video_mb * MiB),
         max_tokens_default=args.max_tokens,
         allow_dir=args.allow_dir.resolve() if args.allow_dir else None,
     )

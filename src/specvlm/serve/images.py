@@ -1,7 +1,8 @@
 """Images from OpenAI `image_url` parts: base64 data URLs, or files inside one allowed folder.
 
 Nothing else is read: remote URLs are refused (the server fetches nothing), and a path is
-accepted only when, with `..` and every symlink resolved, it lies inside `--allow-dir`.
+accepted only when, with `..` and every symlink resolved, it lies inside `--allow-dir`
+(`allowed_path`; `serve.videos` reads `video_url` parts through the same checks).
 """
 
 from __future__ import annotations
@@ -45,41 +46,52 @@ def read_image_url(url: str, config: ServeConfig) -> Image.Image:
 
 
 def _data_url_bytes(url: str, config: ServeConfig) -> bytes:
+    limit = config.max_image_bytes
+    return data_url_bytes(url, "image/png", "image_url", limit, lambda n: _too_large(n, config))
+
+
+def data_url_bytes(url: str, mime: str, param: str, limit: int, too_large) -> bytes:
+    """The bytes of a base64 data URL; `too_large(size, ...)` makes the error past `limit`."""
     m = _DATA.match(url)
     if m is None or ";base64" not in m["params"]:
-        raise bad_request(
-            "a data URL must look like data:image/png;base64,<data>", param="image_url"
-        )
+        raise bad_request(f"a data URL must look like data:{mime};base64,<data>", param=param)
     data = m["data"].strip()
-    if len(data) * 3 // 4 > config.max_image_bytes + 3:
-        raise _too_large(len(data) * 3 // 4, config)
+    if len(data) * 3 // 4 > limit + 3:
+        raise too_large(len(data) * 3 // 4)
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise bad_request(f"the data URL is not valid base64 ({e})", param="image_url") from e
+        raise bad_request(f"the data URL is not valid base64 ({e})", param=param) from e
 
 
-def _read_allowed(path: str, config: ServeConfig) -> bytes:
-    """The bytes of a regular file inside `config.allow_dir`; 403 for any path outside it."""
+def allowed_path(path: str, config: ServeConfig, what: str = "image") -> Path:
+    """`path` resolved (`..` and symlinks), if it lies inside `config.allow_dir`; else 403."""
+    param = f"{what}_url"
     if config.allow_dir is None:
         raise ApiError(
             403,
-            "this server reads no image files; send the image as a base64 data URL "
+            f"this server reads no {what} files; send the {what} as a base64 data URL "
             "(or start the server with --allow-dir FOLDER)",
             type="permission_error",
             code="path_not_allowed",
-            param="image_url",
+            param=param,
         )
     base = Path(config.allow_dir).resolve()
     real = (base / path).resolve()  # an absolute candidate replaces base; symlinks resolved
     if not real.is_relative_to(base):
         raise ApiError(
             403,
-            f"image path {path!r} is outside the folder this server may read",
+            f"{what} path {path!r} is outside the folder this server may read",
             type="permission_error",
             code="path_not_allowed",
-            param="image_url",
+            param=param,
         )
+    return real
+
+
+def _read_allowed(path: str, config: ServeConfig) -> bytes:
+    """The bytes of a regular file inside `config.allow_dir`; 403 for any path outside it."""
+    real = allowed_path(path, config)
     # O_NOFOLLOW: a last component swapped for a symlink after resolve() is refused, not
     # followed; O_NONBLOCK: opening a FIFO does not wait for a writer (the S_ISREG check below
     # then refuses it; regular files ignore the flag)

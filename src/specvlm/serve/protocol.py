@@ -4,6 +4,8 @@ A request's content parts become one LLaVA-style string per message: each `image
 the target's image placeholder and a newline, each `text` part its text, in order. So
 `[{"type": "image_url", ...}, {"type": "text", "text": "What is this?"}]` is the user turn
 `"<image>\\nWhat is this?"`, exactly what `specvlm.load().generate([...], images=[...])` takes.
+A `video_url` part (vLLM's extension; one per request, for a target that reads video) is the
+target's video placeholder and a newline, its frames passed as `generate(..., video=frames)`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from specvlm.decoding.stats import SpecStats
 from specvlm.serve.config import ServeConfig
 from specvlm.serve.errors import ApiError, bad_request
 from specvlm.serve.images import read_image_url
+from specvlm.serve.videos import read_video_url
 
 MAX_STOPS = 4  # as OpenAI
 MAX_STOP_CHARS = 256
@@ -35,9 +38,10 @@ class ImageURL(_Model):
 
 
 class ContentPart(_Model):
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: str | None = None
     image_url: ImageURL | str | None = None
+    video_url: ImageURL | str | None = None
 
 
 class Message(_Model):
@@ -66,6 +70,14 @@ class ChatRequest(_Model):
     speculative: bool = True  # extension: False decodes plainly (the baseline)
 
 
+@dataclass(frozen=True)
+class VideoInput:
+    """How the served target reads video: its placeholder and its frame count."""
+
+    token: str
+    num_frames: int
+
+
 @dataclass
 class ChatJob:
     """What the worker needs: the engine's arguments plus the server-side `stop` strings."""
@@ -81,9 +93,14 @@ class ChatJob:
 
 
 def parse_chat(
-    body: bytes, config: ServeConfig, image_token: str, max_tokens_limit: int
+    body: bytes,
+    config: ServeConfig,
+    image_token: str,
+    max_tokens_limit: int,
+    video: VideoInput | None = None,
 ) -> ChatJob:
-    """Raw request body -> a job, or an `ApiError` (400/403/404) saying what is wrong."""
+    """Raw request body -> a job, or an `ApiError` (400/403/404) saying what is wrong.
+    `video`: how the target reads video (None: it does not; `video_url` parts are refused)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -133,8 +150,8 @@ def parse_chat(
             "characters",
             param="stop",
         )
-    messages, images = _messages(req.messages, config, image_token)
-    options = dict(
+    messages, images, frames = _messages(req.messages, config, image_token, video)
+    options: dict[str, Any] = dict(
         max_new_tokens=max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
@@ -143,14 +160,17 @@ def parse_chat(
         seed=req.seed,
         speculative=req.speculative,
     )
+    if frames is not None:
+        options["video"] = frames
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return ChatJob(messages, images, options, stops, req.stream, include_usage)
 
 
 def _messages(
-    messages: list[Message], config: ServeConfig, image_token: str
-) -> tuple[list[dict[str, str]], list[Image.Image]]:
+    messages: list[Message], config: ServeConfig, image_token: str, video: VideoInput | None
+) -> tuple[list[dict[str, str]], list[Image.Image], list[Image.Image] | None]:
     urls: list[str] = []
+    video_urls: list[str] = []
     out = []
     for i, m in enumerate(messages):
         role = "system" if m.role == "developer" else m.role
@@ -162,15 +182,27 @@ def _messages(
             if part.type == "text":
                 text += part.text or ""
                 continue
+            what = "images" if part.type == "image_url" else "videos"
             if role != "user":
                 raise bad_request(
-                    f"messages.{i}: images are accepted in user messages only", param="messages"
+                    f"messages.{i}: {what} are accepted in user messages only", param="messages"
                 )
-            url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+            field = part.image_url if part.type == "image_url" else part.video_url
+            url = field.url if isinstance(field, ImageURL) else field
             if not url:
-                raise bad_request(f"messages.{i}: an image_url part needs a url", param="messages")
-            urls.append(url)
-            text += image_token + "\n"
+                raise bad_request(f"messages.{i}: a {part.type} part needs a url", param="messages")
+            if part.type == "image_url":
+                urls.append(url)
+                text += image_token + "\n"
+                continue
+            if video is None:
+                raise bad_request(
+                    f"messages.{i}: this model reads no video; it accepts text and image_url parts",
+                    param="messages",
+                    code="unsupported_content",
+                )
+            video_urls.append(url)
+            text += video.token + "\n"
         out.append({"role": role, "content": text})
     if len(urls) > config.max_images:
         raise bad_request(
@@ -178,7 +210,17 @@ def _messages(
             param="messages",
             code="too_many_images",
         )
-    return out, [read_image_url(u, config) for u in urls]
+    if len(video_urls) > 1:
+        raise bad_request(
+            f"{len(video_urls)} videos in one request; this model reads one",
+            param="messages",
+            code="too_many_videos",
+        )
+    frames = None
+    if video_urls:
+        assert video is not None
+        frames = read_video_url(video_urls[0], config, video.num_frames)
+    return out, [read_image_url(u, config) for u in urls], frames
 
 
 def usage(stats: SpecStats, completion_tokens: int, speculative: bool) -> dict[str, Any]:
