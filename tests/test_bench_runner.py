@@ -198,21 +198,25 @@ def test_engine_methods_on_a_tiny_target(tiny_dir, tmp_path):
         tiny_dir, tmp_path / "d", prompts=[("q", [noise_image(0)])], steps=50
     )
     engine = api.Engine(api.load(target=tiny_dir).target, draft, target_dir=tiny_dir)
-    ctx = BenchContext(engine=engine, target_dir=tiny_dir)
-    methods = build_methods(["eaglevlm", "hf-plain", "hf-lookup"], ctx)
-    assert [m.name for m in methods] == ["plain", "eaglevlm", "hf-plain", "hf-lookup"]
+    # the target as its own separate draft model: every drafted chain is accepted
+    ctx = BenchContext(engine=engine, target_dir=tiny_dir, assistant_dir=tiny_dir)
+    names = ["eaglevlm", "hf-plain", "hf-lookup", "assisted", "assisted-concurrent", "hf-assisted"]
+    methods = build_methods(names, ctx)
+    assert [m.name for m in methods] == ["plain", *names]
     # "USER: <image>...ASSISTANT:": prompt lookup matches the last ":" at "USER:" and would
     # propose the image placeholders (transformers 5.24 then fails); hf-lookup bans them
     items = [Item("a", "s", ({"role": "user", "content": "<image>\nq"},), (img,))]
     records = runner.run_bench(methods, items, max_new_tokens=24, progress=False)
-    assert {r["method"]: r["identical"] for r in records} == {
-        "plain": True,
-        "eaglevlm": True,
-        "hf-plain": True,
-        "hf-lookup": True,
-    }
+    assert {r["method"]: r["identical"] for r in records} == {m: True for m in ["plain", *names]}
+    depth = engine.tree.depth
+    for r in records:
+        if r["method"].startswith("assisted"):  # 24 tokens: the first, then full chains
+            assert r["tau"] == pytest.approx(23 / -(-23 // (depth + 1))), r
+            assert r["draft"]["assistant"] == str(tiny_dir)
     with pytest.raises(InputError, match="unknown methods"):
         build_methods(["medusa"], ctx)
+    with pytest.raises(InputError, match="needs a small separate draft model"):
+        build_methods(["assisted"], BenchContext(engine=engine, target_dir=tiny_dir))
     with pytest.raises(InputError, match="needs a draft head"):
         EngineMethod("eaglevlm", api.Engine(engine.target, None), speculative=True)
 

@@ -14,7 +14,9 @@ import torch
 from specvlm.config import SamplingConfig, TreeConfig, check_seed
 from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
+from specvlm.draft.base import Drafter
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
+from specvlm.draft.separate import SeparateDrafter, check_same_vocabulary
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
 from specvlm.layers import prepare_for_inference, wants_fast_layout
@@ -93,11 +95,27 @@ class Engine:
         draft: EagleHead | None,
         tree: TreeConfig | None = None,
         target_dir: Path | None = None,
+        assistant: Target | None = None,
+        concurrent_prefill: bool = False,
     ):
+        """assistant: a separate draft model with the target's tokenizer (`SeparateDrafter`:
+        it drafts chains of `tree.depth` tokens, re-synchronized every round) instead of a draft
+        head; concurrent_prefill: it reads its prompt on a worker thread while the target
+        prefills."""
+        if assistant is not None:
+            if draft is not None:
+                raise InputError(
+                    "give a draft head or a separate draft model (assistant), not both"
+                )
+            check_same_vocabulary(target, assistant, "the assistant")
+        elif concurrent_prefill:
+            raise InputError("concurrent_prefill needs a separate draft model (assistant)")
         self.target = target
         self.draft = draft
         self.tree = tree or TreeConfig()
         self.target_dir = target_dir  # the checkpoint folder, when loaded from one
+        self.assistant = assistant
+        self.concurrent_prefill = concurrent_prefill
         self._busy = threading.Lock()
 
     def _drafter(self) -> EagleDrafter | None:
@@ -131,7 +149,17 @@ class Engine:
             prepared = self.target.prepare(prompt, images, video=request.video)
         else:
             prepared = self.target.prepare(prompt, images)
-        return self._rounds(prepared, request, sampling, stats)
+        drafter = None
+        if request.speculative:
+            drafter = self._drafter() if self.assistant is None else self._separate(prompt, images)
+        return self._rounds(prepared, request, sampling, stats, drafter)
+
+    def _separate(self, prompt: str | list[dict[str, Any]], images: Any) -> SeparateDrafter:
+        """The assistant's drafter for this request: the same prompt and images, read by the
+        assistant's own template and processor."""
+        assert self.assistant is not None
+        own = self.assistant.prepare(prompt, images)
+        return SeparateDrafter(self.assistant, own, concurrent=self.concurrent_prefill)
 
     def _rounds(
         self,
@@ -139,6 +167,7 @@ class Engine:
         request: GenerationRequest,
         sampling: SamplingConfig,
         stats: SpecStats,
+        drafter: Drafter | None,
     ) -> Iterator[list[int]]:
         if not self._busy.acquire(blocking=False):
             raise EngineBusyError(
@@ -156,7 +185,7 @@ class Engine:
             yield from decode(
                 self.target,
                 prepared,
-                drafter=self._drafter() if request.speculative else None,
+                drafter=drafter,
                 max_new_tokens=request.max_new_tokens,
                 sampling=sampling,
                 tree=self.tree,
@@ -164,6 +193,9 @@ class Engine:
                 generator=generator,
             )
         finally:
+            finish = getattr(drafter, "finish", None)
+            if finish is not None:  # a separate drafter's prefill thread, if still running
+                finish()
             self._busy.release()
 
     def generate(
@@ -223,6 +255,8 @@ def load(
     dtype: torch.dtype | str | None = None,
     tree: TreeConfig | None = None,
     model: str | None = None,
+    assistant: str | Path | None = None,
+    concurrent_prefill: bool = False,
 ) -> Engine:
     """Load a target checkpoint folder and a draft-head folder.
 
@@ -237,6 +271,10 @@ def load(
     dtype: a torch dtype or its name ("float32", "bfloat16", "float16"); "auto" picks by the
     device's capability (`auto_dtype`: bfloat16 on a CPU with native bf16, else float32);
     None: float32.
+    assistant: instead of a draft head, a separate small model folder with the target's
+    tokenizer (e.g. the embedded pair's `world-baseline`), drafting chains of `tree.depth`
+    tokens re-synchronized every round (`specvlm.draft.separate`); concurrent_prefill: it reads
+    its prompt on a worker thread while the target prefills.
     """
     device = _device(device)
     dtype = _dtype(dtype, device)
@@ -249,7 +287,7 @@ def load(
         if target is None and model is not None:
             raise InputError(f"the embedded {model!r} target is not shipped in this release")
         if target is not None:
-            draft = draft or shipped_draft
+            draft = draft or (None if assistant is not None else shipped_draft)
         else:
             from specvlm import tiny
 
@@ -267,11 +305,12 @@ def load(
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
         prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
+    helper = None if assistant is None else load_target(assistant, device=device, dtype=dtype)
     if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
         from specvlm.bench.tune import load_tuned
 
         tree = load_tuned(tgt.info.fingerprint)
-    return Engine(tgt, head, tree, target_dir=Path(target))
+    return Engine(tgt, head, tree, Path(target), helper, concurrent_prefill)
 
 
 def _device(value: str | torch.device) -> str:

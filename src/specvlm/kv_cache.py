@@ -59,5 +59,12 @@ class KVCache:
             self.v[:, :, self.length : self.length + n] = self.v[:, :, src]
         self.length += n
 
+    def truncate(self, length: int) -> None:
+        """Forget every slot from `length` on (a separate drafter's rollback): 0 <= length <=
+        the committed length."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} slots to {length}")
+        self.length = length
+
     def reset(self) -> None:
         self.length = 0

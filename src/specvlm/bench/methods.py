@@ -31,6 +31,7 @@ from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.layers import prepare_for_inference
+from specvlm.target import load_target
 from specvlm.target.base import Prefill
 
 
@@ -297,8 +298,31 @@ class EngineMethod:
             accept_histogram=s.accept_histogram,
             target_forwards=s.target_forwards,
             draft=self.draft_info,
-            **_meter_fields(self.engine.meter if self.speculative else None),
+            **_meter_fields(getattr(self.engine, "meter", None) if self.speculative else None),
         )
+
+
+class AssistedMethod(EngineMethod):
+    """This engine with a separate small draft model (`--assistant`, same tokenizer) instead of
+    a draft head: chains of `tree.depth` greedy tokens, re-synchronized every round
+    (`specvlm.draft.separate`); `concurrent`: the assistant prefills on a worker thread while
+    the target prefills. The same draft model as `hf-assisted`, in this engine's loop."""
+
+    def __init__(self, name: str, ctx: BenchContext, concurrent: bool) -> None:
+        if ctx.assistant_dir is None:
+            raise InputError(f"{name} needs a small separate draft model (--assistant DIR)")
+        target = ctx.engine.target
+        device = str(getattr(target, "device", "cpu"))
+        helper = load_target(ctx.assistant_dir, device=device, dtype=target.info.dtype)
+        self.name, self.speculative = name, True
+        self.engine = Engine(
+            target, None, ctx.engine.tree, ctx.engine.target_dir, helper, concurrent
+        )
+        self.draft_info = {
+            "assistant": str(ctx.assistant_dir),
+            "chain": ctx.engine.tree.depth,
+            "concurrent_prefill": concurrent,
+        }
 
 
 def _meter_fields(meter: DraftMeter | None) -> dict[str, Any]:
@@ -423,6 +447,8 @@ METHODS: dict[str, Callable[[BenchContext], Method]] = {
     "plain": lambda ctx: EngineMethod("plain", ctx.engine, speculative=False),
     "eaglevlm": _eaglevlm,
     "specvlm": _specvlm,
+    "assisted": lambda ctx: AssistedMethod("assisted", ctx, concurrent=False),
+    "assisted-concurrent": lambda ctx: AssistedMethod("assisted-concurrent", ctx, True),
     "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),
     "hf-assisted": lambda ctx: HFMethod("hf-assisted", ctx, assistant_model=_assistant(ctx)),
     "hf-lookup": _lookup,

@@ -63,6 +63,12 @@ def decode(
     max_new = min(max_new_tokens, target.info.max_context - T)  # prompt + new <= context
     stats.prompt_tokens = T
 
+    # a drafter with a prompt of its own (a separate model) starts reading it now: with
+    # concurrent prefill, on a worker thread while the target prefills
+    start_drafter = getattr(drafter, "start", None)
+    if start_drafter is not None:
+        start_drafter(new_tokens=max_new + tree.depth * tree.top_k + 1)
+
     # 1. prefill: the target reads the image(s) and the prompt, and picks the first token
     pre = target.prefill(prompt, capacity=T + max_new + budget)
     process = LogitsProcessor(sampling, prompt.input_ids, pre.logits.shape[-1])

@@ -11,6 +11,10 @@ from specvlm.target.base import Prefill
 
 
 class Drafter(Protocol):
+    """What the loop calls. A drafter with a prompt of its own (`separate.SeparateDrafter`)
+    also has `start(new_tokens)`, called before the target's prefill, and `finish()`, called
+    when the request ends; the loop and the engine look them up with getattr."""
+
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
         """Read the prompt (the target's features and inputs) and the first generated token."""
 

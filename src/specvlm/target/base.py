@@ -167,6 +167,9 @@ class Target(Protocol):
 
     def commit(self, path: list[int]) -> None: ...
 
+    def truncate(self, length: int) -> None:
+        """Drop committed positions from `length` on (when a separate draft model runs on it)."""
+
     @property
     def length(self) -> int:
         """Committed positions in the KV cache."""

@@ -365,6 +365,11 @@ class LlavaTarget:
         assert self.cache is not None
         self.cache.commit(path)
 
+    def truncate(self, length: int) -> None:
+        """Drop the committed positions from `length` on (a separate drafter's rollback)."""
+        assert self.cache is not None, "prefill first"
+        self.cache.truncate(length)
+
     @property
     def length(self) -> int:
         return 0 if self.cache is None else self.cache.length

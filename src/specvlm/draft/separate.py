@@ -1,0 +1,148 @@
+"""A separate small model drafting for the target, re-synchronized after every verification.
+
+The drafter is another model with the target's tokenizer (a shallow LLaVA, or a model that
+reads another modality, e.g. an event stream, for the same question), run through a target
+adapter (`prefill` / `verify` / `commit` / `truncate`), with its own prompt and its own KV
+cache. Each round it drafts a chain of its greedy tokens after the root, as `transformers`'
+assisted generation does; the target verifies the chain in one forward as any tree.
+
+Re-synchronization (what the public EventGPT -> Video-LLaVA attempt lacked): after every
+verification the drafter's cache is rolled back to the accepted prefix (the drafts it fed and
+the target kept stay; the rest is dropped) and the target's tokens it has not read (the bonus
+token) are read first thing in the next round. So its cache always equals a fresh prefill of
+its prompt plus the accepted text (`tests/test_separate_drafter.py` checks this).
+
+Prefill hiding: with `concurrent=True`, `start` (called by the loop before the target's
+prefill) runs the drafter's prefill on a worker thread while the target prefills; `begin`
+waits for it. The drafter's prompt does not depend on the target's, so nothing is modelled: the
+two prefills really overlap, sharing the machine's cores.
+
+    drafter = SeparateDrafter(small, small.prepare(question, images), concurrent=True)
+    decode(target, prompt, drafter=drafter, ...)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from specvlm.decoding.tree import DraftTree
+from specvlm.errors import InputError
+from specvlm.target.base import Prefill, Prompt, Target
+
+
+def check_same_vocabulary(target: Target, drafter: Target, name: str = "the draft model") -> None:
+    """A separate draft model must speak the target's token ids: same tokenizer vocabulary."""
+    t_vocab = target.tokenizer.get_vocab()
+    d_vocab = drafter.tokenizer.get_vocab()
+    if t_vocab != d_vocab:
+        differ = len(set(t_vocab.items()) ^ set(d_vocab.items()))
+        raise InputError(
+            f"{name} has another tokenizer than the target ({len(d_vocab)} vs {len(t_vocab)} "
+            f"tokens, {differ} entries differ); a separate draft model must share the target's "
+            "token ids"
+        )
+
+
+class SeparateDrafter:
+    """Drafts chains of `model`'s greedy tokens after the root (see the module docstring).
+
+    model: the draft model's adapter (it owns its KV cache; one request at a time).
+    prompt: the draft model's own prompt for this request (its template, its media).
+    concurrent: prefill on a worker thread while the target prefills (`start`).
+    """
+
+    def __init__(self, model: Target, prompt: Prompt, *, concurrent: bool = False):
+        self.model = model
+        self.prompt = prompt
+        self.concurrent = concurrent
+        self.prompt_len = int(prompt.input_ids.shape[0])
+        self.text: list[int] = []  # the true tokens after the prompt (target-produced), in order
+        self.fed = 0  # how many of `text` are in the model's cache
+        self.speculative: list[int] = []  # drafts fed into the cache after `text[:fed]`
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.prefill_s = 0.0  # the drafter's own prefill time (on its thread when concurrent)
+
+    # ---- the drafter's prefill ------------------------------------------------------------
+    def start(self, new_tokens: int) -> None:
+        """Begin reading the drafter's prompt; room for `new_tokens` more positions. With
+        `concurrent`, on a worker thread (the loop calls this before the target's prefill)."""
+        capacity = self.prompt_len + new_tokens
+        if not self.concurrent:
+            self._prefill(capacity)
+            return
+        self._thread = threading.Thread(target=self._prefill_guarded, args=(capacity,))
+        self._thread.start()
+
+    def _prefill_guarded(self, capacity: int) -> None:
+        try:
+            self._prefill(capacity)
+        except BaseException as e:  # re-raised on the decoding thread, in `begin`
+            self._error = e
+
+    def _prefill(self, capacity: int) -> None:
+        start = time.perf_counter()
+        self.model.prefill(self.prompt, capacity)
+        self.prefill_s = time.perf_counter() - start
+
+    def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
+        """Wait for the drafter's prefill (started by `start`, or run now) and take the root."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
+        elif self.model.length == 0:  # the loop did not call start: read the prompt now
+            self._prefill(self.prompt_len + capacity - int(prefill.features.shape[0]))
+        self.text, self.fed, self.speculative = [root], 0, []
+
+    def finish(self) -> None:
+        """Wait for a prefill still running (a request that ended before `begin`), so that the
+        model is free for the next request."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # ---- a round -----------------------------------------------------------------------------
+    def propose(self, root: int, depth: int, top_k: int, budget: int) -> DraftTree:
+        """The chain root -> d_1 -> ... -> d_n, n = min(depth, budget - 1): the drafter reads
+        the true tokens it has not read (ending with the root), then drafts greedily, feeding
+        each draft but the last."""
+        assert self.text and self.text[-1] == root, "observe() the previous round first"
+        logits = self._feed(self.text[self.fed :])  # (V,) after the root
+        self.fed = len(self.text)
+        n = min(depth, budget - 1)
+        chain: list[int] = []
+        for i in range(n):
+            chain.append(int(logits.argmax()))
+            if i + 1 < n:
+                logits = self._feed(chain[-1:])
+        self.speculative = chain[:-1]  # in the cache, not yet confirmed
+        device = self.prompt.input_ids.device
+        return DraftTree.from_parents([root, *chain], list(range(-1, n)), device=device)
+
+    def observe(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Re-synchronize: next_tokens = the accepted drafts, then the target's bonus token.
+        Keep the accepted drafts the cache holds, drop the rest, remember the bonus."""
+        new = next_tokens.tolist()
+        accepted = len(new) - 1
+        keep = min(accepted, len(self.speculative))
+        assert new[:keep] == self.speculative[:keep], "accepted drafts differ from the chain"
+        self.model.truncate(self.prompt_len + self.fed + keep)
+        self.text += new
+        self.fed += keep
+        self.speculative = []
+
+    def _feed(self, tokens: list[int]) -> torch.Tensor:
+        """Read `tokens` (causally, one forward) into the cache; the logits after the last."""
+        n = len(tokens)
+        device = self.prompt.input_ids.device
+        ids = torch.tensor(tokens, dtype=torch.long, device=device)
+        depths = torch.arange(n, device=device)
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        out = self.model.verify(ids, depths, causal if n > 1 else None)
+        self.model.commit(list(range(n)))
+        return out.logits[-1]
