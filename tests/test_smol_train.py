@@ -173,6 +173,26 @@ def test_patch_words_name_objects_by_smollm2_tokens(tiny):
     assert words[1 * 8 + 1].tolist() == [first("red"), first("hexagon"), first("large"), 1, 4]
     assert words[7 * 8 + 7].tolist() == [first("blue"), first("star"), first("small"), 3, 6]
     assert int((words.sum(1) > 0).sum()) == 2
+    # v3: the region in SmolLM2's own words, as the grammar says it
+    words = smol_patch_words(scene, 8, tok, region_words=True)
+    assert words[1 * 8 + 1, 3:].tolist() == [first("top"), first("left")]
+    assert words[7 * 8 + 7, 3:].tolist() == [first("bottom"), first("right")]
+    middle = Scene(objects=(SceneObject("star", "blue", "small", 0.5, 0.5, 0),))
+    assert smol_patch_words(middle, 8, tok, True)[4 * 8 + 4, 3:].tolist() == [first("center"), 0]
+    edge = Scene(objects=(SceneObject("star", "blue", "small", 0.1, 0.5, 0),))  # "left"
+    assert smol_patch_words(edge, 8, tok, True)[4 * 8 + 0, 3:].tolist() == [0, first("left")]
+
+
+def test_region_words_add_their_embeddings_to_the_alignment_target():
+    from specvlm.world.train_target.losses import word_targets
+
+    embed = torch.nn.Embedding(12, 4)
+    words = torch.tensor([[[3, 4, 5, 7, 0], [0, 0, 0, 0, 0]]])  # (1, 2 patches, 5 slots)
+    target, named = word_targets(words, embed, blank_id=1, region_scale=0.5, region_words=True)
+    E = embed.weight.detach()
+    torch.testing.assert_close(target[0, 0], E[3] + E[4] + E[5] + 0.5 * E[7])
+    torch.testing.assert_close(target[0, 1], E[1])  # no object: the blank token
+    assert named.tolist() == [[True, False]]
 
 
 def test_the_alignment_loss_reads_the_image_rows_of_a_mixed_batch():

@@ -158,6 +158,7 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
                 blank_id,
                 cfg.align_blank_weight,
                 cfg.region_scale,
+                getattr(cfg, "region_words", False),  # the smol recipe's words for the region
             )
             loss = loss + cfg.align_weight * align
     run.opt.zero_grad(set_to_none=True)

@@ -65,19 +65,25 @@ def word_targets(
     embed: torch.nn.Embedding,
     blank_id: int | None = None,
     region_scale: float = 1.0,
+    region_words: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
-    token ids only; W = N_PATCH_SLOTS: the region codes too; 0 = none) -> (targets (B, P, d):
-    the summed (detached) embeddings of each patch's words, plus `region_scale` times their mean
-    norm along each of its region codes; or, where a patch has no words and `blank_id` is
-    given, that token's embedding row (else zeros); named (B, P) bool: the patch has words)."""
+    token ids only; W = N_PATCH_SLOTS: the region too; 0 = none) -> (targets (B, P, d): the
+    summed (detached) embeddings of each patch's words, plus the region: `region_scale` times
+    their mean norm along each of its region codes, or with `region_words` (the slots then hold
+    the token ids of words like " top" / " left") `region_scale` times those words' summed
+    embeddings; or, where a patch has no words and `blank_id` is given, that token's embedding
+    row (else zeros); named (B, P) bool: the patch has words)."""
     E = embed.weight.detach()
     ids = words[..., :N_PATCH_WORDS]  # (B, P, w)
     has = ids > 0
     vecs = E[ids] * has[..., None]  # (B, P, w, d)
     target = vecs.sum(2)  # (B, P, d)
     named = has.any(-1)  # (B, P)
-    if words.shape[-1] > N_PATCH_WORDS:
+    if words.shape[-1] > N_PATCH_WORDS and region_words:
+        rid = words[..., N_PATCH_WORDS:]  # (B, P, 2) token ids, 0 = none
+        target = target + region_scale * (E[rid] * (rid > 0)[..., None]).sum(2)
+    elif words.shape[-1] > N_PATCH_WORDS:
         table = region_codes(E.shape[-1]).to(E.device, E.dtype)  # (1 + N_REGION_CODES, d)
         codes = table[words[..., N_PATCH_WORDS:]].sum(2)  # (B, P, d)
         size = vecs.norm(dim=-1).sum(2) / has.sum(2).clamp_min(1)  # (B, P) mean word norm
@@ -94,13 +100,14 @@ def align_loss(
     blank_id: int | None = None,
     blank_weight: float = 0.0,
     region_scale: float = 1.0,
+    region_words: bool = False,
 ) -> torch.Tensor:
     """projected (B, P, d) projector output; words (B, P, W) as `word_targets` reads them.
     Mean squared distance to `word_targets` (detached) over patches with words,
     relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
     times the same distance of every other patch to the (detached) embedding of `blank_id`, so
     that patches holding no object's centre all read alike and are easy to ignore."""
-    target, named = word_targets(words, embed, blank_id, region_scale)
+    target, named = word_targets(words, embed, blank_id, region_scale, region_words)
     sq = (projected.float() - target.float()).pow(2).sum(-1)  # (B, P)
     norm = target.float().pow(2).sum(-1)  # (B, P)
     loss = projected.sum() * 0.0
