@@ -295,11 +295,14 @@ def test_draft_folders_from_before_the_compressor_still_load(tmp_path):
     _head(None).save(tmp_path / "plain")
     assert "compressor" not in json.loads((tmp_path / "plain" / "config.json").read_text())
     assert EagleHead.load(tmp_path / "plain").compressor is None
-    shipped = embedded.embedded_draft()
-    if shipped is None:
-        pytest.skip("the embedded draft is not in this checkout")
-    assert "compressor" not in json.loads((Path(shipped) / "config.json").read_text())
-    assert EagleHead.load(shipped).compressor is None
+    before = embedded.embedded_eaglevlm_draft()  # the EagleVLM head, shipped before it
+    if before is None:
+        pytest.skip("the embedded drafts are not in this checkout")
+    assert "compressor" not in json.loads((Path(before) / "config.json").read_text())
+    assert EagleHead.load(before).compressor is None
+    # the default draft of the embedded target is the compressor draft (select mode)
+    default = EagleHead.load(embedded.embedded_draft())
+    assert default.compressor is not None and default.config.compressor.mode == "select"
 
 
 # ---- on the tiny target ----------------------------------------------------------------------

@@ -137,8 +137,8 @@ HEAD_OUTPUTS = [
     ("how many circles are there?", False, [573, 294, 450, 520, 19, 2], 1),
 ]
 SHIPPED_SHA256 = {
-    "world-draft/config.json": "2d623da8556d0b6b2aa265e3e00eb48ee4af70ee84015f2c3c750f72c2776e92",
-    "world-draft/model.safetensors": (
+    "world-draft-eaglevlm/config.json": "2d623da8556d0b6b2aa265e3e00eb48ee4af70ee84015f2c3c750f72c2776e92",
+    "world-draft-eaglevlm/model.safetensors": (
         "6f861ddca50102bfe91adb16e5c14d92fd2cfe2b14426af35044871bcf13dcce"
     ),
     "world-target/model.safetensors": (
@@ -152,7 +152,7 @@ def test_a_draft_folder_from_before_loads_and_decodes_as_before():
 
     from specvlm.world.scenes import render, sample_scene
 
-    draft = ASSETS / "world-draft"
+    draft = ASSETS / "world-draft-eaglevlm"  # shipped before the draft vocabulary existed
     if not (draft / "model.safetensors").is_file():
         pytest.skip("the world pair is not shipped here")
     assert "draft_vocab_size" not in json.loads((draft / "config.json").read_text())

@@ -443,10 +443,11 @@ def _sweep_suites(value: str) -> list[str]:
 
 
 def _bench_context(args: argparse.Namespace, engine):
-    """The drafts of bench / ablate: the engine's (--draft, else the embedded one), the plain
-    embedded draft for eaglevlm when --draft has a compressor, and --compressor-draft."""
+    """The drafts of bench / ablate: the engine's (--draft, else the embedded one, which has a
+    compressor), the embedded EagleVLM draft for eaglevlm with the embedded target, and
+    --compressor-draft."""
     from specvlm.bench import methods as bm
-    from specvlm.embedded import embedded_draft, embedded_target
+    from specvlm.embedded import embedded_draft, embedded_eaglevlm_draft, embedded_target
 
     embedded = args.target is None and embedded_target() is not None
     shipped = embedded_draft() if embedded else None
@@ -455,7 +456,7 @@ def _bench_context(args: argparse.Namespace, engine):
         engine=engine,
         target_dir=engine.target_dir,
         draft_dir=draft_dir,
-        plain_draft=shipped,
+        plain_draft=embedded_eaglevlm_draft() if embedded else None,
         compressor_draft=Path(args.compressor_draft) if args.compressor_draft else None,
         assistant_dir=Path(args.assistant) if getattr(args, "assistant", None) else None,
     )

@@ -1,7 +1,11 @@
 """The embedded default models shipped in the package (trained on the project's world).
 
 `assets/world-target/` is a LLaVA checkpoint trained by `specvlm world train-target`;
-`assets/world-draft/` is its EagleVLM draft head trained by `specvlm train-draft`;
+`assets/world-draft/` is its draft head with an elastic visual compressor (SpecVLM, `select`
+mode), trained by `specvlm train-draft --compressor select`: the default draft, because it
+measured faster than the EagleVLM head that reads every visual token (docs/benchmarks.md,
+issue 22); `assets/world-draft-eaglevlm/` is that EagleVLM head, kept for comparisons
+(`specvlm bench`'s `eaglevlm` method with the embedded pair);
 `assets/world-baseline/` is a 2-layer LLaVA with the same tokenizer, the classic separate draft
 model that `specvlm bench` gives `transformers` assisted generation (hf-assisted).
 Together they are the "tiny" pair (a 12-layer, width-192 LM trained from scratch).
@@ -29,6 +33,12 @@ def embedded_target() -> Path | None:
 
 def embedded_draft() -> Path | None:
     folder = ASSETS / "world-draft"
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def embedded_eaglevlm_draft() -> Path | None:
+    """The EagleVLM draft head (no compressor) of the embedded target."""
+    folder = ASSETS / "world-draft-eaglevlm"
     return folder if (folder / "model.safetensors").is_file() else None
 
 
