@@ -55,3 +55,39 @@ def test_bad_sources_are_refused(tmp_path):
         assemble_world_video(tmp_path, tmp_path / "out")
     with pytest.raises(InputError, match="num_frames"):
         assemble_world_video(embedded.embedded_target(), tmp_path / "out", num_frames=0)
+
+
+def test_the_training_forward_is_transformers_own(folder):
+    import torch
+    from transformers import VideoLlavaForConditionalGeneration
+
+    from specvlm.world.train_target.model import normalize
+    from specvlm.world.train_target.video import video_forward
+
+    model = VideoLlavaForConditionalGeneration.from_pretrained(folder).eval()
+    frames = render_clip(world_sample("train", 1, "video"), 128)[:8]
+    pixels = normalize(torch.from_numpy(np.stack([np.asarray(f) for f in frames]))[None])
+    target = api.load(target=folder).target
+    ids = target.prepare("what moves?", None, video=frames).input_ids[None]
+    with torch.no_grad():
+        ours = video_forward(model, ids, pixels)[0]
+        theirs = model(input_ids=ids, pixel_values_videos=pixels).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
+    from specvlm.world.train_target.video import train_video_target
+
+    out = tmp_path / "run"
+    first = train_video_target(out, "video-tiny", steps=4, stop_at=2, progress=False)
+    assert first["steps"] == 2 and first["model"] is None
+    with pytest.raises(InputError, match="holds a run already"):
+        train_video_target(out, "video-tiny", steps=4, progress=False)
+    r = train_video_target(out, "video-tiny", steps=4, resume=True, progress=False)
+    assert r["steps"] == 4 and len(r["losses"]) == 4
+    assert all(np.isfinite(r["losses"]))
+    engine = api.load(target=r["model"])
+    assert isinstance(engine.target, VideoLlavaTarget) and engine.target.num_frames == 2
+    frames = render_clip(world_sample("test", 0, "video"), 128)
+    out_ = engine.generate("what moves?", video=frames, max_new_tokens=4, speculative=False)
+    assert len(out_.token_ids) >= 1

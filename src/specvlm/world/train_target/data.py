@@ -33,15 +33,16 @@ from specvlm.world.train_target.patches import (
 )
 
 
-def chat_messages(record: dict, placeholder: str = "<image>\n") -> list[dict]:
-    """LLaVA turns as chat messages; the image goes first in the first user message."""
+def chat_messages(record: dict, placeholder: str = "<image>\n", kind: str = "image") -> list[dict]:
+    """LLaVA turns as chat messages; the image (or the video: `kind`) goes first in the first
+    user message."""
     messages = []
     for k, turn in enumerate(record["conversations"]):
         if turn["from"] == "human":
             text = turn["value"]
             if k == 0:
                 text = text.removeprefix(placeholder)
-                content = [{"type": "image"}, {"type": "text", "text": text}]
+                content = [{"type": kind}, {"type": "text", "text": text}]
             else:
                 content = [{"type": "text", "text": text}]
             messages.append({"role": "user", "content": content})
@@ -51,11 +52,15 @@ def chat_messages(record: dict, placeholder: str = "<image>\n") -> list[dict]:
     return messages
 
 
-def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, answer_mask): the rendered chat with <image> expanded to n_image_tokens
-    copies, and True on assistant answer tokens (their </s> included)."""
+def encode_record(
+    record: dict, tokenizer, n_image_tokens: int, kind: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, answer_mask): the rendered chat with <image> (kind "video": <video>) expanded
+    to n_image_tokens copies, and True on assistant answer tokens (their </s> included)."""
+    token = f"<{kind}>"
+    messages = chat_messages(record, token + "\n", kind)
     enc = tokenizer.apply_chat_template(
-        chat_messages(record), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     mask = np.asarray(enc["assistant_masks"], dtype=bool)
@@ -70,10 +75,10 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int) -> tuple[np.ndar
     for s in starts:
         if tokenizer.decode([int(ids[s - 1])]) == " ":
             mask[s - 1] = True
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_id = tokenizer.convert_tokens_to_ids(token)
     at = np.flatnonzero(ids == image_id)
     if len(at) != 1:
-        raise ValueError(f"record {record['id']}: expected one <image>, found {len(at)}")
+        raise ValueError(f"record {record['id']}: expected one {token}, found {len(at)}")
     i = int(at[0])
     ids = np.concatenate([ids[:i], np.full(n_image_tokens, image_id), ids[i + 1 :]])
     mask = np.concatenate([mask[:i], np.zeros(n_image_tokens, bool), mask[i + 1 :]])

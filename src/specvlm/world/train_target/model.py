@@ -100,10 +100,11 @@ def build_processor(cfg: TargetTrainConfig, tokenizer):
 
 
 def normalize(img: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> CLIP-normalised float (B, 3, H, W), as the image processor does."""
-    x = img.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    """uint8 (..., H, W, 3) -> CLIP-normalised float (..., 3, H, W), as the image processor
+    does: images (B, H, W, 3), or videos (B, F, H, W, 3)."""
+    x = img.movedim(-1, -3).float() / 255.0  # (..., 3, H, W)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
     return ((x - mean) / std).contiguous()  # channels-first memory: 30x faster conv in bf16
 
 

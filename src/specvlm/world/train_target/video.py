@@ -1,0 +1,248 @@
+"""Train the world video target: the world target taught to read clips (issue 23).
+
+    specvlm world train-target --config video --out runs/world-video --minutes 60
+    specvlm world train-target --config video --out runs/world-video --minutes 60 --resume
+    train_video_target("runs/x", config="video", steps=400)                   # from Python
+
+The model starts as `world.video_target.assemble_world_video(--init, default the shipped world
+target)`: a Video-LLaVA whose image and video towers are the world target's trained tower. The
+towers stay frozen (they already see the world's shapes and colours in each frame); the
+projector and the whole language model train on the answer loss over every record of the first
+`n_clips` train clips (all five clip families: `make_record(split, i, family, kind="video")`),
+each clip read as `num_frames` frames sampled uniformly (Video-LLaVA's 8; each frame 64 patch
+tokens plus its CLS: 520 visual tokens). Batches, schedule, checkpoints (`checkpoint.pt`,
+atomic, every `ckpt_minutes` and at the end; `resume=True` continues) and the log are the world
+recipe's (`loop.train_llava`). The run ends by writing `out/model/`, a plain
+`VideoLlavaForConditionalGeneration` folder in fp16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from specvlm.errors import InputError
+from specvlm.hf_quiet import quiet_transformers
+from specvlm.media import sample_frame_indices
+from specvlm.world.clips import render_clip
+from specvlm.world.language import FAMILIES, make_record
+from specvlm.world.splits import world_sample
+from specvlm.world.train_target.data import encode_record
+from specvlm.world.train_target.loop import Budget, train_llava
+from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer
+
+
+@dataclass(frozen=True)
+class VideoTrainConfig:
+    """Data and optimisation of one world video target run."""
+
+    n_clips: int = 2000
+    num_frames: int = 8
+    image_size: int = 128
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    qa_repeats: int = 1
+    seed: int = 0
+    bf16: bool = True
+    compile: bool = False
+
+    # the world recipe's auxiliary losses (`loop.train_step` reads them): off here
+    @property
+    def aux_weight(self) -> float:
+        return 0.0
+
+    @property
+    def align_weight(self) -> float:
+        return 0.0
+
+    @property
+    def pointer_weight(self) -> float:
+        return 0.0
+
+
+VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
+    "video": VideoTrainConfig(),
+    # for tests: a handful of clips, 2 frames, seconds
+    "video-tiny": VideoTrainConfig(
+        n_clips=3, num_frames=2, batch_size=4, warmup_steps=1, bf16=False
+    ),
+}
+
+
+def video_forward(
+    model, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor, pointer_layer=None
+) -> tuple[torch.Tensor, ...]:
+    """The Video-LLaVA forward for a frozen video tower: (B, T) ids, (B, F, 3, H, W) frames ->
+    logits (B, T, V), the tower's features (B * F, 1 + P, Dv) and the projector's output
+    (B * F, 1 + P, d). Same logits as `model(input_ids=..., pixel_values_videos=...)`."""
+    B, F = pixel_values_videos.shape[:2]
+    with torch.no_grad():  # frozen tower: no activations kept
+        out = model.model.video_tower(pixel_values_videos.flatten(0, 1), output_hidden_states=True)
+        feats = out.hidden_states[model.config.vision_feature_layer]  # (B * F, 1 + P, Dv)
+    projected = model.model.multi_modal_projector(feats)  # (B * F, 1 + P, d)
+    embeds = model.get_input_embeddings()(input_ids)  # (B, T, d)
+    video = (input_ids == model.config.video_token_id)[..., None]  # (B, T, 1)
+    embeds = embeds.masked_scatter(
+        video, projected.to(embeds.dtype).reshape(B, -1, embeds.shape[-1])
+    )
+    return model(inputs_embeds=embeds, use_cache=False).logits, feats, projected
+
+
+def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) -> dict:
+    """Frames and (ids, mask, clip, family) rows, as `loop.train_llava` reads them: every record
+    of the first `n_clips` train clips. "images" holds each clip's sampled frames."""
+    F, size = cfg.num_frames, cfg.image_size
+    frames = np.zeros((cfg.n_clips, F, size, size, 3), dtype=np.uint8)
+    per_frame = (size // 16) ** 2 + 1  # the world tower's patches, plus the CLS a video keeps
+    ids, masks, clip, family = [], [], [], []
+    for i in tqdm(range(cfg.n_clips), desc="world clips", disable=not progress, mininterval=5):
+        rendered = render_clip(world_sample("train", i, "video"), size)
+        picked = sample_frame_indices(len(rendered), F)
+        if len(picked) != F:
+            raise InputError(f"train clip {i} has {len(rendered)} frames, fewer than {F}")
+        frames[i] = np.stack([np.asarray(rendered[k]) for k in picked])
+        for f in FAMILIES:
+            record = make_record("train", i, f, kind="video")
+            a, m = encode_record(record, tokenizer, F * per_frame, kind="video")
+            ids.append(torch.from_numpy(a.astype(np.int16)))
+            masks.append(torch.from_numpy(m))
+            clip.append(i)
+            family.append(f)
+    n = cfg.n_clips
+    return {
+        "images": torch.from_numpy(frames),  # (N, F, H, W, 3) uint8
+        "patches": torch.zeros((n, 1, 1), dtype=torch.int8),  # no patch-label loss here
+        "patch_words": torch.zeros((n, 1, 1), dtype=torch.int8),  # no alignment loss here
+        "family": family,
+        "ids": ids,
+        "masks": masks,
+        "scene": torch.tensor(clip),
+    }
+
+
+def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
+    """`build_video_data`, kept in `out/data-video-*.pt` under a name that changes with its
+    settings."""
+    what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
+    key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+    path = out / f"data-video-{cfg.n_clips}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    start = time.perf_counter()
+    data = build_video_data(cfg, tokenizer, progress)
+    print(f"video data: {len(data['ids'])} records in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr)  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return data
+
+
+def train_video_target(
+    out: str | Path,
+    config: str | VideoTrainConfig = "video",
+    steps: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    init: str | Path | None = None,
+    ckpt_minutes: float = 10.0,
+    log_every: int = 10,
+    progress: bool = True,
+    stop_at: int | None = None,
+    **overrides,
+) -> dict:
+    """Train (or continue) the world video target under `out`; write `out/model/` at the end of
+    the budget; return a summary. `init`: the world image target to start from (default: the
+    shipped one). `stop_at` ends this call at that step (`resume=True` continues)."""
+    from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
+
+    from specvlm.world.video_target import assemble_world_video
+
+    if isinstance(config, str) and config not in VIDEO_CONFIGS:
+        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(VIDEO_CONFIGS)}")
+    cfg = replace(VIDEO_CONFIGS[config] if isinstance(config, str) else config, **overrides)
+    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
+        cfg = replace(cfg, bf16=False)
+    if steps is None and minutes is None:
+        raise InputError("give --steps or --minutes (or both)")
+    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
+        raise InputError("--steps must be at least 2 and --minutes positive")
+    out = Path(out)
+    ckpt = out / "checkpoint.pt"
+    if resume and not ckpt.is_file():
+        raise InputError(f"--resume: no checkpoint at {ckpt}")
+    if not resume and ckpt.is_file():
+        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
+    if init is None:
+        from specvlm.embedded import embedded_target
+
+        init = embedded_target()
+        if init is None:
+            raise InputError("no world image target to start from: give --init FOLDER")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    start = assemble_world_video(init, out / "init", num_frames=cfg.num_frames)
+    with quiet_transformers():
+        model = VideoLlavaForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    data = cached_video_data(cfg, tokenizer, out, progress)
+    model.requires_grad_(False)
+    trained = torch.nn.ModuleDict(
+        {"projector": model.model.multi_modal_projector, "lm": model.model.language_model,
+         "lm_head": model.lm_head}
+    )  # fmt: skip
+    trained.requires_grad_(True)
+    model.train()
+    run = Run(cfg, model, None, trained, make_optimizer(cfg, trained), ckpt)
+    run.state = {
+        "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
+        "losses": [], "pointer_losses": [], "vision": {}, "init": str(init),
+    }  # fmt: skip
+    if resume:
+        _load_checkpoint(run)
+    budget = Budget(steps, minutes)
+    n_train = sum(p.numel() for p in trained.parameters())
+    print(f"video target: {n_train / 1e6:.1f} M trained parameters, {len(data['ids'])} records",
+          file=sys.stderr, flush=True)  # fmt: skip
+    train_llava(
+        run, data, tokenizer, budget, stop_at, ckpt_minutes, ckpt_every=None,
+        log_every=log_every, progress=progress, forward_fn=video_forward, double_bos=False,
+        show_eta=True,
+    )  # fmt: skip
+    run.save()
+    done = budget.progress(run.state["step"], run.state["elapsed"]) >= 1.0
+    model.eval()
+    losses = run.state["losses"]
+    tail = losses[-max(1, min(50, len(losses) // 10)) :]
+    result = {
+        "steps": run.state["step"],
+        "elapsed_s": run.state["elapsed"],
+        "losses": losses,
+        "first_loss": (losses or [float("nan")])[0],
+        "final_loss": float(np.mean(tail)) if tail else float("nan"),
+        "model": None,
+    }
+    if done:
+        folder = out / "model"
+        with quiet_transformers():
+            model.to(torch.float16).save_pretrained(folder)
+        for name in start.iterdir():  # tokenizer, template, processor: as assembled
+            if name.is_file() and not name.name.startswith(("model", "config")):
+                (folder / name.name).write_bytes(name.read_bytes())
+        result["model"] = str(folder)
+    return result
