@@ -80,8 +80,12 @@ def test_multiturn_turns_are_scored_by_their_own_rule():
 def test_reasoning_qtypes_are_the_reasoning_familys():
     reasoning = {make_record("train", i, "reasoning")["meta"]["qtype"] for i in range(300)}
     conversation = {make_record("train", i, "conversation")["meta"]["qtype"] for i in range(300)}
-    assert reasoning == ev.REASONING_QTYPES
+    assert reasoning == ev.IMAGE_REASONING_QTYPES
     assert not conversation & ev.REASONING_QTYPES
+    clip = {make_record("train", i, "reasoning", "video")["meta"]["qtype"] for i in range(300)}
+    talk = {make_record("train", i, "conversation", "video")["meta"]["qtype"] for i in range(300)}
+    assert clip == ev.CLIP_REASONING_QTYPES
+    assert talk & ev.REASONING_QTYPES <= {"count_moving"}  # scored alike either way
 
 
 def test_multiturn_items_carry_the_reference_history():

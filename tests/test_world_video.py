@@ -91,3 +91,25 @@ def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
     frames = render_clip(world_sample("test", 0, "video"), 128)
     out_ = engine.generate("what moves?", video=frames, max_new_tokens=4, speculative=False)
     assert len(out_.token_ids) >= 1
+
+
+def test_eval_target_scores_clips_by_the_same_rules(folder):
+    """Every family is asked about each clip and scored; the untrained video target's answers
+    are whatever they are, but the report is complete and each item carries its verdict."""
+    from specvlm.world.evaluate import evaluate_target, format_report, make_items, score
+
+    closed, describe = make_items("test", 12, 128, "video", 8)
+    assert {it.family for it in closed} == {
+        "conversation",
+        "multiple_choice",
+        "reasoning",
+        "multiturn",
+    }
+    assert len(describe) == 12 and all(len(it.image) == 8 for it in describe)
+    for it in closed:  # the reference answer is always right by the rules that score it
+        assert score(it.family, it.meta, it.reference), (it.family, it.meta, it.reference)
+    r = evaluate_target(folder, "test", 1, max_description_tokens=16, progress=False, kind="video")
+    assert r["kind"] == "video" and r["closed_count"] >= 4 and r["description_count"] == 1
+    assert "all closed questions" in format_report(r)
+    with pytest.raises(InputError, match="does not read video"):
+        evaluate_target(embedded.embedded_target(), "test", 1, progress=False, kind="video")

@@ -8,7 +8,7 @@
                                [--config small|default|baseline|smol|video] [--init MODEL]
                                [--lr LR]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
-                              [--out eval.json] [--threads 2]
+                              [--kind image|video] [--out eval.json] [--threads 2]
 
 Renamed (the old spellings still work, hidden, with a note, until the next release):
 `eval-target --model` is `--target`, `make/show --seed` is `--start` (it never seeded anything:
@@ -121,7 +121,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     which.add_argument("--target", help="target model folder (e.g. OUT/model of train-target)")
     which.add_argument("--model", dest="target", action=Renamed, new="--target")
     ev.add_argument("--split", default="test", help="test | hard | val")
-    ev.add_argument("--n", type=int, default=200, help="scenes per family")
+    ev.add_argument("--n", type=int, default=200, help="scenes (clips) per family")
+    ev.add_argument(
+        "--kind",
+        default="image",
+        choices=["image", "video"],
+        help="image: scenes; video: clips, for a Video-LLaVA folder (the world video target)",
+    )
     ev.add_argument("--batch-size", type=int, default=16, help="questions per forward")
     ev.add_argument("--out", default=None, help="JSON file: every item, question to verdict")
     ev.add_argument(
@@ -283,6 +289,7 @@ def cmd_eval_target(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
         threads=args.threads,
+        kind=args.kind,
     )
     print(format_report(r))
     if args.out is not None:

@@ -32,6 +32,12 @@ verdict) is kept in the result's "items" (`eval-target --out FILE.json` writes t
 Generation is plain `transformers` `generate` (batched, left padding), in float32, for any
 LLaVA folder with a chat template (the world target's Vicuna-style one, world-smol's ChatML);
 the tokenizer adds BOS only where the rendered template does not start with it.
+
+Clips (`kind="video"`, `eval-target --kind video`, for a Video-LLaVA folder such as the world
+video target): the same families and rules over clip i < n of the split, each clip read as the
+checkpoint's frame count sampled uniformly; answered one at a time by this engine's plain
+greedy decoding (`transformers`' video processor needs torchvision, which this project does not
+install; the engine's output is `transformers`' own, `tests/test_video_llava.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from tqdm import tqdm
 
 from specvlm.errors import InputError
 from specvlm.world import grammar
+from specvlm.world.clips import Clip, render_clip
 from specvlm.world.language import make_record
 from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import SPLITS, check_split, world_sample
@@ -61,9 +68,15 @@ CLOSED_GROUPS: dict[str, tuple[str, ...]] = {
 }
 # The reasoning family's question types (qa_image.REASONING), scored by their verdict sentence,
 # in the reasoning family and in multiturn turns alike.
-REASONING_QTYPES = frozenset(
+IMAGE_REASONING_QTYPES = frozenset(
     {"compare_size", "closest", "extreme", "occlusion", "compare_count", "arithmetic", "edge"}
 )
+# qa_clip.REASONING's (count_moving is also a clip conversation question: its first sentence is
+# its whole answer there, so the verdict rule scores it the same)
+CLIP_REASONING_QTYPES = frozenset(
+    {"why_turn", "faster", "why_gone", "end_count", "still", "count_moving"}
+)
+REASONING_QTYPES = IMAGE_REASONING_QTYPES | CLIP_REASONING_QTYPES
 # How the text after a multiple-choice letter is checked against the right option (diagnostic).
 MC_CONTENT_KIND = {
     "mc_count": "number",
@@ -72,6 +85,11 @@ MC_CONTENT_KIND = {
     "mc_position": "region",
     "mc_present": "object",
     "mc_absent": "object",
+    "mc_direction": "direction",
+    "mc_count_moving": "number",
+    "mc_new_color": "color",
+    "mc_leaves": "object",
+    "mc_appears": "object",
 }
 CLOSED_FAMILIES = ("conversation", "multiple_choice", "reasoning", "multiturn")
 CLOSED_TOKENS = 48  # new tokens for a closed answer: the verdict comes first in every family
@@ -111,15 +129,16 @@ def score(family: str, meta: dict, text: str) -> bool:
     return bool(grammar.check_answer(meta, text))
 
 
-def chat_messages(record: dict, turns: int) -> list[dict]:
+def chat_messages(record: dict, turns: int, kind: str = "image") -> list[dict]:
     """The record's first `turns` questions as chat messages, the reference answers between
-    them; the image goes first in the first question (as `train_target.chat_messages`)."""
+    them; the image (the video: `kind`) goes first in the first question (as
+    `train_target.chat_messages`)."""
     messages = []
     for k, turn in enumerate(record["conversations"][: 2 * turns - 1]):
-        text = turn["value"].removeprefix("<image>\n")
+        text = turn["value"].removeprefix(f"<{kind}>\n")
         content = [{"type": "text", "text": text}]
         if turn["from"] == "human" and k == 0:
-            content = [{"type": "image"}, *content]
+            content = [{"type": kind}, *content]
         messages.append(
             {"role": "user" if turn["from"] == "human" else "assistant", "content": content}
         )
@@ -136,28 +155,41 @@ class Item:
     meta: dict  # the question's meta: qtype, answer, answer_kind (objects for descriptions)
     messages: list[dict]
     reference: str  # the record's answer
-    image: object
-    scene: Scene
+    image: object  # a PIL image, or a clip's sampled frames
+    scene: Scene | Clip
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.scene.objects) if isinstance(self.scene, Scene) else len(self.scene.tracks)
 
     @property
     def row(self) -> str:
         return f"multiturn turn {self.turn}" if self.family == "multiturn" else self.family
 
 
-def make_items(split: str, n: int, size: int) -> tuple[list[Item], list[Item]]:
-    """(closed questions of every family, description prompts) for scenes 0..n-1."""
+def make_items(
+    split: str, n: int, size: int, kind: str = "image", num_frames: int = 8
+) -> tuple[list[Item], list[Item]]:
+    """(closed questions of every family, description prompts) for scenes (kind "video":
+    clips, `num_frames` frames sampled uniformly) 0..n-1."""
+    from specvlm.media import sample_frame_indices
+
     closed: list[Item] = []
     describe: list[Item] = []
     for i in range(n):
-        scene = world_sample(split, i, "image")
-        assert isinstance(scene, Scene)
-        image = render(scene, size)
+        scene = world_sample(split, i, kind)
+        if isinstance(scene, Scene):
+            image: object = render(scene, size)
+        else:
+            frames = render_clip(scene, size)
+            image = [frames[j] for j in sample_frame_indices(len(frames), num_frames)]
         for family in (*CLOSED_FAMILIES, "detailed"):
-            rec = make_record(split, i, family)
+            rec = make_record(split, i, family, kind=kind)
             metas = rec["meta"]["turns"] if family == "multiturn" else [rec["meta"]]
             for k, meta in enumerate(metas, start=1):
                 reference = rec["conversations"][2 * k - 1]["value"]
-                item = Item(family, k, i, meta, chat_messages(rec, k), reference, image, scene)
+                messages = chat_messages(rec, k, kind)
+                item = Item(family, k, i, meta, messages, reference, image, scene)
                 if family == "detailed":
                     describe.append(item)
                 elif meta.get("answer") is not None:
@@ -232,15 +264,22 @@ def evaluate_target(
     max_description_tokens: int = 360,
     progress: bool = True,
     threads: int = 2,
+    kind: str = "image",
 ) -> dict:
-    """Per-family closed-question accuracy, description coverage, mean entropy, every item."""
+    """Per-family closed-question accuracy, description coverage, mean entropy, every item.
+    kind "video": clips, for a Video-LLaVA folder (`evaluate_video`)."""
     check_split(split)
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if kind not in ("image", "video"):
+        raise InputError(f"--kind {kind!r}: accepted: image, video")
     # on a 2-core box that other work shares, 2 threads thrash: 1 thread ran 20x faster there
     torch.set_num_threads(threads)
+    if kind == "video":
+        r = evaluate_video(model_dir, split, n, max_description_tokens, progress)
+        return {"model": str(model_dir), **r}
     model, processor = load(model_dir)
     r = evaluate_model(model, processor, split, n, batch_size, max_description_tokens, progress)
     return {"model": str(model_dir), **r}
@@ -278,6 +317,37 @@ def evaluate_model(
     return {"split": split, "n": n, **summarize(records), "mean_entropy": _mean(entropies)}
 
 
+def evaluate_video(
+    model_dir: str | Path,
+    split: str = "test",
+    n: int = 200,
+    max_description_tokens: int = 360,
+    progress: bool = True,
+) -> dict:
+    """`evaluate_model` for clips: each item answered by this engine's plain greedy decoding of
+    the Video-LLaVA folder (mean entropy not measured: NaN)."""
+    from specvlm.api import load as load_engine
+    from specvlm.target import modalities
+
+    engine = load_engine(target=model_dir)
+    if "video" not in modalities(engine.target):
+        raise InputError(f"--kind video: {model_dir} does not read video (a Video-LLaVA is needed)")
+    # clips are drawn at the world's 128 px; the adapter resizes frames to the checkpoint's size
+    closed, describe = make_items(split, n, 128, "video", engine.target.num_frames)
+    jobs = [(closed, CLOSED_TOKENS), (describe, max_description_tokens)]
+    bar = tqdm(total=len(closed) + len(describe), desc=f"eval {split} clips", disable=not progress)
+    records: list[dict] = []
+    for items, max_new in jobs:
+        for it in items:
+            out = engine.generate(
+                it.messages, video=it.image, max_new_tokens=max_new, speculative=False
+            )
+            records.append(_record(it, out.text.strip()))
+            bar.update(1)
+    bar.close()
+    return {"split": split, "n": n, "kind": "video", **summarize(records), "mean_entropy": math.nan}
+
+
 def _record(it: Item, text: str) -> dict:
     """One scored item, as the JSON output lists it."""
     rec = {
@@ -285,7 +355,7 @@ def _record(it: Item, text: str) -> dict:
         "row": it.row,
         "turn": it.turn,
         "index": it.index,
-        "objects_in_scene": len(it.scene.objects),
+        "objects_in_scene": it.n_objects,
         "qtype": it.meta["qtype"],
         "question": it.messages[-1]["content"][-1]["text"],
         "earlier_turns": (len(it.messages) - 1) // 2,
