@@ -17,6 +17,7 @@ from specvlm.bench.loaders import IMAGE, MC_DIRECT, MC_EXPLAIN, OPEN_DIRECT, Ben
 from specvlm.bench.suites import (
     FORMATS,
     SUITES,
+    VIDEO_SUITES,
     WORLD_SUITES,
     default_cache_dir,
     detect_format,
@@ -73,7 +74,7 @@ def test_world_suites_are_deterministic(tmp_path):
 
 
 def test_world_suite_contents_and_sizes(tmp_path):
-    assert set(SUITES) == {*WORLD_SUITES, "world"}
+    assert set(SUITES) == {*WORLD_SUITES, "world", *VIDEO_SUITES, "world-video"}
     conv = load_suite("world-conversation", cache_dir=tmp_path)
     assert len(conv) == 20 and all(it.suite == "world-conversation" for it in conv)
     assert conv[0].id == "test-000000000-image-conversation"

@@ -113,3 +113,31 @@ def test_eval_target_scores_clips_by_the_same_rules(folder):
     assert "all closed questions" in format_report(r)
     with pytest.raises(InputError, match="does not read video"):
         evaluate_target(embedded.embedded_target(), "test", 1, progress=False, kind="video")
+
+
+def test_world_video_suites_bench_a_video_target(folder, tmp_path):
+    """`world-video` items carry their clip as a frames folder; plain, eaglevlm and
+    `transformers`' own methods decode them on a Video-LLaVA, all to the same tokens."""
+    from specvlm.bench import runner
+    from specvlm.bench.methods import BenchContext, build_methods
+    from specvlm.bench.suites import load_suite
+    from specvlm.train.quickfit import fit_head_to_target
+
+    items = load_suite("world-video", n=5, cache_dir=tmp_path)
+    assert [it.suite for it in items] == [
+        "world-video-detailed", "world-video-conversation", "world-video-reasoning",
+        "world-video-mc", "world-video-multiturn",
+    ]  # fmt: skip
+    for it in items:
+        assert it.images == () and it.video.is_dir() and len(list(it.video.glob("*.png"))) >= 8
+        assert it.messages[0]["content"].startswith("<video>\n")
+    frames = render_clip(world_sample("test", 0, "video"), 128)
+    head = fit_head_to_target(
+        folder, tmp_path / "d", prompts=[("what moves?", [], frames)], steps=20
+    )
+    engine = api.Engine(api.load(target=folder).target, head, target_dir=folder)
+    ctx = BenchContext(engine=engine, target_dir=folder)
+    methods = build_methods(["eaglevlm", "hf-plain", "hf-lookup"], ctx)
+    records = runner.run_bench(methods, items[:2], max_new_tokens=12, progress=False)
+    assert all(r["identical"] for r in records), [(r["method"], r.get("error")) for r in records]
+    assert {r["method"] for r in records} == {"plain", "eaglevlm", "hf-plain", "hf-lookup"}

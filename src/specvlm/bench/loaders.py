@@ -48,6 +48,7 @@ from PIL import Image, UnidentifiedImageError
 from specvlm.errors import DataError, InputError
 
 IMAGE = "<image>"
+VIDEO = "<video>"
 LETTERS = "ABCDEFGHIJKLMNOP"
 MC_DIRECT = "Answer with the option's letter from the given choices directly."
 MC_EXPLAIN = (
@@ -67,6 +68,7 @@ class BenchItem:
     messages: tuple[dict, ...]  # ({"role": "user" | "assistant", "content": str}, ...)
     images: tuple[Path, ...]  # in the order of the "<image>" placeholders in user turns
     reference: str | None = None  # the reference answer, when the suite has one
+    video: Path | None = None  # a frames folder or video file, at the "<video>" placeholder
 
     def __post_init__(self) -> None:
         if not self.messages or self.messages[-1].get("role") != "user":
@@ -81,6 +83,12 @@ class BenchItem:
         if n_ph != len(self.images):
             raise DataError(
                 f"item {self.id!r}: {n_ph} {IMAGE} placeholders but {len(self.images)} images"
+            )
+        n_video = sum(m["content"].count(VIDEO) for m in self.messages if m["role"] == "user")
+        if n_video != (self.video is not None):
+            raise DataError(
+                f"item {self.id!r}: {n_video} {VIDEO} placeholders but "
+                f"{'a video' if self.video is not None else 'no video'}"
             )
 
 

@@ -70,6 +70,7 @@ class Request:
     temperature: float
     top_p: float
     seed: int
+    video: Path | None = None  # for a target that reads video
 
 
 class Method(Protocol):
@@ -120,11 +121,11 @@ class BenchContext:
     def hf_model(self):
         """The target checkpoint as `transformers` itself loads it (for the hf-* baselines)."""
         if self._hf is None:
-            from transformers import LlavaForConditionalGeneration
+            from transformers import AutoModelForImageTextToText  # LLaVA or Video-LLaVA
 
             if self.target_dir is None:
                 raise InputError("the hf-* methods need the target folder")
-            self._hf = _quiet_load(LlavaForConditionalGeneration, self.target_dir, self.engine)
+            self._hf = _quiet_load(AutoModelForImageTextToText, self.target_dir, self.engine)
         return self._hf
 
     def _load(self, folder: Path) -> EagleHead:
@@ -278,9 +279,11 @@ class EngineMethod:
         self.draft_info = None if head is None else describe_draft(draft, forced)
 
     def run(self, req: Request) -> RunResult:
+        video = {} if req.video is None else {"video": req.video}
         out = self.engine.generate(
             req.messages,
             images=req.images,
+            **video,
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -378,7 +381,10 @@ class HFMethod:
         from transformers import StoppingCriteriaList
 
         target = self.ctx.engine.target
-        prompt = target.prepare(req.messages, req.images)
+        if req.video is None:
+            prompt = target.prepare(req.messages, req.images)
+        else:
+            prompt = target.prepare(req.messages, req.images, video=req.video)
         ids = prompt.input_ids[None]  # (1, T)
         sampling = {"do_sample": False}
         if req.temperature > 0:
@@ -394,6 +400,9 @@ class HFMethod:
         # a text-only prompt passes no pixel_values at all: `transformers` would run the vision
         # tower on None
         pixels = {} if prompt.pixel_values is None else {"pixel_values": prompt.pixel_values}
+        videos = getattr(prompt, "pixel_values_videos", None)  # a Video-LLaVA prompt's frames
+        if videos is not None:
+            pixels["pixel_values_videos"] = videos
         with torch.inference_mode():
             seq = self.model.generate(
                 input_ids=ids,
@@ -437,9 +446,12 @@ def _lookup(ctx: BenchContext) -> HFMethod:
     tokens do not match"). Banning the placeholder token (`bad_words_ids`, the usual workaround)
     makes the lookup crop its candidates before it; the output is unchanged unless the model
     itself would pick the placeholder, which the identical-output check would show."""
-    image_token = int(ctx.hf_model().config.image_token_id)
+    config = ctx.hf_model().config
+    banned = [[int(config.image_token_id)]]
+    if getattr(config, "video_token_id", None) is not None:  # Video-LLaVA: its placeholder too
+        banned.append([int(config.video_token_id)])
     return HFMethod(
-        "hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens, bad_words_ids=[[image_token]]
+        "hf-lookup", ctx, prompt_lookup_num_tokens=ctx.lookup_tokens, bad_words_ids=banned
     )
 
 

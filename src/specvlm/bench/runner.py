@@ -64,6 +64,11 @@ def commit() -> str:
 DRAFT_FIELDS = ("draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes", "visual_tokens")
 
 
+def _video(item: Any) -> Path | None:
+    """An item's video (a `BenchItem` may carry one; other item types need not)."""
+    return getattr(item, "video", None)
+
+
 def run_bench(
     methods: list[Method],
     items: list[Any],
@@ -94,7 +99,11 @@ def run_bench(
         for m in methods:
             # a method that fails here fails again below, where the error is recorded per item
             with contextlib.suppress(Exception):
-                m.run(Request(list(first.messages), list(first.images), 8, 0.0, 1.0, seed))
+                m.run(
+                    Request(
+                        list(first.messages), list(first.images), 8, 0.0, 1.0, seed, _video(first)
+                    )
+                )
     total = len(items) * len(methods) * sum(samples if t > 0 else 1 for t in temperatures)
     bar = None
     if progress:
@@ -113,6 +122,7 @@ def run_bench(
                     temperature,
                     top_p,
                     seed + s,
+                    _video(item),
                 )
                 results: dict[str, RunResult | str] = {}
                 for m in order:

@@ -22,8 +22,10 @@ embedded world target and world-smol read 64 per image, an 8 x 8 grid), N x 16 o
 random LLaVA (4 x 4). Item i uses test samples s * 1_000_000 + i * N + j, j < N. It is the
 visual-token sweep of the elastic visual compressor (issue 22): world-multi-1 / 4 / 8 give
 64 / 256 / 512 visual tokens per prompt. A world suite is one `WorldSuite(family, kind)` entry in
-WORLD_SUITES; an `events` kind works as is (its polarity picture is an image), `video` needs a
-runner that takes frame folders.
+WORLD_SUITES; an `events` kind works as is (its polarity picture is an image). `world-video-*`
+(detailed, conversation, reasoning, mc, multiturn; `world-video` interleaves them) ask the same
+families about test clips, for a target that reads video: each item carries its clip as a
+folder of 128 px frames (`BenchItem.video`), which the target samples to its frame count.
 
 User files (FORMATS), detected from the path, or named with a prefix "FORMAT:PATH":
 
@@ -107,10 +109,27 @@ WORLD_SUITES: dict[str, WorldSuite] = {
         "multiturn", "image", "world test scenes: the last turn of a 2-4 turn chat"
     ),
 }
+# The same five families about world test clips, for a target that reads video (a frames folder
+# per item, every frame of the clip; the target samples them to its frame count)
+VIDEO_SUITES: dict[str, WorldSuite] = {
+    f"world-video-{short}": WorldSuite(family, "video", f"world test clips: {what}")
+    for short, family, what in (
+        ("detailed", "detailed", "describe the clip, every object's motion"),
+        ("conversation", "conversation", "one short question (motion, count, colour, ...)"),
+        ("reasoning", "reasoning", "a cause or comparison about the motion, explained"),
+        ("mc", "multiple_choice", "options A-D about the motion, the letter and why"),
+        ("multiturn", "multiturn", "the last turn of a 2-4 turn chat about the clip"),
+    )
+}
+ALL_WORLD_SUITES = {**WORLD_SUITES, **VIDEO_SUITES}
+
 WORLD_MIX = "world"
+VIDEO_MIX = "world-video"
+MIXES: dict[str, tuple[str, ...]] = {WORLD_MIX: tuple(WORLD_SUITES), VIDEO_MIX: tuple(VIDEO_SUITES)}
 SUITES: dict[str, str] = {
-    **{name: s.description for name, s in WORLD_SUITES.items()},
+    **{name: s.description for name, s in ALL_WORLD_SUITES.items()},
     WORLD_MIX: "the five world suites interleaved (n items in all)",
+    VIDEO_MIX: "the five world-video suites interleaved (n items in all)",
 }
 FORMATS: dict[str, str] = {
     "llava-bench": "LLaVA-Bench-in-the-Wild: a folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl",
@@ -281,24 +300,25 @@ def world_item(
     name: str, index: int, media: Callable[[int], dict[str, str]], folder: Path
 ) -> BenchItem:
     """One item of a world suite: the record's chat without its last answer (the reference)."""
-    spec = WORLD_SUITES[name]
-    if spec.kind == "video":
-        raise NotImplementedError("world video suites need BenchItem to carry frame folders")
+    spec = ALL_WORLD_SUITES[name]
     record = make_record(WORLD_SPLIT, index, spec.family, spec.kind, media(index))
     role = {"human": "user", "gpt": "assistant"}
     chat = [{"role": role[t["from"]], "content": t["value"]} for t in record["conversations"]]
+    video = folder / record["video"] if spec.kind == "video" else None
     return BenchItem(
         id=record["id"],
         suite=name,
         messages=tuple(chat[:-1]),
-        images=(folder / record["image"],),
+        images=() if video is not None else (folder / record["image"],),
         reference=chat[-1]["content"],
+        video=video,
     )
 
 
 def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> list[BenchItem]:
-    """A built-in world suite; `world` takes the five in turn (item k from suite k % 5)."""
-    names = list(WORLD_SUITES) if name == WORLD_MIX else [name]
+    """A built-in world suite; `world` (`world-video`) takes its five in turn (item k from suite
+    k % 5)."""
+    names = list(MIXES[name]) if name in MIXES else [name]
     total = n if n is not None else DEFAULT_N * len(names)
     start = seed * SEED_STRIDE
     if start + SEED_STRIDE > SPLIT_SIZE or total > SEED_STRIDE * len(names):
@@ -309,7 +329,7 @@ def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> 
     items = []
     for k in range(total):
         suite = names[k % len(names)]
-        kind = WORLD_SUITES[suite].kind
+        kind = ALL_WORLD_SUITES[suite].kind
         if kind not in writers:
             folder = cache_dir / "world" / f"{WORLD_SPLIT}-{kind}-{DEFAULT_RESOLUTION[kind]}px"
             writers[kind] = (_media_writer(folder, kind), folder)
