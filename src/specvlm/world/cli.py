@@ -235,33 +235,23 @@ def _train_smol(args: argparse.Namespace, extra: dict) -> int:
 
     if args.init is not None:
         raise InputError("--init does not apply to --config smol (it starts from SmolLM2)")
-    r = train_smol_target(
-        args.out,
-        "smol",
-        steps=args.steps,
-        minutes=args.minutes,
-        resume=args.resume,
-        progress=sys.stderr.isatty(),
-        **extra,
-    )
-    where = f"wrote {r['model']}" if r["model"] else "stopped before the end: --resume continues"
-    print(
-        f"trained {r['steps']} steps in {r['elapsed_s'] / 60:.1f} min, "
-        f"final loss {r['final_loss']:.4f}; {where}"
-    )
-    return 0
+    return _train_recipe(train_smol_target, "smol", args, extra)
 
 
 def _train_video(args: argparse.Namespace, extra: dict) -> int:
     from specvlm.world.train_target.video import train_video_target
 
-    r = train_video_target(
+    return _train_recipe(train_video_target, "video", args, extra | {"init": args.init})
+
+
+def _train_recipe(train, config: str, args: argparse.Namespace, extra: dict) -> int:
+    """Run a recipe that may stop before its end (smol, video) and say what it wrote."""
+    r = train(
         args.out,
-        "video",
+        config,
         steps=args.steps,
         minutes=args.minutes,
         resume=args.resume,
-        init=args.init,
         progress=sys.stderr.isatty(),
         **extra,
     )
