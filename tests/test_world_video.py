@@ -75,6 +75,42 @@ def test_the_training_forward_is_transformers_own(folder):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_the_shared_prefix_forward_gives_the_same_logits_and_gradients(folder, tmp_path):
+    """Two clips x five families in one batch: each clip's frames run once, and every logit an
+    answer is scored on, and the gradient of the answer loss, are the per-record forward's."""
+    import torch
+    from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
+
+    from specvlm.world.train_target.data import collate
+    from specvlm.world.train_target.losses import IGNORE, answer_loss
+    from specvlm.world.train_target.video import (
+        VideoTrainConfig,
+        build_video_data,
+        clip_batches,
+        shared_prefix_forward,
+        video_forward,
+    )
+
+    model = VideoLlavaForConditionalGeneration.from_pretrained(folder).train()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    data = build_video_data(VideoTrainConfig(n_clips=4, num_frames=2), tokenizer, progress=False)
+    batches = clip_batches(data["scene"], 2, seed=0, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(20))  # every record once
+    idx = batches[0]
+    assert len(idx) == 10 and len(set(data["scene"][idx].tolist())) == 2
+    batch = collate(data, idx, tokenizer.pad_token_id)
+    grads = []
+    for forward in (video_forward, shared_prefix_forward):
+        model.zero_grad()
+        logits = forward(model, batch["input_ids"], batch["pixel_values"])[0]
+        answer_loss(logits, batch["labels"]).backward()
+        scored = batch["labels"][:, 1:] != IGNORE  # (B, T - 1): position t predicts t + 1
+        grads.append((logits[:, :-1][scored].detach(), model.lm_head.weight.grad.clone(),
+                      model.model.multi_modal_projector.linear_1.weight.grad.clone()))  # fmt: skip
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
     from specvlm.world.train_target.video import train_video_target
 

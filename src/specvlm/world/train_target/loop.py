@@ -224,17 +224,24 @@ def train_llava(
     forward_fn=llava_forward,
     double_bos: bool = True,
     show_eta: bool = False,
+    order_fn=None,
 ) -> None:
     """Stage 2: the whole LLaVA on the answers, in batches of similar length, until `budget`
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
     times per epoch. Other recipes (`smol`) pass their own `forward_fn` (same signature as
     `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and
-    `show_eta` (the log line ends with the time left)."""
+    `show_eta` (the log line ends with the time left). `order_fn(epoch)` -> the epoch's batches
+    (arrays of record indices) replaces the default length-grouped `batch_order`."""
     cfg, state = run.cfg, run.state
     lengths = np.array([len(s) for s in data["ids"]])
     qa = np.array([f in ("conversation", "multiturn") for f in data["family"]])
     repeats = np.where(qa, cfg.qa_repeats, 1)
-    per_epoch = math.ceil(int(repeats.sum()) / cfg.batch_size)
+    if order_fn is None:
+
+        def order_fn(epoch: int) -> list[np.ndarray]:
+            return batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
+
+    per_epoch = len(order_fn(0))
     run.model.train()
     forward = torch.compile(forward_fn, dynamic=True) if cfg.compile else forward_fn
     blank_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -259,7 +266,7 @@ def train_llava(
         step = state["step"]
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, repeats)
+            order = order_fn(epoch)
         idx = order[step % per_epoch]
         extra_bos = (idx + epoch) % 2 == 1 if double_bos else None
         pad_id, bos_id = tokenizer.pad_token_id, tokenizer.bos_token_id
