@@ -249,3 +249,36 @@ def test_regenerated_answers_are_reused_only_for_the_same_inputs(tmp_path, monke
     other = [Conversation("a", [("user", "q2"), ("assistant", "old")])]
     distill._regenerated(target_b, other, cache, 0, 1, 16)
     assert calls == [1, 1, 1, 1]  # another limit, another prompt: regenerated each time
+
+
+def test_video_rows_train_a_draft_for_a_video_target(tiny_dir, tmp_path):
+    """`world make --kind video` rows (a frames folder each) train a draft for a Video-LLaVA:
+    the answer mask is the answers', the frames are read as the video's tokens, regeneration
+    keeps the video, and an image target refuses such rows by name."""
+    from specvlm.errors import DataError
+    from specvlm.tiny_video import build_tiny_video_llava
+
+    folder = build_tiny_video_llava(tmp_path / "tv", num_frames=2)
+    data = make_dataset(
+        "train", 2, tmp_path / "clips", kind="video", families=["conversation", "reasoning"],
+        resolution=32, progress=False,
+    )  # fmt: skip
+    convs, report = read_conversations(data)
+    assert report.kept == 4 and all(c.video is not None and c.video.is_dir() for c in convs)
+    target = load_target(folder)
+    enc = encode(target, convs[0])
+    ids, mask = enc.prompt.input_ids, enc.answer_mask
+    answer = convs[0].turns[1][1]
+    assert target.tokenizer.decode(ids[mask]).strip().startswith(answer)
+    # two frames of a 32 px tower with 8 px patches: 16 patches + the CLS a video keeps, each
+    assert int((ids == target.video_token_id).sum()) == 2 * (16 + 1)
+    assert not mask[ids == target.video_token_id].any()
+    cfg = TrainConfig(epochs=1, batch_size=2, checkpoint_every=100, regenerate_max_new_tokens=6)
+    head = train_draft(
+        folder, data, tmp_path / "d", cfg, regenerate=True, progress=False, log=lambda *_: None
+    )
+    assert (tmp_path / "d" / "model.safetensors").is_file() and head is not None
+    regenerated = read_conversations(tmp_path / "d" / "regenerated.jsonl", "/")[0]
+    assert [c.video.resolve() for c in regenerated] == [c.video.resolve() for c in convs]
+    with pytest.raises(DataError, match="does not read video"):
+        encode(load_target(tiny_dir), convs[0])

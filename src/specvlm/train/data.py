@@ -3,7 +3,11 @@
 A row (JSON list or JSONL, one object per line):
     {"id": "...", "image": "rel/path.png" | ["a.png", "b.png"],
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}
-Image paths are relative to `image_folder` (default: the data file's folder). A row's task family
+or, for a target that reads video (Video-LLaVA), a row with one video: a folder of frames or a
+video file, its `<video>` placeholder in the text or put before the first question:
+    {"id": "...", "video": "videos/000000042", "conversations": [...]}
+(`specvlm world make --kind video` writes such rows). Paths are relative to `image_folder`
+(default: the data file's folder). A row's task family
 (for logs, e.g. the compressor gate's choices) is its "family", else its "meta" "family" (world
 data), else none.
 """
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 
 from specvlm.errors import DataError, InputError
+from specvlm.target import modalities
 from specvlm.target.base import Prompt, Target
 
 ROLES = {
@@ -29,6 +34,7 @@ ROLES = {
     "system": "system",
 }
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
 
 
 @dataclass
@@ -38,9 +44,18 @@ class Conversation:
     images: list[Path] = field(default_factory=list)
     source: str = ""  # "FILE:LINE" of the row it was read from, for error messages
     family: str = ""  # the task family, when the row names one
+    video: Path | None = None  # a frames folder or a video file (a video target's rows)
 
     def messages(self) -> list[dict[str, Any]]:
         return [{"role": role, "content": text} for role, text in self.turns]
+
+    def media(self, text: str) -> tuple[list[Path], dict[str, Any]]:
+        """The images and the video (as `tokenize` / `generate` keyword arguments) that the
+        rendered `text`, a prefix of this conversation, has placeholders for."""
+        images = self.images[: text.count(IMAGE_PLACEHOLDER)]
+        if self.video is not None and VIDEO_PLACEHOLDER in text:
+            return images, {"video": self.video}
+        return images, {}
 
 
 @dataclass
@@ -81,9 +96,8 @@ def _parse(row: Any, folder: Path) -> Conversation:
         raise ValueError(f"bad JSON ({row.msg})")
     if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
         raise ValueError("no 'conversations' list")
-    for key in ("video", "events"):
-        if key in row:
-            raise ValueError(f"'{key}' rows need a video target")
+    if "events" in row:
+        raise ValueError("'events' rows are read by an event drafter's recipe, not train-draft")
     turns = []
     for turn in row["conversations"]:
         if not isinstance(turn, dict) or turn.get("from") not in ROLES:
@@ -100,11 +114,25 @@ def _parse(row: Any, folder: Path) -> Conversation:
     if missing:
         raise ValueError("missing image")
     placeholders = sum(text.count(IMAGE_PLACEHOLDER) for role, text in turns if role == "user")
+    first = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+    if first is None:
+        raise ValueError("no question (no human turn)")
     if placeholders == 0 and paths:  # LLaVA convention: the image goes before the first question
-        first = next(i for i, (role, _) in enumerate(turns) if role == "user")
         turns[first] = ("user", IMAGE_PLACEHOLDER * len(paths) + "\n" + turns[first][1])
     elif placeholders != len(paths):
         raise ValueError("image placeholders do not match images")
+    video = None
+    if row.get("video") is not None:
+        if not isinstance(row["video"], str):
+            raise ValueError("'video' must be one path (a frames folder or a video file)")
+        video = folder / row["video"]
+        if not video.exists():
+            raise ValueError("missing video")
+    videos = sum(text.count(VIDEO_PLACEHOLDER) for role, text in turns if role == "user")
+    if video is not None and videos == 0:  # as images: the video goes before the first question
+        turns[first] = ("user", VIDEO_PLACEHOLDER + "\n" + turns[first][1])
+    elif videos != int(video is not None):
+        raise ValueError("video placeholders do not match the row's video (one at most)")
     meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
     family = row.get("family", meta.get("family", ""))
     return Conversation(
@@ -112,6 +140,7 @@ def _parse(row: Any, folder: Path) -> Conversation:
         turns=turns,
         images=paths,
         family=family if isinstance(family, str) else "",
+        video=video,
     )
 
 
@@ -148,6 +177,29 @@ class Encoded:
     answer_mask: torch.Tensor  # (S,) True on assistant tokens (answers and their end token)
 
 
+def _media(conv: Conversation, text: str) -> tuple:
+    """`tokenize`'s positional media arguments for `text`: (images,) or (images, video)."""
+    images, video = conv.media(text)
+    return (images, video["video"]) if video else (images,)
+
+
+def check_modalities(target: Target, conv: Conversation) -> None:
+    """A video row needs a target that reads video (an image target would read `<video>` as
+    text): DataError otherwise."""
+    if conv.video is not None and "video" not in modalities(target):
+        raise DataError(
+            f"row {conv.id!r} has a video, and this target ({target.info.architecture}) does not "
+            "read video; train on a video target (e.g. Video-LLaVA)"
+        )
+
+
+def tokenize_conversation(target: Target, conv: Conversation) -> Prompt:
+    """The whole conversation, rendered by the target's template, with its images and video."""
+    check_modalities(target, conv)
+    text = target.render_chat(conv.messages(), add_generation_prompt=False)
+    return target.tokenize(text, *_media(conv, text))
+
+
 def encode(target: Target, conv: Conversation) -> Encoded:
     """Token ids of the whole conversation and which of them are answer tokens.
 
@@ -157,12 +209,12 @@ def encode(target: Target, conv: Conversation) -> Encoded:
     checked token by token.
     """
     messages = conv.messages()
-    full = target.tokenize(target.render_chat(messages, add_generation_prompt=False), conv.images)
+    full = tokenize_conversation(target, conv)
     ids = full.input_ids
     mask = torch.zeros(ids.shape[0], dtype=torch.bool)
 
     def n_tokens(text: str) -> int:
-        part = target.tokenize(text, conv.images[: text.count(IMAGE_PLACEHOLDER)]).input_ids
+        part = target.tokenize(text, *_media(conv, text)).input_ids
         if not torch.equal(part, ids[: part.shape[0]]):
             raise DataError(
                 f"row {conv.id!r}: this chat template does not tokenize a prefix of the "

@@ -44,7 +44,7 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,12 @@ from specvlm.kv_cache import KVCache
 from specvlm.target import Target, load_target
 from specvlm.target.base import VisualLayout
 from specvlm.train.data import (
-    IMAGE_PLACEHOLDER,
     Conversation,
     LoadReport,
+    check_modalities,
     encode,
     read_conversations,
+    tokenize_conversation,
 )
 
 # settings that may differ on --resume: they change what is logged and saved, not the weights
@@ -472,9 +473,9 @@ def drop_unusable_rows(
     bad: list[tuple[int, str, str]] = []  # (index, reason, message)
     for i in range(rank, len(convs), world):
         conv = convs[i]
+        check_modalities(target, conv)  # a video row for an image target: the wrong target
         try:
-            text = target.render_chat(conv.messages(), add_generation_prompt=False)
-            target.tokenize(text, conv.images)
+            tokenize_conversation(target, conv)
         except InputError as e:
             reason = next((r for kind, r in _ENCODE_PROBLEMS if isinstance(e, kind)), "unusable")
             bad.append((i, reason, str(e)))
@@ -504,8 +505,8 @@ def evaluate_tau(target: Target, head: EagleHead, convs: list[Conversation], max
     taus = []
     for conv in convs:
         first = next(text for role, text in conv.turns if role == "user")
-        images = conv.images[: first.count(IMAGE_PLACEHOLDER)]
-        out = engine.generate(first, images=images, max_new_tokens=max_new)
+        images, video = conv.media(first)
+        out = engine.generate(first, images=images, max_new_tokens=max_new, **video)
         taus.append(out.stats.tau)
     return sum(taus) / len(taus)
 
@@ -529,7 +530,8 @@ def regenerate_answers(
                 continue
             messages = [{"role": r, "content": t} for r, t in turns[:k]]
             text = target.render_chat(messages, add_generation_prompt=True)
-            prompt = target.tokenize(text, conv.images[: text.count(IMAGE_PLACEHOLDER)])
+            images, video = conv.media(text)
+            prompt = target.tokenize(text, images, *video.values())
             ids = [
                 t
                 for new in decode(
@@ -544,7 +546,7 @@ def regenerate_answers(
                 for t in new
             ]
             turns[k] = ("assistant", target.decode(ids).strip())
-        out.append(Conversation(conv.id, turns, conv.images, conv.source, conv.family))
+        out.append(replace(conv, turns=turns))
     return out
 
 
@@ -582,6 +584,7 @@ def _regenerated(
                         "id": c.id,
                         **({"family": c.family} if c.family else {}),
                         "image": [str(p.resolve()) for p in c.images],
+                        **({"video": str(c.video.resolve())} if c.video else {}),
                         "conversations": [
                             {
                                 "from": "human"
@@ -608,7 +611,8 @@ def _regeneration_key(target: Target, convs: list[Conversation], max_new: int) -
     h.update(str(max_new).encode())
     for c in convs:
         prompts = [t for r, t in c.turns if r != "assistant"]
-        h.update(json.dumps([c.id, [str(p.resolve()) for p in c.images], prompts]).encode())
+        media = [str(p.resolve()) for p in [*c.images, *([c.video] if c.video else [])]]
+        h.update(json.dumps([c.id, media, prompts]).encode())
     return h.hexdigest()
 
 
