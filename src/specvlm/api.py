@@ -16,7 +16,7 @@ from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
 from specvlm.draft.base import Drafter
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
-from specvlm.draft.separate import SeparateDrafter, check_same_vocabulary
+from specvlm.draft.separate import DrafterInput, SeparateDrafter, check_same_vocabulary
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
 from specvlm.layers import prepare_for_inference, wants_fast_layout
@@ -97,11 +97,13 @@ class Engine:
         target_dir: Path | None = None,
         assistant: Target | None = None,
         concurrent_prefill: bool = False,
+        assistant_input: DrafterInput | None = None,
     ):
         """assistant: a separate draft model with the target's tokenizer (`SeparateDrafter`:
         it drafts chains of `tree.depth` tokens, re-synchronized every round) instead of a draft
         head; concurrent_prefill: it reads its prompt on a worker thread while the target
-        prefills."""
+        prefills; assistant_input: what it reads (default: the request's prompt and images;
+        an event drafter: the request's `events`)."""
         if assistant is not None:
             if draft is not None:
                 raise InputError(
@@ -116,6 +118,7 @@ class Engine:
         self.target_dir = target_dir  # the checkpoint folder, when loaded from one
         self.assistant = assistant
         self.concurrent_prefill = concurrent_prefill
+        self.assistant_input = assistant_input or DrafterInput()
         self._busy = threading.Lock()
 
     def _drafter(self) -> EagleDrafter | None:
@@ -135,6 +138,8 @@ class Engine:
         """Check the request now (bad input raises here, before anything runs); decode lazily."""
         request = GenerationRequest.from_options(options)
         reads = modalities(self.target)
+        if self.assistant is not None and self.assistant_input.reads == "events":
+            reads = (*reads, "events")  # read by the draft model, not the target
         for kind in ("video", "events"):
             if getattr(request, kind) is not None and kind not in reads:
                 takes = (
@@ -151,14 +156,19 @@ class Engine:
             prepared = self.target.prepare(prompt, images)
         drafter = None
         if request.speculative:
-            drafter = self._drafter() if self.assistant is None else self._separate(prompt, images)
+            if self.assistant is None:
+                drafter = self._drafter()
+            else:
+                drafter = self._separate(prompt, images, request.events)
         return self._rounds(prepared, request, sampling, stats, drafter)
 
-    def _separate(self, prompt: str | list[dict[str, Any]], images: Any) -> SeparateDrafter:
-        """The assistant's drafter for this request: the same prompt and images, read by the
-        assistant's own template and processor."""
+    def _separate(
+        self, prompt: str | list[dict[str, Any]], images: Any, events: Any
+    ) -> SeparateDrafter:
+        """The assistant's drafter for this request: what it reads (`assistant_input`: the same
+        prompt and images, or the event stream), through its own template and processor."""
         assert self.assistant is not None
-        own = self.assistant.prepare(prompt, images)
+        own = self.assistant_input.prompt(self.assistant, prompt, images, events)
         return SeparateDrafter(self.assistant, own, concurrent=self.concurrent_prefill)
 
     def _rounds(
@@ -211,7 +221,10 @@ class Engine:
         order), a list of frames (PIL images or paths), a (frames, height, width, 3) uint8 array,
         or a video file's path (decoded by PyAV: pip install 'specvlm[video]'); sampled
         uniformly to the checkpoint's frame count (Video-LLaVA: 8), shorter clips used whole; at
-        its `<video>` placeholder, or before a string prompt. events: not read by any target yet.
+        its `<video>` placeholder, or before a string prompt. events: an event stream for an engine
+        whose separate draft model reads events (`load(assistant=EVENT_DRAFTER)`): an .npz
+        with x, y, t (microseconds), p, a structured array or a dict of them; the target never
+        reads it, so the output is the target's alone.
         """
         stats = SpecStats()
         ids = [tok for new in self._start(prompt, images, options, stats) for tok in new]
@@ -274,7 +287,9 @@ def load(
     assistant: instead of a draft head, a separate small model folder with the target's
     tokenizer (e.g. the embedded pair's `world-baseline`), drafting chains of `tree.depth`
     tokens re-synchronized every round (`specvlm.draft.separate`); concurrent_prefill: it reads
-    its prompt on a worker thread while the target prefills.
+    its prompt on a worker thread while the target prefills. An assistant folder with a
+    `specvlm_drafter.json` saying it reads events (the event drafter of `specvlm world
+    train-target --config events`) drafts from each request's `events` instead.
     """
     device = _device(device)
     dtype = _dtype(dtype, device)
@@ -306,11 +321,12 @@ def load(
         prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
     helper = None if assistant is None else load_target(assistant, device=device, dtype=dtype)
+    reads = None if assistant is None else DrafterInput.of_folder(assistant)
     if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
         from specvlm.bench.tune import load_tuned
 
         tree = load_tuned(tgt.info.fingerprint)
-    return Engine(tgt, head, tree, Path(target), helper, concurrent_prefill)
+    return Engine(tgt, head, tree, Path(target), helper, concurrent_prefill, reads)
 
 
 def _device(value: str | torch.device) -> str:

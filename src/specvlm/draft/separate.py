@@ -19,12 +19,20 @@ two prefills really overlap, sharing the machine's cores.
 
     drafter = SeparateDrafter(small, small.prepare(question, images), concurrent=True)
     decode(target, prompt, drafter=drafter, ...)
+
+What the draft model reads is its own choice (`DrafterInput`, from `specvlm_drafter.json` in
+its folder): the request's prompt and images (the default), or, for an event drafter, the
+request's event stream drawn as one picture in place of the target's video.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -146,3 +154,105 @@ class SeparateDrafter:
         out = self.model.verify(ids, depths, causal if n > 1 else None)
         self.model.commit(list(range(n)))
         return out.logits[-1]
+
+
+DRAFTER_FILE = "specvlm_drafter.json"
+EVENTS_ACCEPTED = (
+    "an .npz file with arrays x, y, t (microseconds), p (+1/-1), a structured array with those "
+    "fields, or a dict of them"
+)
+
+
+@dataclass(frozen=True)
+class DrafterInput:
+    """What a separate draft model reads for a request. reads "request": the request's own
+    prompt and images; "events": the request's event stream as an `events_to_tiles` picture
+    (`size` px, `n_slices` time slices, a `sensor` = (height, width) camera) where the target
+    reads its video, and no other image."""
+
+    reads: str = "request"
+    size: int = 128
+    n_slices: int = 4
+    sensor: tuple[int, int] = (128, 128)
+
+    @classmethod
+    def of_folder(cls, folder: str | Path) -> DrafterInput:
+        """The folder's `specvlm_drafter.json`, or the default when it has none."""
+        path = Path(folder) / DRAFTER_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+            reads = data["reads"]
+            if reads != "events":
+                raise ValueError(f"reads {reads!r}")
+            return cls(reads, int(data["size"]), int(data["n_slices"]),
+                       (int(data["sensor"][0]), int(data["sensor"][1])))  # fmt: skip
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise InputError(
+                f"{path} is not a drafter description this version reads ({e}); expected "
+                '{"reads": "events", "size": N, "n_slices": N, "sensor": [H, W]}'
+            ) from e
+
+    def prompt(
+        self, model: Target, prompt: str | list[dict[str, Any]], images: Any, events: Any
+    ) -> Prompt:
+        """The draft model's prompt for a request (see the class docstring)."""
+        if self.reads == "request":
+            return model.prepare(prompt, images)
+        if events is None:
+            raise InputError(
+                "this engine's separate draft model drafts from an event stream: pass "
+                f"events=... ({EVENTS_ACCEPTED}), or speculative=False"
+            )
+        return model.prepare(_video_to_image(prompt), [self.picture(events)])
+
+    def picture(self, events: Any):
+        """The request's events drawn as the drafter was trained to read them."""
+        from specvlm.world.events import as_events, events_to_tiles, load_events
+
+        try:
+            ev = load_events(events) if isinstance(events, str | Path) else as_events(events)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"unreadable events ({e}); accepted: {EVENTS_ACCEPTED}") from e
+        h, w = self.sensor
+        try:
+            return events_to_tiles(ev, h, w, self.size, self.n_slices)
+        except ValueError as e:
+            raise InputError(f"events do not fit this drafter: {e}") from e
+
+
+def _video_to_image(prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The request's prompt with its video placeholder as the one image placeholder (images
+    of the request dropped); with none, the picture goes before the text, as an image does."""
+    if isinstance(prompt, str):
+        return prompt.replace("<image>", "").replace("<video>", "<image>", 1).replace("<video>", "")
+    out, placed = [], False
+    for m in prompt:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            text = content.replace("<image>", "")
+            if not placed and "<video>" in text:
+                text, placed = text.replace("<video>", "<image>", 1), True
+            out.append({**m, "content": text.replace("<video>", "")})
+        elif isinstance(content, list):
+            parts = []
+            for c in content:
+                kind = c.get("type") if isinstance(c, dict) else None
+                if kind == "video" and not placed:
+                    parts.append({"type": "image"})
+                    placed = True
+                elif kind not in ("video", "image"):
+                    parts.append(c)
+            out.append({**m, "content": parts})
+        else:
+            out.append(m)
+    if not placed:
+        first = next((i for i, m in enumerate(out) if m.get("role") == "user"), None)
+        if first is not None:
+            content = out[first]["content"]
+            if isinstance(content, str):
+                out[first] = {**out[first], "content": "<image>\n" + content}
+            else:
+                out[first] = {**out[first], "content": [{"type": "image"}, *content]}
+    return out

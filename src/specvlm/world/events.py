@@ -242,3 +242,41 @@ def events_to_polarity_image(
         r, c = divmod(s, cols)
         sheet.paste(polarity_image(counts[s]), (c * (width + 1), r * (height + 1)))
     return sheet
+
+
+def events_to_tiles(
+    events: np.ndarray | dict,
+    height: int,
+    width: int,
+    size: int = 128,
+    n_slices: int = 4,
+    t_range: tuple[float, float] | None = None,
+) -> Image.Image:
+    """The event drafter's picture of a stream: a `size` x `size` RGB image of `n_slices` time
+    slices (a square number), each a polarity picture (`polarity_image`) of the sensor's
+    (height, width) binned down to one tile, tiled left to right, top to bottom, no borders.
+
+    With 4 slices and a 128 px picture, each slice is 64 x 64: a 128 px sensor's pixels in
+    2 x 2 blocks. `t_range` defaults to (0, the last event's t): the stream's own span, so a
+    picture needs nothing but the events."""
+    cols = int(round(np.sqrt(n_slices)))
+    if cols * cols != n_slices or size % cols:
+        raise ValueError(f"n_slices must be a square whose root divides size; got {n_slices}")
+    ev = as_events(events)
+    if len(ev) and (int(ev["x"].max()) >= width or int(ev["y"].max()) >= height):
+        raise ValueError(
+            f"events reach x = {int(ev['x'].max())}, y = {int(ev['y'].max())}, outside the "
+            f"{width} x {height} sensor"
+        )
+    if t_range is None:
+        t_range = (0.0, float(ev["t"].max()) if len(ev) else 1.0)
+    tile = size // cols
+    binned = ev.copy()
+    binned["x"] = (ev["x"].astype(np.int64) * tile // width).astype(binned["x"].dtype)
+    binned["y"] = (ev["y"].astype(np.int64) * tile // height).astype(binned["y"].dtype)
+    counts = events_to_count_images(binned, tile, tile, n_slices, t_range)  # (S, 2, tile, tile)
+    sheet = Image.new("RGB", (size, size))
+    for s in range(n_slices):
+        r, c = divmod(s, cols)
+        sheet.paste(polarity_image(counts[s]), (c * tile, r * tile))
+    return sheet

@@ -1,0 +1,173 @@
+"""The event drafter (issue 23): its picture of an event stream, what it reads in a request,
+exactness of decoding with it, and its recipe (teacher answers, training, the folder it writes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from specvlm import api, embedded
+from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, _video_to_image
+from specvlm.errors import InputError
+from specvlm.world.events import EVENT_DTYPE, events_to_tiles
+from specvlm.world.splits import split_seed, world_sample
+
+shipped = pytest.mark.skipif(
+    embedded.embedded_target() is None or embedded.embedded_baseline() is None,
+    reason="the embedded world models are not shipped here",
+)
+
+
+def _events(rows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    ev = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for k, (x, y, t, p) in enumerate(rows):
+        ev[k] = (x, y, t, p)
+    return ev
+
+
+def test_tiles_put_each_time_slice_in_its_quadrant_binned_to_the_tile():
+    # a brighter event at the start top-left, a darker one at the end bottom-right
+    ev = _events([(0, 0, 0, 1), (127, 127, 1000, -1), (64, 0, 400, 1)])
+    pic = np.asarray(events_to_tiles(ev, 128, 128, size=128, n_slices=4))
+    assert pic.shape == (128, 128, 3)
+    red, blue, white = (220, 30, 30), (30, 60, 220), (255, 255, 255)
+    assert tuple(pic[0, 0]) == red  # slice 0 (t in [0, 250)): tile (0, 0), pixel (0, 0)
+    assert tuple(pic[127, 127]) == blue  # slice 3: tile (1, 1), its last pixel
+    assert tuple(pic[0, 32]) == white  # x = 64 of 128 -> column 32 of slice 1's tile ...
+    assert tuple(pic[0, 64 + 32]) == red  # ... which is the top-right tile
+    coloured = (pic != 255).any(-1).sum()
+    assert coloured == 3
+    with pytest.raises(ValueError, match="outside the 100 x 100 sensor"):
+        events_to_tiles(ev, 100, 100)
+    with pytest.raises(ValueError, match="square"):
+        events_to_tiles(ev, 128, 128, n_slices=3)
+
+
+def test_the_drafter_reads_its_folder_and_swaps_the_video_for_its_picture(tmp_path):
+    assert DrafterInput.of_folder(tmp_path) == DrafterInput()  # no file: the request as it is
+    (tmp_path / DRAFTER_FILE).write_text('{"reads": "sound"}')
+    with pytest.raises(InputError, match="not a drafter description"):
+        DrafterInput.of_folder(tmp_path)
+    (tmp_path / DRAFTER_FILE).write_text(
+        json.dumps({"reads": "events", "size": 64, "n_slices": 4, "sensor": [32, 48]})
+    )
+    assert DrafterInput.of_folder(tmp_path) == DrafterInput("events", 64, 4, (32, 48))
+    assert _video_to_image("<video>\nwhat moves?") == "<image>\nwhat moves?"
+    assert _video_to_image("<image><video>\nwhat moves?") == "<image>\nwhat moves?"
+    chat = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "and <video>?"},
+    ]  # fmt: skip
+    assert _video_to_image(chat) == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "and ?"},
+    ]
+    assert _video_to_image([{"role": "user", "content": "what moves?"}]) == [
+        {"role": "user", "content": "<image>\nwhat moves?"}
+    ]
+    reads = DrafterInput("events", 64, 4, (32, 48))
+    with pytest.raises(InputError, match="unreadable events"):
+        reads.picture({"x": [1], "y": [2]})
+    with pytest.raises(InputError, match="do not fit this drafter"):
+        reads.picture(_events([(50, 0, 0, 1)]))
+
+
+@pytest.fixture(scope="module")
+def world_pair(tmp_path_factory):
+    """The world video target as assembled (untrained on video: its answers are poor, but it
+    is a real 12-layer Video-LLaVA with the world tokenizer) and the shipped 2-layer world
+    LLaVA marked as an event drafter."""
+    from specvlm.world.video_target import assemble_world_video
+
+    root = tmp_path_factory.mktemp("events")
+    target = assemble_world_video(embedded.embedded_target(), root / "video")
+    drafter = root / "drafter"
+    shutil.copytree(embedded.embedded_baseline(), drafter)
+    settings = {"reads": "events", "size": 128, "n_slices": 4, "sensor": [128, 128]}
+    (drafter / DRAFTER_FILE).write_text(json.dumps(settings))
+    return target, drafter
+
+
+@shipped
+def test_decoding_with_the_event_drafter_is_the_target_alone(world_pair, tmp_path):
+    from specvlm.config import TreeConfig
+    from specvlm.world.dataset import clip_events
+    from specvlm.world.events import save_events
+    from specvlm.world.train_target.events import clip_frames
+
+    target, drafter = world_pair
+    engine = api.load(target=target, assistant=drafter, tree=TreeConfig(depth=4))
+    assert engine.assistant_input.reads == "events"
+    kept = 0
+    for i in range(2):
+        frames = clip_frames("test", i)
+        events = clip_events(world_sample("test", i, "video"), split_seed("test", i), 128)
+        save_events(tmp_path / f"{i}.npz", events)
+        for prompt in ("<video>\nWhat moves?", "Describe the video."):
+            fast = engine.generate(prompt, video=frames, events=tmp_path / f"{i}.npz",
+                                   max_new_tokens=24)  # fmt: skip
+            plain = engine.generate(prompt, video=frames, max_new_tokens=24, speculative=False)
+            assert fast.token_ids == plain.token_ids
+            assert max(fast.stats.tree_sizes) == 5  # the root and a chain of 4 drafts
+            kept += sum(fast.stats.accept_lengths) - len(fast.stats.accept_lengths)
+    assert kept > 0  # some drafts were accepted
+    with pytest.raises(InputError, match="drafts from an event stream"):
+        engine.generate("What moves?", video=frames, max_new_tokens=4)
+    image_only = api.load(target=target)
+    with pytest.raises(InputError, match="does not read events"):
+        image_only.generate("What moves?", video=frames, events=events, max_new_tokens=4)
+
+
+@shipped
+def test_the_recipe_learns_the_teachers_answers_and_writes_an_event_drafter(world_pair, tmp_path):
+    from specvlm.config import SamplingConfig, TreeConfig
+    from specvlm.decoding.loop import decode
+    from specvlm.decoding.stats import SpecStats
+    from specvlm.target import load_target
+    from specvlm.world.train_target.events import (
+        teacher_conversations,
+        train_events_drafter,
+    )
+
+    target_dir, _ = world_pair
+    cache = tmp_path / "teacher.jsonl"
+    answers = teacher_conversations(target_dir, [0], cache, batch_size=1, max_new_tokens=12,
+                                    progress=False)  # fmt: skip
+    assert len(answers) == 5 and len(cache.read_text().splitlines()) == 1
+    # batch of one: no padding, so the teacher's answer is exactly its greedy decoding
+    target = load_target(target_dir)
+    from specvlm.world.train_target.events import clip_frames
+
+    question = answers[(0, "conversation")][0][1]
+    prompt = target.prepare([{"role": "user", "content": question}], [],
+                            video=clip_frames("train", 0))  # fmt: skip
+    rounds = decode(target, prompt, drafter=None, max_new_tokens=12, sampling=SamplingConfig(),
+                    tree=TreeConfig(), stats=SpecStats())  # fmt: skip
+    ids = [t for new in rounds for t in new]
+    eos = target.tokenizer.eos_token_id
+    ids = ids[: ids.index(eos)] if eos in ids else ids
+    assert answers[(0, "conversation")][1] == ("assistant", target.decode(ids).strip())
+    # a second call reads the cache and generates nothing
+    again = teacher_conversations("/nonexistent", [0], cache, progress=False)
+    assert again == answers
+
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="needs --teacher"):
+        train_events_drafter(out, "events-tiny", steps=2, progress=False)
+    r = train_events_drafter(out, "events-tiny", steps=3, teacher=target_dir, progress=False)
+    assert r["steps"] == 3 and all(np.isfinite(r["losses"]))
+    folder = r["model"]
+    assert DrafterInput.of_folder(folder).reads == "events"
+    engine = api.load(target=target_dir, assistant=folder)
+    frames = clip_frames("test", 0)
+    from specvlm.world.dataset import clip_events
+
+    events = clip_events(world_sample("test", 0, "video"), split_seed("test", 0), 128)
+    fast = engine.generate("What moves?", video=frames, events=events, max_new_tokens=8)
+    plain = engine.generate("What moves?", video=frames, max_new_tokens=8, speculative=False)
+    assert fast.token_ids == plain.token_ids
