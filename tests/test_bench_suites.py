@@ -15,6 +15,7 @@ from PIL import Image
 
 from specvlm.bench.loaders import IMAGE, MC_DIRECT, MC_EXPLAIN, OPEN_DIRECT, BenchItem
 from specvlm.bench.suites import (
+    EVENTS_SUITES,
     FORMATS,
     SUITES,
     VIDEO_SUITES,
@@ -74,7 +75,9 @@ def test_world_suites_are_deterministic(tmp_path):
 
 
 def test_world_suite_contents_and_sizes(tmp_path):
-    assert set(SUITES) == {*WORLD_SUITES, "world", *VIDEO_SUITES, "world-video"}
+    assert set(SUITES) == {
+        *WORLD_SUITES, "world", *VIDEO_SUITES, "world-video", *EVENTS_SUITES, "world-events"
+    }  # fmt: skip
     conv = load_suite("world-conversation", cache_dir=tmp_path)
     assert len(conv) == 20 and all(it.suite == "world-conversation" for it in conv)
     assert conv[0].id == "test-000000000-image-conversation"

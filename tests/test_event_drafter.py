@@ -171,3 +171,41 @@ def test_the_recipe_learns_the_teachers_answers_and_writes_an_event_drafter(worl
     fast = engine.generate("What moves?", video=frames, events=events, max_new_tokens=8)
     plain = engine.generate("What moves?", video=frames, max_new_tokens=8, speculative=False)
     assert fast.token_ids == plain.token_ids
+
+
+@shipped
+def test_world_events_suites_bench_the_drafters_of_a_video_target(world_pair, tmp_path):
+    """world-events items carry the clip's frames and its event stream; the event drafter, the
+    one-frame drafter and the question-only drafter all decode them to the target's tokens; an
+    event drafter refuses items without events, by name."""
+    from specvlm.bench import runner
+    from specvlm.bench.methods import BenchContext, build_methods
+    from specvlm.bench.suites import load_suite
+    from specvlm.world.events import load_events
+
+    target, drafter = world_pair
+    items = load_suite("world-events", n=3, cache_dir=tmp_path)
+    assert [it.suite for it in items] == [
+        "world-events-detailed", "world-events-conversation", "world-events-reasoning"
+    ]  # fmt: skip
+    video_items = load_suite("world-video", n=3, cache_dir=tmp_path)
+    for it, same in zip(items, video_items, strict=True):
+        assert it.messages == same.messages and it.video == same.video
+        assert same.events is None and len(load_events(it.events)) > 1000
+    engine = api.load(target=target)
+    ctx = BenchContext(engine=engine, target_dir=target, assistant_dir=embedded.embedded_baseline(),
+                       events_dir=drafter)  # fmt: skip
+    methods = build_methods(["events", "events-concurrent", "frame", "question"], ctx)
+    records = runner.run_bench(methods, items, max_new_tokens=12, progress=False)
+    assert {r["method"] for r in records} == {
+        "plain", "events", "events-concurrent", "frame", "question"
+    }  # fmt: skip
+    assert all("error" not in r for r in records), [r.get("error") for r in records]
+    assert all(r["identical"] for r in records if r["method"] != "plain")
+    by_method = {r["method"]: r for r in records if r["item"] == items[0].id}
+    assert by_method["events"]["draft"]["reads"] == "events"
+    refused = runner.run_bench(methods[:2], video_items[:1], max_new_tokens=4, progress=False)
+    assert "world-events suites" in next(r for r in refused if r["method"] == "events")["error"]
+    with pytest.raises(InputError, match="not an event drafter"):
+        build_methods(["events"], BenchContext(engine=engine, target_dir=target,
+                                               events_dir=embedded.embedded_baseline()))  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,16 +159,16 @@ class Engine:
             if self.assistant is None:
                 drafter = self._drafter()
             else:
-                drafter = self._separate(prompt, images, request.events)
+                drafter = self._separate(prompt, images, request.events, request.video)
         return self._rounds(prepared, request, sampling, stats, drafter)
 
     def _separate(
-        self, prompt: str | list[dict[str, Any]], images: Any, events: Any
+        self, prompt: str | list[dict[str, Any]], images: Any, events: Any, video: Any
     ) -> SeparateDrafter:
         """The assistant's drafter for this request: what it reads (`assistant_input`: the same
         prompt and images, or the event stream), through its own template and processor."""
         assert self.assistant is not None
-        own = self.assistant_input.prompt(self.assistant, prompt, images, events)
+        own = self.assistant_input.prompt(self.assistant, prompt, images, events, video)
         return SeparateDrafter(self.assistant, own, concurrent=self.concurrent_prefill)
 
     def _rounds(
@@ -270,6 +270,7 @@ def load(
     model: str | None = None,
     assistant: str | Path | None = None,
     concurrent_prefill: bool = False,
+    assistant_reads: str | None = None,
 ) -> Engine:
     """Load a target checkpoint folder and a draft-head folder.
 
@@ -290,6 +291,9 @@ def load(
     its prompt on a worker thread while the target prefills. An assistant folder with a
     `specvlm_drafter.json` saying it reads events (the event drafter of `specvlm world
     train-target --config events`) drafts from each request's `events` instead.
+    assistant_reads: what the assistant reads, overriding its folder: "request" (the prompt
+    and images), "events", "frame" (the video's middle frame in its place) or "text" (the
+    question alone); see `specvlm.draft.separate.DrafterInput`.
     """
     device = _device(device)
     dtype = _dtype(dtype, device)
@@ -321,7 +325,13 @@ def load(
         prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
     helper = None if assistant is None else load_target(assistant, device=device, dtype=dtype)
-    reads = None if assistant is None else DrafterInput.of_folder(assistant)
+    reads = None
+    if assistant is not None:
+        reads = DrafterInput.of_folder(assistant)
+        if assistant_reads is not None:
+            reads = replace(reads, reads=assistant_reads)
+    elif assistant_reads is not None:
+        raise InputError("assistant_reads needs a separate draft model (assistant)")
     if tree is None:  # a tree tuned for this target on this machine (specvlm bench --tune)
         from specvlm.bench.tune import load_tuned
 

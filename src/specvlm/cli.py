@@ -459,6 +459,7 @@ def _bench_context(args: argparse.Namespace, engine):
         plain_draft=embedded_eaglevlm_draft() if embedded else None,
         compressor_draft=Path(args.compressor_draft) if args.compressor_draft else None,
         assistant_dir=Path(args.assistant) if getattr(args, "assistant", None) else None,
+        events_dir=Path(args.events_drafter) if getattr(args, "events_drafter", None) else None,
     )
 
 
@@ -548,8 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
     p.add_argument(
         "--assistant",
-        help="small separate draft model folder for hf-assisted (default with the embedded "
-        "pair: its shipped 2-layer baseline)",
+        help="small separate draft model folder for hf-assisted, assisted, frame and question "
+        "(default with the embedded pair: its shipped 2-layer baseline)",
+    )
+    p.add_argument(
+        "--events-drafter",
+        help="event drafter folder for methods events / events-concurrent (specvlm world "
+        "train-target --config events); bench them on the world-events suites",
     )
     _compressor_draft_arg(
         p,

@@ -69,6 +69,7 @@ class BenchItem:
     images: tuple[Path, ...]  # in the order of the "<image>" placeholders in user turns
     reference: str | None = None  # the reference answer, when the suite has one
     video: Path | None = None  # a frames folder or video file, at the "<video>" placeholder
+    events: Path | None = None  # the clip's event stream (.npz), for an event drafter
 
     def __post_init__(self) -> None:
         if not self.messages or self.messages[-1].get("role") != "user":

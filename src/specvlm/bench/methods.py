@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from specvlm.api import Engine
 from specvlm.draft.base import Drafter
 from specvlm.draft.compressor import CompressorConfig, ElasticCompressor
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
+from specvlm.draft.separate import DRAFTER_FILE, DrafterInput
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
@@ -71,6 +72,7 @@ class Request:
     top_p: float
     seed: int
     video: Path | None = None  # for a target that reads video
+    events: Path | None = None  # the clip's event stream, for an event drafter
 
 
 class Method(Protocol):
@@ -114,6 +116,7 @@ class BenchContext:
     plain_draft: Path | None = None  # eaglevlm's head when the engine's draft has a compressor
     compressor_draft: Path | None = None  # specvlm's head (else the engine's, if compressed)
     assistant_dir: Path | None = None  # a small separate draft model (same tokenizer)
+    events_dir: Path | None = None  # an event drafter (`world train-target --config events`)
     lookup_tokens: int = 10
     _hf: Any = None
     _loaded: dict[Path, EagleHead] = field(default_factory=dict, repr=False)
@@ -279,11 +282,18 @@ class EngineMethod:
         self.draft_info = None if head is None else describe_draft(draft, forced)
 
     def run(self, req: Request) -> RunResult:
-        video = {} if req.video is None else {"video": req.video}
+        media: dict[str, Any] = {} if req.video is None else {"video": req.video}
+        if self.engine.assistant is not None and self.engine.assistant_input.reads == "events":
+            if req.events is None:
+                raise InputError(
+                    f"method {self.name!r} drafts from the clip's event stream: bench it on "
+                    "items that carry one (the world-events suites)"
+                )
+            media["events"] = req.events
         out = self.engine.generate(
             req.messages,
             images=req.images,
-            **video,
+            **media,
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -306,23 +316,38 @@ class EngineMethod:
 
 
 class AssistedMethod(EngineMethod):
-    """This engine with a separate small draft model (`--assistant`, same tokenizer) instead of
-    a draft head: chains of `tree.depth` greedy tokens, re-synchronized every round
-    (`specvlm.draft.separate`); `concurrent`: the assistant prefills on a worker thread while
-    the target prefills. The same draft model as `hf-assisted`, in this engine's loop."""
+    """This engine with a separate small draft model instead of a draft head: chains of
+    `tree.depth` greedy tokens, re-synchronized every round (`specvlm.draft.separate`);
+    `concurrent`: the draft model prefills on a worker thread while the target prefills.
+    `reads` (`DrafterInput`): what the draft model reads. "request" (`assisted`): the
+    `--assistant` model on the request's prompt and images, the draft model of `hf-assisted`
+    in this engine's loop; "events" (`events`): the `--events-drafter` on the clip's event
+    stream; "frame" (`frame`) / "text" (`question`): the `--assistant` model on the video's
+    middle frame / on the question alone."""
 
-    def __init__(self, name: str, ctx: BenchContext, concurrent: bool) -> None:
-        if ctx.assistant_dir is None:
-            raise InputError(f"{name} needs a small separate draft model (--assistant DIR)")
+    def __init__(
+        self, name: str, ctx: BenchContext, concurrent: bool, reads: str = "request"
+    ) -> None:
+        folder = ctx.events_dir if reads == "events" else ctx.assistant_dir
+        if folder is None:
+            what = "an event drafter (--events-drafter DIR)" if reads == "events" else (
+                "a small separate draft model (--assistant DIR)"
+            )  # fmt: skip
+            raise InputError(f"{name} needs {what}")
         target = ctx.engine.target
         device = str(getattr(target, "device", "cpu"))
-        helper = load_target(ctx.assistant_dir, device=device, dtype=target.info.dtype)
+        helper = load_target(folder, device=device, dtype=target.info.dtype)
+        given = DrafterInput.of_folder(folder)
+        if reads == "events" and given.reads != "events":
+            raise InputError(f"{folder} is not an event drafter (no {DRAFTER_FILE} saying so)")
         self.name, self.speculative = name, True
         self.engine = Engine(
-            target, None, ctx.engine.tree, ctx.engine.target_dir, helper, concurrent
-        )
+            target, None, ctx.engine.tree, ctx.engine.target_dir, helper, concurrent,
+            replace(given, reads=reads),
+        )  # fmt: skip
         self.draft_info = {
-            "assistant": str(ctx.assistant_dir),
+            "assistant": str(folder),
+            "reads": reads,
             "chain": ctx.engine.tree.depth,
             "concurrent_prefill": concurrent,
         }
@@ -461,6 +486,10 @@ METHODS: dict[str, Callable[[BenchContext], Method]] = {
     "specvlm": _specvlm,
     "assisted": lambda ctx: AssistedMethod("assisted", ctx, concurrent=False),
     "assisted-concurrent": lambda ctx: AssistedMethod("assisted-concurrent", ctx, True),
+    "events": lambda ctx: AssistedMethod("events", ctx, False, "events"),
+    "events-concurrent": lambda ctx: AssistedMethod("events-concurrent", ctx, True, "events"),
+    "frame": lambda ctx: AssistedMethod("frame", ctx, False, "frame"),
+    "question": lambda ctx: AssistedMethod("question", ctx, False, "text"),
     "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),
     "hf-assisted": lambda ctx: HFMethod("hf-assisted", ctx, assistant_model=_assistant(ctx)),
     "hf-lookup": _lookup,

@@ -69,6 +69,11 @@ def _video(item: Any) -> Path | None:
     return getattr(item, "video", None)
 
 
+def _events(item: Any) -> Path | None:
+    """An item's event stream (world-events items carry one)."""
+    return getattr(item, "events", None)
+
+
 def run_bench(
     methods: list[Method],
     items: list[Any],
@@ -101,8 +106,15 @@ def run_bench(
             with contextlib.suppress(Exception):
                 m.run(
                     Request(
-                        list(first.messages), list(first.images), 8, 0.0, 1.0, seed, _video(first)
-                    )
+                        list(first.messages),
+                        list(first.images),
+                        8,
+                        0.0,
+                        1.0,
+                        seed,
+                        _video(first),
+                        _events(first),
+                    )  # fmt: skip
                 )
     total = len(items) * len(methods) * sum(samples if t > 0 else 1 for t in temperatures)
     bar = None
@@ -123,6 +135,7 @@ def run_bench(
                     top_p,
                     seed + s,
                     _video(item),
+                    _events(item),
                 )
                 results: dict[str, RunResult | str] = {}
                 for m in order:

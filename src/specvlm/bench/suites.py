@@ -86,6 +86,7 @@ class WorldSuite:
     family: str  # a world task family (language.FAMILIES)
     kind: str  # "image" (or "events": its polarity picture is the image)
     description: str
+    events: bool = False  # a video item that also carries its clip's event stream
 
 
 WORLD_SUITES: dict[str, WorldSuite] = {
@@ -121,15 +122,29 @@ VIDEO_SUITES: dict[str, WorldSuite] = {
         ("multiturn", "multiturn", "the last turn of a 2-4 turn chat about the clip"),
     )
 }
-ALL_WORLD_SUITES = {**WORLD_SUITES, **VIDEO_SUITES}
+# The world-video suites' items (the same clips and questions), each also carrying its clip's
+# event stream (`BenchItem.events`, an .npz): what an event drafter reads in place of the video
+EVENTS_SUITES: dict[str, WorldSuite] = {
+    name.replace("world-video-", "world-events-"): WorldSuite(
+        spec.family, "video", spec.description + "; with the clip's event stream", events=True
+    )
+    for name, spec in VIDEO_SUITES.items()
+}
+ALL_WORLD_SUITES = {**WORLD_SUITES, **VIDEO_SUITES, **EVENTS_SUITES}
 
 WORLD_MIX = "world"
 VIDEO_MIX = "world-video"
-MIXES: dict[str, tuple[str, ...]] = {WORLD_MIX: tuple(WORLD_SUITES), VIDEO_MIX: tuple(VIDEO_SUITES)}
+EVENTS_MIX = "world-events"
+MIXES: dict[str, tuple[str, ...]] = {
+    WORLD_MIX: tuple(WORLD_SUITES),
+    VIDEO_MIX: tuple(VIDEO_SUITES),
+    EVENTS_MIX: tuple(EVENTS_SUITES),
+}
 SUITES: dict[str, str] = {
     **{name: s.description for name, s in ALL_WORLD_SUITES.items()},
     WORLD_MIX: "the five world suites interleaved (n items in all)",
     VIDEO_MIX: "the five world-video suites interleaved (n items in all)",
+    EVENTS_MIX: "the five world-events suites interleaved (n items in all)",
 }
 FORMATS: dict[str, str] = {
     "llava-bench": "LLaVA-Bench-in-the-Wild: a folder with questions.jsonl, images/ and optionally answers_gpt4.jsonl",
@@ -312,7 +327,26 @@ def world_item(
         images=() if video is not None else (folder / record["image"],),
         reference=chat[-1]["content"],
         video=video,
+        events=_clip_events_file(index, folder) if spec.events else None,
     )
+
+
+def _clip_events_file(index: int, folder: Path) -> Path:
+    """The event stream of test clip `index` (`dataset.clip_events`, as `specvlm world make
+    --kind events` writes it, simulated from the item's own frames), cached in `folder`."""
+    import io
+
+    from specvlm.world.dataset import clip_events
+    from specvlm.world.events import save_events
+
+    path = folder / "events" / f"{index:09d}.npz"
+    if not path.is_file():
+        clip = world_sample(WORLD_SPLIT, index, "video")
+        events = clip_events(clip, split_seed(WORLD_SPLIT, index), DEFAULT_RESOLUTION["video"])
+        buffer = io.BytesIO()
+        save_events(buffer, events)
+        write_atomic(path, buffer.getvalue())
+    return path
 
 
 def world_suite(name: str, *, n: int | None, cache_dir: Path, seed: int = 0) -> list[BenchItem]:

@@ -163,17 +163,29 @@ EVENTS_ACCEPTED = (
 )
 
 
+READS = ("request", "events", "frame", "text")
+
+
 @dataclass(frozen=True)
 class DrafterInput:
-    """What a separate draft model reads for a request. reads "request": the request's own
-    prompt and images; "events": the request's event stream as an `events_to_tiles` picture
-    (`size` px, `n_slices` time slices, a `sensor` = (height, width) camera) where the target
-    reads its video, and no other image."""
+    """What a separate draft model reads for a request:
+    - "request": the request's own prompt and images (a shallow copy of the target);
+    - "events": the request's event stream as an `events_to_tiles` picture (`size` px,
+      `n_slices` time slices, a `sensor` = (height, width) camera) where the target reads its
+      video, and no other image (the event drafter);
+    - "frame": the video's middle frame, as an image, in the video's place (one RGB frame);
+    - "text": the question alone, no image or video.
+    The event drafter's folder says "events" in its `specvlm_drafter.json`; the other two are
+    asked for by name (`load(assistant_reads=...)`, the bench's `frame` / `question` methods)."""
 
     reads: str = "request"
     size: int = 128
     n_slices: int = 4
     sensor: tuple[int, int] = (128, 128)
+
+    def __post_init__(self) -> None:
+        if self.reads not in READS:
+            raise InputError(f"a draft model reads one of {', '.join(READS)}; got {self.reads!r}")
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> DrafterInput:
@@ -195,11 +207,25 @@ class DrafterInput:
             ) from e
 
     def prompt(
-        self, model: Target, prompt: str | list[dict[str, Any]], images: Any, events: Any
+        self,
+        model: Target,
+        prompt: str | list[dict[str, Any]],
+        images: Any,
+        events: Any = None,
+        video: Any = None,
     ) -> Prompt:
         """The draft model's prompt for a request (see the class docstring)."""
         if self.reads == "request":
             return model.prepare(prompt, images)
+        if self.reads == "text":
+            return model.prepare(_without_media(prompt), [])
+        if self.reads == "frame":
+            if video is None:
+                raise InputError("a draft model that reads one frame needs the request's video")
+            from specvlm.media import load_video
+
+            middle = load_video(video, 2)[-1]  # frames 0 and total // 2 (one: frame 0)
+            return model.prepare(_video_to_image(prompt), [middle])
         if events is None:
             raise InputError(
                 "this engine's separate draft model drafts from an event stream: pass "
@@ -220,6 +246,28 @@ class DrafterInput:
             return events_to_tiles(ev, h, w, self.size, self.n_slices)
         except ValueError as e:
             raise InputError(f"events do not fit this drafter: {e}") from e
+
+
+def _without_media(prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The prompt with every image and video placeholder taken out."""
+    if isinstance(prompt, str):
+        return prompt.replace("<image>", "").replace("<video>", "").lstrip("\n")
+    out = []
+    for m in prompt:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            text = content.replace("<image>", "").replace("<video>", "").lstrip("\n")
+            out.append({**m, "content": text})
+        elif isinstance(content, list):
+            kept = [
+                c
+                for c in content
+                if not (isinstance(c, dict) and c.get("type") in ("image", "video"))
+            ]
+            out.append({**m, "content": kept})
+        else:
+            out.append(m)
+    return out
 
 
 def _video_to_image(prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
