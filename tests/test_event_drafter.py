@@ -209,3 +209,40 @@ def test_world_events_suites_bench_the_drafters_of_a_video_target(world_pair, tm
     with pytest.raises(InputError, match="not an event drafter"):
         build_methods(["events"], BenchContext(engine=engine, target_dir=target,
                                                events_dir=embedded.embedded_baseline()))  # fmt: skip
+
+
+@shipped
+def test_the_frame_count_of_a_video_target_can_be_set_for_a_sweep(world_pair, tmp_path, capsys):
+    from specvlm.cli import main
+    from specvlm.world.train_target.events import clip_frames
+
+    target, drafter = world_pair
+    engine = api.load(target=target, assistant=drafter)
+    frames = clip_frames("test", 1)
+    engine.target.set_num_frames(4)
+    prompt = engine.target.prepare("What moves?", [], video=frames)
+    assert int((prompt.input_ids == engine.target.video_token_id).sum()) == 4 * 65
+    events = tmp_path / "e.npz"
+    from specvlm.world.dataset import clip_events
+    from specvlm.world.events import save_events
+
+    save_events(events, clip_events(world_sample("test", 1, "video"), split_seed("test", 1), 128))
+    fast = engine.generate("What moves?", video=frames, events=events, max_new_tokens=10)
+    plain = engine.generate("What moves?", video=frames, max_new_tokens=10, speculative=False)
+    assert fast.token_ids == plain.token_ids
+    with pytest.raises(InputError, match="positive integer"):
+        engine.target.set_num_frames(0)
+    out = tmp_path / "r.jsonl"
+    code = main([
+        "bench", "--target", str(target), "--events-drafter", str(drafter), "--frames", "2",
+        "--suite", "world-events-conversation", "--n", "1", "--methods", "events",
+        "--max-new-tokens", "6", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["method"] for r in records} == {"plain", "events"}
+    assert all(r["config"]["frames"] == 2 for r in records)
+    assert all(r["identical"] for r in records if r["method"] == "events")
+    capsys.readouterr()
+    assert main(["bench", "--frames", "2", "--suite", "world-conversation", "--n", "1"]) != 0
+    assert "--frames needs a target that reads video" in capsys.readouterr().err

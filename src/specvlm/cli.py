@@ -360,6 +360,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.methods = SWEEP_METHODS if default_methods else args.methods
     items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
     engine = _load(args)
+    if args.frames is not None:
+        if not hasattr(engine.target, "set_num_frames"):
+            raise InputError("--frames needs a target that reads video (e.g. Video-LLaVA)")
+        engine.target.set_num_frames(args.frames)
     if (warning := runner.timing_warning(args.device)) is not None:
         print(warning, file=sys.stderr)
     names = args.methods.split(",")
@@ -399,6 +403,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "target": str(engine.target_dir),
         "draft": args.draft,
         "compressor_draft": args.compressor_draft,
+        **({"frames": engine.target.num_frames} if hasattr(engine.target, "num_frames") else {}),
+        **({"events_drafter": args.events_drafter} if args.events_drafter else {}),
     }
     records = runner.run_bench(
         methods,
@@ -556,6 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--events-drafter",
         help="event drafter folder for methods events / events-concurrent (specvlm world "
         "train-target --config events); bench them on the world-events suites",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="a video target samples each video to at most this many frames (default: the "
+        "checkpoint's, 8 for Video-LLaVA): the frames sweep, one run per count",
     )
     _compressor_draft_arg(
         p,

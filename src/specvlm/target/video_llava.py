@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from specvlm.errors import ImageError, ModelFolderError, PromptError
+from specvlm.errors import ImageError, InputError, ModelFolderError, PromptError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.media import load_images, load_video
 from specvlm.target.base import Prompt, VisualLayout, visual_layout
@@ -188,6 +188,14 @@ class VideoLlavaTarget(LlavaTarget):
     def num_frames(self) -> int:
         """The most frames a video is sampled to."""
         return self.processing.num_frames
+
+    def set_num_frames(self, n: int) -> None:
+        """Sample videos to at most `n` frames from now on, instead of the checkpoint's count
+        (the model reads any count: F x (P + 1) visual tokens; what it was trained on is up to
+        the checkpoint)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"the frame count must be a positive integer, got {n!r}")
+        self.processing = replace(self.processing, num_frames=n)
 
     # ---- prompt -------------------------------------------------------------------------
     def prepare(
