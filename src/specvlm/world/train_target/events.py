@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer
 class EventsTrainConfig:
     """Data and optimisation of one event-drafter run."""
 
-    n_clips: int = 1000
+    n_clips: int = 600
     image_size: int = 128  # the event picture's side (the drafter's tower input)
     n_slices: int = 4  # time slices tiled in the picture (a square number)
     sensor: int = 128  # the simulated event camera's side (the world's clip resolution)
@@ -159,6 +160,7 @@ def teacher_conversations(
     eos = target.tokenizer.eos_token_id
     chunk = max(1, 64 // len(FAMILIES))  # clips generated together, then written
     bar = tqdm(total=len(todo), desc="teacher answers", unit="clip", disable=not progress)
+    start = time.perf_counter()
     with cache.open("a") as fh:
         for s in range(0, len(todo), chunk):
             part = todo[s : s + chunk]
@@ -196,6 +198,8 @@ def teacher_conversations(
                 done.update({(c, f): t for f, t in fams.items()})
             bar.update(len(part))
     bar.close()
+    print(f"teacher answers: {len(todo)} clips in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
     return done
 
 
