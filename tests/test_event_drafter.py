@@ -246,3 +246,26 @@ def test_the_frame_count_of_a_video_target_can_be_set_for_a_sweep(world_pair, tm
     capsys.readouterr()
     assert main(["bench", "--frames", "2", "--suite", "world-conversation", "--n", "1"]) != 0
     assert "--frames needs a target that reads video" in capsys.readouterr().err
+
+
+@shipped
+def test_world_make_teacher_writes_the_video_targets_own_answers(world_pair, tmp_path):
+    from specvlm.train.data import read_conversations
+    from specvlm.world.dataset import make_dataset
+    from specvlm.world.train_target.events import write_teacher_data
+
+    target, _ = world_pair
+    data = make_dataset("train", 2, tmp_path, kind="video", families=["conversation", "detailed"],
+                        start=3, progress=False)  # fmt: skip
+    out = write_teacher_data(data, target, batch_size=4, max_new_tokens=6, progress=False)
+    reference = [json.loads(line) for line in data.read_text().splitlines()]
+    mine = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in mine] == [r["id"] for r in reference]
+    for r, ref in zip(mine, reference, strict=True):
+        assert r["video"] == ref["video"] and r["meta"] == ref["meta"]
+        assert r["conversations"][0] == ref["conversations"][0]  # the same question
+        assert r["conversations"][1]["from"] == "gpt"
+    convs, report = read_conversations(out)
+    assert report.kept == 4 and all(c.video.is_dir() for c in convs)
+    with pytest.raises(InputError, match="needs clip rows"):
+        write_teacher_data(make_dataset("train", 1, tmp_path / "img", progress=False), target)

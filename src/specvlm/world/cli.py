@@ -2,6 +2,7 @@
 
     specvlm world make --split train --n 1000 --out data/world-train [--kind image|video|events]
                        [--families detailed conversation ...] [--resolution PX] [--start I]
+                       [--teacher VIDEO_TARGET]
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
@@ -59,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="pixels per side; default: 224 for images, 128 for clips",
+    )
+    make.add_argument(
+        "--teacher",
+        default=None,
+        help="--kind video: also write data-teacher.jsonl, every answer the given video "
+        "target's own (greedy), to train its draft on",
     )
     _start(make)
     make.set_defaults(func=cmd_make)
@@ -163,6 +170,8 @@ def _families(values: list[str] | None) -> list[str] | None:
 
 def cmd_make(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
+    if args.teacher is not None and args.kind != "video":
+        raise InputError("--teacher answers clip questions: it needs --kind video")
     path = make_dataset(
         args.split,
         args.n,
@@ -174,6 +183,10 @@ def cmd_make(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     print(f"wrote {path}")
+    if args.teacher is not None:
+        from specvlm.world.train_target.events import write_teacher_data
+
+        print(f"wrote {write_teacher_data(path, args.teacher, progress=sys.stderr.isatty())}")
     return 0
 
 

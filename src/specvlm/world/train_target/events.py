@@ -203,6 +203,39 @@ def teacher_conversations(
     return done
 
 
+def write_teacher_data(
+    data: str | Path,
+    teacher: str | Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    progress: bool = True,
+) -> Path:
+    """Next to a clip data set (`specvlm world make --kind video`'s data.jsonl), write
+    data-teacher.jsonl: the same rows with every answer the video target `teacher`'s own
+    (`teacher_conversations`, cached beside it), for `specvlm train-draft` on that target."""
+    data = Path(data)
+    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    if not rows or any(r.get("meta", {}).get("kind") != "video" for r in rows):
+        raise InputError(f"{data}: --teacher needs clip rows (world make --kind video)")
+    split = rows[0]["meta"]["split"]
+    clips = sorted({r["meta"]["index"] for r in rows})
+    key = hashlib.sha1(
+        json.dumps([str(Path(teacher).resolve()), max_new_tokens, split]).encode()
+    ).hexdigest()[:10]
+    answers = teacher_conversations(teacher, clips, data.parent / f"teacher-{key}.jsonl",
+                                    batch_size, max_new_tokens, split, progress)  # fmt: skip
+    out = data.parent / "data-teacher.jsonl"
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        for r in rows:
+            turns = answers[(r["meta"]["index"], r["meta"]["family"])]
+            own = [{"from": "human" if role == "user" else "gpt", "value": text}
+                   for role, text in turns]  # fmt: skip
+            fh.write(json.dumps({**r, "conversations": own}) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
 def _generate(model, prompts: list, pad: int, eos: int | None, max_new: int, decode) -> list[str]:
     """Greedy answers to prompts of one video each, in one left-padded `generate` call."""
     T = max(int(p.input_ids.shape[0]) for p in prompts)
