@@ -340,8 +340,8 @@ def train_events_drafter(
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
-    key = hashlib.sha1(
-        json.dumps([str(Path(teacher).resolve()), cfg.teacher_max_new_tokens]).encode()
+    key = hashlib.sha1(  # as `write_teacher_data` names it: the same cache serves both
+        json.dumps([str(Path(teacher).resolve()), cfg.teacher_max_new_tokens, "train"]).encode()
     ).hexdigest()[:10]
     answers = teacher_conversations(
         teacher, list(range(cfg.n_clips)), out / f"teacher-{key}.jsonl", cfg.teacher_batch,
