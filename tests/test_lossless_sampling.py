@@ -32,16 +32,37 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor(df / 2.0), stat / 2.0))
 
 
-def sample_counts(cfg: SamplingConfig, speculative: bool, seed: int) -> torch.Tensor:
+class StubDraftModel(StubTarget):
+    """A separate draft model (the target's Markov chain plus noise: another model, in the
+    event drafter's role) as `SeparateDrafter` drives it: prefill, causal feeds, commit, and
+    rollback (`truncate`)."""
+
+    def __init__(self, seed: int, noise: float = 0.5) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.table = self.table + noise * torch.randn(self.table.shape, generator=gen)
+
+    def truncate(self, length: int) -> None:
+        self.history = self.history[:length]
+
+
+def sample_counts(
+    cfg: SamplingConfig, speculative: bool, seed: int, separate: bool = False
+) -> torch.Tensor:
+    from specvlm.draft.separate import SeparateDrafter
+
     target = StubTarget()
     drafter = StubTreeDrafter(target)
     prompt = target.prepare("abc", [])
+    helper = StubDraftModel(seed=7)
     gen = torch.Generator().manual_seed(seed)
     counts = torch.zeros((V,) * N_TOKENS)
     tree = TreeConfig(depth=3, top_k=2, budget=6)
     deep = 0  # rounds that accepted 2+ drafted tokens
     for _ in range(N_SAMPLES):
         stats = SpecStats()
+        if separate:  # a fresh one per request, as the engine makes it
+            drafter = SeparateDrafter(helper, helper.prepare("abc", []))
         rounds = decode(
             target,
             prompt,
@@ -103,6 +124,13 @@ def no_rejection_step(tree, probs, generator):
 
 
 @pytest.mark.slow
+def test_a_separate_draft_models_chains_keep_the_target_distribution():
+    """The event drafter's path: greedy chains of another model, re-synchronized every round."""
+    cfg = CONFIGS["T=1"]
+    counts = sample_counts(cfg, speculative=True, seed=2, separate=True)
+    assert chi_square_p(counts, exact(cfg)) > 1e-3
+
+
 def test_wrong_acceptance_rule_fails_the_same_test(monkeypatch):
     monkeypatch.setattr(loop_module, "sampled_accept", no_rejection_step)
     cfg = CONFIGS["T=1"]
