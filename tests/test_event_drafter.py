@@ -204,6 +204,9 @@ def test_world_events_suites_bench_the_drafters_of_a_video_target(world_pair, tm
     assert all(r["identical"] for r in records if r["method"] != "plain")
     by_method = {r["method"]: r for r in records if r["item"] == items[0].id}
     assert by_method["events"]["draft"]["reads"] == "events"
+    for name in ("events", "frame", "question"):  # a separate drafter's own times are recorded
+        assert 0 < by_method[name]["drafting_ms"] < 1000 * by_method[name]["seconds"]
+        assert by_method[name]["draft_prefill_ms"] > 0
     refused = runner.run_bench(methods[:2], video_items[:1], max_new_tokens=4, progress=False)
     assert "world-events suites" in next(r for r in refused if r["method"] == "events")["error"]
     with pytest.raises(InputError, match="not an event drafter"):

@@ -27,7 +27,7 @@ from specvlm.api import Engine
 from specvlm.draft.base import Drafter
 from specvlm.draft.compressor import CompressorConfig, ElasticCompressor
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
-from specvlm.draft.separate import DRAFTER_FILE, DrafterInput
+from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, SeparateDrafter
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
@@ -53,6 +53,9 @@ class RunResult:
     visual_tokens: int | None = None  # the target's visual tokens in the prompt, all images
     gate_choice: str | None = None  # the compressor gate's operator (select / mix), or None
     draft: dict[str, Any] | None = None  # which draft ran: `describe_draft`
+    # a separate draft model's time in the rounds (reading the true tokens, drafting, rollback):
+    # what a free drafter would save, for the bound
+    drafting_s: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -312,6 +315,7 @@ class EngineMethod:
             target_forwards=s.target_forwards,
             draft=self.draft_info,
             **_meter_fields(getattr(self.engine, "meter", None) if self.speculative else None),
+            **_separate_fields(getattr(self.engine, "last", None)),
         )
 
 
@@ -341,7 +345,7 @@ class AssistedMethod(EngineMethod):
         if reads == "events" and given.reads != "events":
             raise InputError(f"{folder} is not an event drafter (no {DRAFTER_FILE} saying so)")
         self.name, self.speculative = name, True
-        self.engine = Engine(
+        self.engine = _MeteredAssistEngine(
             target, None, ctx.engine.tree, ctx.engine.target_dir, helper, concurrent,
             replace(given, reads=reads),
         )  # fmt: skip
@@ -351,6 +355,22 @@ class AssistedMethod(EngineMethod):
             "chain": ctx.engine.tree.depth,
             "concurrent_prefill": concurrent,
         }
+
+
+class _MeteredAssistEngine(Engine):
+    """An engine that keeps its last request's `SeparateDrafter` (`self.last`) for its times."""
+
+    last: SeparateDrafter | None = None
+
+    def _separate(self, *args: Any) -> SeparateDrafter:
+        self.last = super()._separate(*args)
+        return self.last
+
+
+def _separate_fields(drafter: SeparateDrafter | None) -> dict[str, Any]:
+    if drafter is None:
+        return {}
+    return {"draft_prefill_s": drafter.prefill_s, "drafting_s": drafter.drafting_s}
 
 
 def _meter_fields(meter: DraftMeter | None) -> dict[str, Any]:

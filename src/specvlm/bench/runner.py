@@ -61,7 +61,9 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-DRAFT_FIELDS = ("draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes", "visual_tokens")
+DRAFT_FIELDS = (
+    "draft_prefill_ms", "draft_kv_tokens", "draft_kv_bytes", "visual_tokens", "drafting_ms"
+)  # fmt: skip
 
 
 def _video(item: Any) -> Path | None:
@@ -93,7 +95,8 @@ def run_bench(
     tokens_per_s, tau, accept_histogram, target_forwards, and with a `plain` method in the run,
     speedup (tokens/s over plain's on the same item) and, at temperature 0, identical. Methods
     with a draft head also give draft (its folder and compressor settings: `describe_draft`),
-    draft_prefill_ms, draft_kv_tokens and draft_kv_bytes (its own prefill, and its KV cache
+    a separate draft model's drafting_ms (its time in the rounds: the free-draft bound's
+    share), draft_prefill_ms, draft_kv_tokens and draft_kv_bytes (its own prefill, and its KV cache
     right after it, read from the cache), visual_tokens (the target's, all images of the
     prompt) and gate_choice (the compressor gate's operator, or None).
     """
@@ -172,6 +175,8 @@ def run_bench(
                     )
                     if res.draft is not None:
                         rec["draft"] = res.draft
+                    if res.drafting_s is not None:
+                        rec["drafting_ms"] = round(1000 * res.drafting_s, 3)
                     if res.draft_prefill_s is not None:
                         rec.update(
                             draft_prefill_ms=round(1000 * res.draft_prefill_s, 3),

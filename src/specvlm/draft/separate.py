@@ -73,6 +73,7 @@ class SeparateDrafter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.prefill_s = 0.0  # the drafter's own prefill time (on its thread when concurrent)
+        self.drafting_s = 0.0  # its time in the rounds: reading the true tokens, drafting, rollback
 
     # ---- the drafter's prefill ------------------------------------------------------------
     def start(self, new_tokens: int) -> None:
@@ -120,6 +121,7 @@ class SeparateDrafter:
         the true tokens it has not read (ending with the root), then drafts greedily, feeding
         each draft but the last."""
         assert self.text and self.text[-1] == root, "observe() the previous round first"
+        start = time.perf_counter()
         logits = self._feed(self.text[self.fed :])  # (V,) after the root
         self.fed = len(self.text)
         n = min(depth, budget - 1)
@@ -130,11 +132,14 @@ class SeparateDrafter:
                 logits = self._feed(chain[-1:])
         self.speculative = chain[:-1]  # in the cache, not yet confirmed
         device = self.prompt.input_ids.device
-        return DraftTree.from_parents([root, *chain], list(range(-1, n)), device=device)
+        tree = DraftTree.from_parents([root, *chain], list(range(-1, n)), device=device)
+        self.drafting_s += time.perf_counter() - start
+        return tree
 
     def observe(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         """Re-synchronize: next_tokens = the accepted drafts, then the target's bonus token.
         Keep the accepted drafts the cache holds, drop the rest, remember the bonus."""
+        start = time.perf_counter()
         new = next_tokens.tolist()
         accepted = len(new) - 1
         keep = min(accepted, len(self.speculative))
@@ -143,6 +148,7 @@ class SeparateDrafter:
         self.text += new
         self.fed += keep
         self.speculative = []
+        self.drafting_s += time.perf_counter() - start
 
     def _feed(self, tokens: list[int]) -> torch.Tensor:
         """Read `tokens` (causally, one forward) into the cache; the logits after the last."""
