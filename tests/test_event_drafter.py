@@ -272,3 +272,58 @@ def test_world_make_teacher_writes_the_video_targets_own_answers(world_pair, tmp
     assert report.kept == 4 and all(c.video.is_dir() for c in convs)
     with pytest.raises(InputError, match="needs clip rows"):
         write_teacher_data(make_dataset("train", 1, tmp_path / "img", progress=False), target)
+
+
+video_shipped = pytest.mark.skipif(
+    embedded.embedded_video_target() is None or embedded.embedded_events_drafter() is None,
+    reason="the embedded world video target and its event drafter are not shipped here",
+)
+
+
+@video_shipped
+def test_the_shipped_video_target_sees_clips_and_its_event_drafter_is_lossless():
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from specvlm.world.dataset import clip_events
+    from specvlm.world.grammar import check_answer
+    from specvlm.world.language import make_record
+    from specvlm.world.train_target.events import clip_frames
+
+    folder = embedded.embedded_video_target()
+    model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32)
+    assert type(model).__name__ == "VideoLlavaForConditionalGeneration"
+    engine = api.load(target=folder, assistant=embedded.embedded_events_drafter())
+    right = asked = 0
+    for i in range(12):
+        rec = make_record("test", i, "conversation", kind="video")
+        if rec["meta"].get("answer") is None:
+            continue
+        question = rec["conversations"][0]["value"]
+        frames = clip_frames("test", i)
+        events = clip_events(world_sample("test", i, "video"), split_seed("test", i), 128)
+        fast = engine.generate(question, video=frames, events=events, max_new_tokens=40)
+        plain = engine.generate(question, video=frames, max_new_tokens=40, speculative=False)
+        assert fast.token_ids == plain.token_ids
+        asked += 1
+        right += bool(check_answer(rec["meta"], plain.text))
+    # docs/benchmarks.md has the accuracy over the test clips, family by family; here: well
+    # above guessing
+    assert asked >= 8 and right >= 0.6 * asked, (right, asked)
+
+
+@video_shipped
+def test_bench_on_world_events_without_a_target_takes_the_embedded_video_pair(tmp_path):
+    from specvlm.cli import main
+
+    out = tmp_path / "r.jsonl"
+    code = main(["bench", "--suite", "world-events-conversation", "--n", "1",
+                 "--max-new-tokens", "8", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {"plain", "events", "hf-plain", "hf-assisted", "hf-lookup"} <= {
+        r["method"] for r in records
+    }
+    assert all("error" not in r for r in records), [r.get("error") for r in records]
+    assert all(r["identical"] for r in records if "identical" in r)
+    assert {r["config"]["target"] for r in records} == {str(embedded.embedded_video_target())}
