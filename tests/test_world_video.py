@@ -127,6 +127,13 @@ def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
     frames = render_clip(world_sample("test", 0, "video"), 128)
     out_ = engine.generate("what moves?", video=frames, max_new_tokens=4, speculative=False)
     assert len(out_.token_ids) >= 1
+    # a trained video target as --init: training continues from its weights
+    more = train_video_target(tmp_path / "more", "video-tiny", steps=2, init=r["model"],
+                              progress=False)  # fmt: skip
+    assert more["steps"] == 2 and more["first_loss"] < r["first_loss"]
+    with pytest.raises(InputError, match="samples 2 frames a clip"):
+        train_video_target(tmp_path / "x", "video-tiny", steps=2, init=r["model"], num_frames=4,
+                           progress=False)  # fmt: skip
 
 
 def test_eval_target_scores_clips_by_the_same_rules(folder):

@@ -214,6 +214,32 @@ def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: boo
     return data
 
 
+def _starting_folder(init: Path, out: Path, num_frames: int) -> Path:
+    """The Video-LLaVA folder a run starts from: `init` itself when it is one (a video target
+    trained before: training continues from its weights, with a fresh optimizer), else the
+    Video-LLaVA assembled from the world image target `init`."""
+    from specvlm.world.video_target import assemble_world_video
+
+    config = init / "config.json"
+    if not config.is_file():
+        raise InputError(f"--init {init} is not a model folder (no config.json)")
+    if "VideoLlavaForConditionalGeneration" not in json.loads(config.read_text()).get(
+        "architectures", []
+    ):
+        return assemble_world_video(init, out, num_frames=num_frames)
+    processor = json.loads((init / "processor_config.json").read_text())
+    frames = processor.get("video_processor", {}).get("num_frames")
+    if frames is not None and frames != num_frames:
+        raise InputError(
+            f"--init {init} samples {frames} frames a clip; this run reads {num_frames}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in init.iterdir():
+        if name.is_file():
+            (out / name.name).write_bytes(name.read_bytes())
+    return out
+
+
 def train_video_target(
     out: str | Path,
     config: str | VideoTrainConfig = "video",
@@ -229,10 +255,9 @@ def train_video_target(
 ) -> dict:
     """Train (or continue) the world video target under `out`; write `out/model/` at the end of
     the budget; return a summary. `init`: the world image target to start from (default: the
-    shipped one). `stop_at` ends this call at that step (`resume=True` continues)."""
+    shipped one), or a world video target to continue training (its weights, a fresh optimizer).
+    `stop_at` ends this call at that step (`resume=True` continues)."""
     from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
-
-    from specvlm.world.video_target import assemble_world_video
 
     if isinstance(config, str) and config not in VIDEO_CONFIGS:
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(VIDEO_CONFIGS)}")
@@ -259,7 +284,7 @@ def train_video_target(
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
-    start = assemble_world_video(init, out / "init", num_frames=cfg.num_frames)
+    start = _starting_folder(Path(init), out / "init", cfg.num_frames)
     with quiet_transformers():
         model = VideoLlavaForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(start)
