@@ -105,7 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument(
         "--init",
         default=None,
-        help="start from this trained world target's model folder (skips the vision stage)",
+        help="start from this trained world target's model folder (skips the vision stage); "
+        "--config video: a world image target, or a video target to continue; --config "
+        "events: the LLaVA to start from (default: the shipped 2-layer one)",
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
