@@ -46,7 +46,7 @@ from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer
 class EventsTrainConfig:
     """Data and optimisation of one event-drafter run."""
 
-    n_clips: int = 400
+    n_clips: int = 120
     image_size: int = 128  # the event picture's side (the drafter's tower input)
     n_slices: int = 4  # time slices tiled in the picture (a square number)
     sensor: int = 128  # the simulated event camera's side (the world's clip resolution)
