@@ -422,7 +422,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "draft": args.draft,
         "compressor_draft": args.compressor_draft,
         **({"frames": engine.target.num_frames} if hasattr(engine.target, "num_frames") else {}),
-        **({"events_drafter": args.events_drafter} if args.events_drafter else {}),
+        **({"events_drafter": str(args.events_drafter)} if args.events_drafter else {}),
     }
     records = runner.run_bench(
         methods,
