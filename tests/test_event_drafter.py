@@ -159,8 +159,12 @@ def test_the_recipe_learns_the_teachers_answers_and_writes_an_event_drafter(worl
     out = tmp_path / "run"
     with pytest.raises(InputError, match="needs --teacher"):
         train_events_drafter(out, "events-tiny", steps=2, progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
     r = train_events_drafter(out, "events-tiny", steps=3, teacher=target_dir, progress=False)
     assert r["steps"] == 3 and all(np.isfinite(r["losses"]))
+    assert torch.get_num_threads() == threads  # the recipe's 2 threads were given back
     folder = r["model"]
     assert DrafterInput.of_folder(folder).reads == "events"
     engine = api.load(target=target_dir, assistant=folder)

@@ -39,7 +39,7 @@ from specvlm.world.language import FAMILIES, make_record
 from specvlm.world.splits import split_seed, world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.loop import Budget, train_llava
-from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer
+from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer, on_two_threads
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,7 @@ def build_events_data(
     }
 
 
+@on_two_threads
 def train_events_drafter(
     out: str | Path,
     config: str | EventsTrainConfig = "events",
@@ -338,7 +339,6 @@ def train_events_drafter(
         if init is None:
             raise InputError("no world LLaVA to start from: give --init FOLDER")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
 
     key = hashlib.sha1(  # as `write_teacher_data` names it: the same cache serves both
         json.dumps([str(Path(teacher).resolve()), cfg.teacher_max_new_tokens, "train"]).encode()

@@ -29,7 +29,13 @@ from specvlm.world.train_target.model import (
     vision_features,
     world_tokenizer,
 )
-from specvlm.world.train_target.run import Run, check_arguments, resolve_config, start_run
+from specvlm.world.train_target.run import (
+    Run,
+    check_arguments,
+    on_two_threads,
+    resolve_config,
+    start_run,
+)
 
 
 def lr_at(cfg: TargetTrainConfig, step: int, progress: float) -> float:
@@ -313,6 +319,7 @@ def _show(bar: tqdm, meter: Meter, lr: float, budget: Budget, state: dict) -> No
 # ---------------------------------------------------------------------------------------------
 
 
+@on_two_threads
 def train_target(
     out: str | Path,
     config: str | TargetTrainConfig = "default",
@@ -343,7 +350,6 @@ def train_target(
     out = Path(out)
     check_arguments(cfg, out, steps, minutes, resume, init)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
 
     tokenizer = world_tokenizer(cfg, out)
     processor = build_processor(cfg, tokenizer)

@@ -3,6 +3,7 @@ checkpoint state (`Run`), and resuming from a checkpoint written with the same s
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -14,6 +15,22 @@ from specvlm.errors import InputError
 from specvlm.world.train_target.config import CONFIGS, TargetTrainConfig
 from specvlm.world.train_target.losses import PatchHeads
 from specvlm.world.train_target.model import build_model, init_weights
+
+
+def on_two_threads(recipe):
+    """Run a training recipe on 2 intra-op threads (the cores of the boxes it was tuned on) and
+    give the caller back its own thread count afterwards (the tests run on one)."""
+
+    @functools.wraps(recipe)
+    def run(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            return recipe(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
 
 
 def make_optimizer(cfg: TargetTrainConfig, model) -> torch.optim.AdamW:

@@ -63,6 +63,7 @@ from specvlm.world.train_target.run import (
     Run,
     _load_checkpoint,
     make_optimizer,
+    on_two_threads,
 )
 
 DELTA_FORMAT = 1
@@ -379,6 +380,7 @@ def align_projector(run: Run, data: dict, log_every: int, progress: bool) -> Non
     bar.close()
 
 
+@on_two_threads
 def train_smol_target(
     out: str | Path,
     config: str | SmolTrainConfig = "smol",
@@ -415,7 +417,6 @@ def train_smol_target(
     if not resume and (s1.is_file() or s2.is_file()):
         raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
 
     base, model, tokenizer = load_base(gguf, cache, cfg.seed)
     data = cached_smol_data(cfg, model, tokenizer, base, out, progress)

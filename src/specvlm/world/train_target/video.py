@@ -39,7 +39,7 @@ from specvlm.world.language import FAMILIES, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.loop import Budget, train_llava
-from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer
+from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer, on_two_threads
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,7 @@ def _starting_folder(init: Path, out: Path, num_frames: int) -> Path:
     return out
 
 
+@on_two_threads
 def train_video_target(
     out: str | Path,
     config: str | VideoTrainConfig = "video",
@@ -282,7 +283,6 @@ def train_video_target(
         if init is None:
             raise InputError("no world image target to start from: give --init FOLDER")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
 
     start = _starting_folder(Path(init), out / "init", cfg.num_frames)
     with quiet_transformers():
