@@ -275,13 +275,17 @@ def evaluate_target(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if kind not in ("image", "video"):
         raise InputError(f"--kind {kind!r}: accepted: image, video")
+    from specvlm.world.train_target.run import torch_threads
+
     # on a 2-core box that other work shares, 2 threads thrash: 1 thread ran 20x faster there
-    torch.set_num_threads(threads)
-    if kind == "video":
-        r = evaluate_video(model_dir, split, n, max_description_tokens, progress)
-        return {"model": str(model_dir), **r}
-    model, processor = load(model_dir)
-    r = evaluate_model(model, processor, split, n, batch_size, max_description_tokens, progress)
+    with torch_threads(threads):
+        if kind == "video":
+            r = evaluate_video(model_dir, split, n, max_description_tokens, progress)
+        else:
+            model, processor = load(model_dir)
+            r = evaluate_model(
+                model, processor, split, n, batch_size, max_description_tokens, progress
+            )
     return {"model": str(model_dir), **r}
 
 

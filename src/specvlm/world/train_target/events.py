@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,12 @@ from specvlm.hf_quiet import quiet_transformers
 from specvlm.world.language import FAMILIES, make_record
 from specvlm.world.splits import split_seed, world_sample
 from specvlm.world.train_target.data import encode_record
-from specvlm.world.train_target.loop import Budget, train_llava
-from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer, on_two_threads
+from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
+from specvlm.world.train_target.run import on_two_threads
 
 
 @dataclass(frozen=True)
-class EventsTrainConfig:
+class EventsTrainConfig(NoAuxLosses):
     """Data and optimisation of one event-drafter run."""
 
     n_clips: int = 120
@@ -62,19 +62,6 @@ class EventsTrainConfig:
     compile: bool = False
     teacher_batch: int = 16  # questions per batched generate of the video target
     teacher_max_new_tokens: int = 256
-
-    # the world recipe's auxiliary losses (`loop.train_step` reads them): off here
-    @property
-    def aux_weight(self) -> float:
-        return 0.0
-
-    @property
-    def align_weight(self) -> float:
-        return 0.0
-
-    @property
-    def pointer_weight(self) -> float:
-        return 0.0
 
 
 EVENTS_CONFIGS: dict[str, EventsTrainConfig] = {
@@ -203,6 +190,15 @@ def teacher_conversations(
     return done
 
 
+def teacher_cache(folder: Path, teacher: str | Path, max_new_tokens: int, split: str) -> Path:
+    """Where `teacher_conversations` keeps its answers in `folder`: named by what they depend
+    on, the same for the events recipe and `write_teacher_data`, so one copy serves both."""
+    key = hashlib.sha1(
+        json.dumps([str(Path(teacher).resolve()), max_new_tokens, split]).encode()
+    ).hexdigest()[:10]
+    return Path(folder) / f"teacher-{key}.jsonl"
+
+
 def write_teacher_data(
     data: str | Path,
     teacher: str | Path,
@@ -219,11 +215,9 @@ def write_teacher_data(
         raise InputError(f"{data}: --teacher needs clip rows (world make --kind video)")
     split = rows[0]["meta"]["split"]
     clips = sorted({r["meta"]["index"] for r in rows})
-    key = hashlib.sha1(
-        json.dumps([str(Path(teacher).resolve()), max_new_tokens, split]).encode()
-    ).hexdigest()[:10]
-    answers = teacher_conversations(teacher, clips, data.parent / f"teacher-{key}.jsonl",
-                                    batch_size, max_new_tokens, split, progress)  # fmt: skip
+    cache = teacher_cache(data.parent, teacher, max_new_tokens, split)
+    answers = teacher_conversations(teacher, clips, cache, batch_size, max_new_tokens, split,
+                                    progress)  # fmt: skip
     out = data.parent / "data-teacher.jsonl"
     tmp = out.with_suffix(".tmp")
     with tmp.open("w") as fh:
@@ -312,26 +306,11 @@ def train_events_drafter(
     `stop_at` ends this call at that step (`resume=True` continues)."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    if isinstance(config, str) and config not in EVENTS_CONFIGS:
-        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(EVENTS_CONFIGS)}")
-    cfg = replace(EVENTS_CONFIGS[config] if isinstance(config, str) else config, **overrides)
-    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
-        cfg = replace(cfg, bf16=False)
-    if steps is None and minutes is None:
-        raise InputError("give --steps or --minutes (or both)")
-    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
-        raise InputError("--steps must be at least 2 and --minutes positive")
+    cfg, out, ckpt = start_recipe(config, EVENTS_CONFIGS, overrides, steps, minutes, out, resume)
     if teacher is None:
         raise InputError("--config events needs --teacher: the world video target's folder")
     if not (Path(teacher) / "config.json").is_file():
         raise InputError(f"--teacher {teacher} is not a model folder (no config.json)")
-    out = Path(out)
-    ckpt = out / "checkpoint.pt"
-    if resume and not ckpt.is_file():
-        raise InputError(f"--resume: no checkpoint at {ckpt}")
-    if not resume and ckpt.is_file():
-        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
     if init is None:
         from specvlm.embedded import embedded_baseline
 
@@ -340,12 +319,10 @@ def train_events_drafter(
             raise InputError("no world LLaVA to start from: give --init FOLDER")
     out.mkdir(parents=True, exist_ok=True)
 
-    key = hashlib.sha1(  # as `write_teacher_data` names it: the same cache serves both
-        json.dumps([str(Path(teacher).resolve()), cfg.teacher_max_new_tokens, "train"]).encode()
-    ).hexdigest()[:10]
+    cache = teacher_cache(out, teacher, cfg.teacher_max_new_tokens, "train")
     answers = teacher_conversations(
-        teacher, list(range(cfg.n_clips)), out / f"teacher-{key}.jsonl", cfg.teacher_batch,
-        cfg.teacher_max_new_tokens, progress=progress,
+        teacher, list(range(cfg.n_clips)), cache, cfg.teacher_batch, cfg.teacher_max_new_tokens,
+        progress=progress,
     )  # fmt: skip
     with quiet_transformers():
         model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
@@ -357,45 +334,14 @@ def train_events_drafter(
             "share its target's token ids"
         )
     data = build_events_data(cfg, tokenizer, answers, progress)
-    trained = torch.nn.ModuleDict({"model": model})
-    model.train()
-    run = Run(cfg, model, None, trained, make_optimizer(cfg, trained), ckpt)
-    run.state = {
-        "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
-        "losses": [], "pointer_losses": [], "vision": {}, "init": str(init),
-    }  # fmt: skip
-    if resume:
-        _load_checkpoint(run)
-    budget = Budget(steps, minutes)
-    n_train = sum(p.numel() for p in trained.parameters())
-    print(f"event drafter: {n_train / 1e6:.1f} M trained parameters, {len(data['ids'])} records",
-          file=sys.stderr, flush=True)  # fmt: skip
-    train_llava(
-        run, data, tokenizer, budget, stop_at, ckpt_minutes, ckpt_every=None,
-        log_every=log_every, progress=progress, double_bos=False, show_eta=True,
+    result = run_recipe(
+        cfg, model, torch.nn.ModuleDict({"model": model}), data, tokenizer,
+        name="event drafter", out=out, ckpt=ckpt, init=init, files_from=Path(init),
+        steps=steps, minutes=minutes, resume=resume, stop_at=stop_at,
+        ckpt_minutes=ckpt_minutes, log_every=log_every, progress=progress,
     )  # fmt: skip
-    run.save()
-    done = budget.progress(run.state["step"], run.state["elapsed"]) >= 1.0
-    model.eval()
-    losses = run.state["losses"]
-    tail = losses[-max(1, min(50, len(losses) // 10)) :]
-    result = {
-        "steps": run.state["step"],
-        "elapsed_s": run.state["elapsed"],
-        "losses": losses,
-        "first_loss": (losses or [float("nan")])[0],
-        "final_loss": float(np.mean(tail)) if tail else float("nan"),
-        "model": None,
-    }
-    if done:
-        folder = out / "model"
-        with quiet_transformers():
-            model.to(torch.float16).save_pretrained(folder)
-        for name in Path(init).iterdir():  # tokenizer, template, processor: the init's
-            if name.is_file() and not name.name.startswith(("model", "config", "specvlm")):
-                (folder / name.name).write_bytes(name.read_bytes())
-        tmp = folder / (DRAFTER_FILE + ".tmp")
+    if result["model"] is not None:
+        tmp = out / "model" / (DRAFTER_FILE + ".tmp")
         tmp.write_text(json.dumps(drafter_settings(cfg), indent=1) + "\n")
-        os.replace(tmp, folder / DRAFTER_FILE)
-        result["model"] = str(folder)
+        os.replace(tmp, out / "model" / DRAFTER_FILE)
     return result

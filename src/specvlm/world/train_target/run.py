@@ -3,6 +3,7 @@ checkpoint state (`Run`), and resuming from a checkpoint written with the same s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -17,18 +18,25 @@ from specvlm.world.train_target.losses import PatchHeads
 from specvlm.world.train_target.model import build_model, init_weights
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block on `n` intra-op threads and give the caller back its own count afterwards
+    (the tests run on one, and a bitwise test after a recipe must still find one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def on_two_threads(recipe):
-    """Run a training recipe on 2 intra-op threads (the cores of the boxes it was tuned on) and
-    give the caller back its own thread count afterwards (the tests run on one)."""
+    """Run a training recipe on 2 intra-op threads (the cores of the boxes it was tuned on)."""
 
     @functools.wraps(recipe)
     def run(*args, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(2)
-        try:
+        with torch_threads(2):
             return recipe(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
 
     return run
 

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,12 @@ from specvlm.world.clips import render_clip
 from specvlm.world.language import FAMILIES, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
-from specvlm.world.train_target.loop import Budget, train_llava
-from specvlm.world.train_target.run import Run, _load_checkpoint, make_optimizer, on_two_threads
+from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
+from specvlm.world.train_target.run import on_two_threads
 
 
 @dataclass(frozen=True)
-class VideoTrainConfig:
+class VideoTrainConfig(NoAuxLosses):
     """Data and optimisation of one world video target run."""
 
     n_clips: int = 2000
@@ -62,19 +62,6 @@ class VideoTrainConfig:
     seed: int = 0
     bf16: bool = True
     compile: bool = False
-
-    # the world recipe's auxiliary losses (`loop.train_step` reads them): off here
-    @property
-    def aux_weight(self) -> float:
-        return 0.0
-
-    @property
-    def align_weight(self) -> float:
-        return 0.0
-
-    @property
-    def pointer_weight(self) -> float:
-        return 0.0
 
 
 VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
@@ -260,22 +247,7 @@ def train_video_target(
     `stop_at` ends this call at that step (`resume=True` continues)."""
     from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
 
-    if isinstance(config, str) and config not in VIDEO_CONFIGS:
-        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(VIDEO_CONFIGS)}")
-    cfg = replace(VIDEO_CONFIGS[config] if isinstance(config, str) else config, **overrides)
-    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
-        cfg = replace(cfg, bf16=False)
-    if steps is None and minutes is None:
-        raise InputError("give --steps or --minutes (or both)")
-    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
-        raise InputError("--steps must be at least 2 and --minutes positive")
-    out = Path(out)
-    ckpt = out / "checkpoint.pt"
-    if resume and not ckpt.is_file():
-        raise InputError(f"--resume: no checkpoint at {ckpt}")
-    if not resume and ckpt.is_file():
-        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
+    cfg, out, ckpt = start_recipe(config, VIDEO_CONFIGS, overrides, steps, minutes, out, resume)
     if init is None:
         from specvlm.embedded import embedded_target
 
@@ -295,45 +267,12 @@ def train_video_target(
          "lm_head": model.lm_head}
     )  # fmt: skip
     trained.requires_grad_(True)
-    model.train()
-    run = Run(cfg, model, None, trained, make_optimizer(cfg, trained), ckpt)
-    run.state = {
-        "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
-        "losses": [], "pointer_losses": [], "vision": {}, "init": str(init),
-    }  # fmt: skip
-    if resume:
-        _load_checkpoint(run)
-    budget = Budget(steps, minutes)
-    n_train = sum(p.numel() for p in trained.parameters())
-    print(f"video target: {n_train / 1e6:.1f} M trained parameters, {len(data['ids'])} records",
-          file=sys.stderr, flush=True)  # fmt: skip
     shared = cfg.clips_per_batch > 0
-    train_llava(
-        run, data, tokenizer, budget, stop_at, ckpt_minutes, ckpt_every=None,
-        log_every=log_every, progress=progress, double_bos=False, show_eta=True,
+    return run_recipe(
+        cfg, model, trained, data, tokenizer, name="video target", out=out, ckpt=ckpt,
+        init=init, files_from=start, steps=steps, minutes=minutes, resume=resume,
+        stop_at=stop_at, ckpt_minutes=ckpt_minutes, log_every=log_every, progress=progress,
         forward_fn=shared_prefix_forward if shared else video_forward,
         order_fn=(lambda e: clip_batches(data["scene"], cfg.clips_per_batch, cfg.seed, e))
         if shared else None,
     )  # fmt: skip
-    run.save()
-    done = budget.progress(run.state["step"], run.state["elapsed"]) >= 1.0
-    model.eval()
-    losses = run.state["losses"]
-    tail = losses[-max(1, min(50, len(losses) // 10)) :]
-    result = {
-        "steps": run.state["step"],
-        "elapsed_s": run.state["elapsed"],
-        "losses": losses,
-        "first_loss": (losses or [float("nan")])[0],
-        "final_loss": float(np.mean(tail)) if tail else float("nan"),
-        "model": None,
-    }
-    if done:
-        folder = out / "model"
-        with quiet_transformers():
-            model.to(torch.float16).save_pretrained(folder)
-        for name in start.iterdir():  # tokenizer, template, processor: as assembled
-            if name.is_file() and not name.name.startswith(("model", "config")):
-                (folder / name.name).write_bytes(name.read_bytes())
-        result["model"] = str(folder)
-    return result
