@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from specvlm import api, embedded
-from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, _video_to_image
+from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, _video_to_image, _without_media
 from specvlm.errors import InputError
 from specvlm.world.events import EVENT_DTYPE, events_to_tiles
 from specvlm.world.splits import split_seed, world_sample
@@ -176,6 +176,19 @@ def test_the_recipe_learns_the_teachers_answers_and_writes_an_event_drafter(worl
     plain = engine.generate("What moves?", video=frames, max_new_tokens=8, speculative=False)
     assert fast.token_ids == plain.token_ids
 
+    # the fair baseline of the same recipe: the question alone (the teacher's answers reused)
+    text_run = tmp_path / "run-text"
+    text_run.mkdir()
+    for f in out.glob("teacher-*.jsonl"):
+        shutil.copy(f, text_run / f.name)
+    r = train_events_drafter(text_run, "events-tiny", steps=2, teacher=target_dir,
+                             progress=False, reads="text")  # fmt: skip
+    assert r["steps"] == 2 and all(np.isfinite(r["losses"]))
+    engine = api.load(target=target_dir, assistant=r["model"])
+    assert engine.assistant_input.reads == "text"
+    fast = engine.generate("What moves?", video=frames, max_new_tokens=8)  # no events needed
+    assert fast.token_ids == plain.token_ids
+
 
 @shipped
 def test_world_events_suites_bench_the_drafters_of_a_video_target(world_pair, tmp_path):
@@ -331,3 +344,60 @@ def test_bench_on_world_events_without_a_target_takes_the_embedded_video_pair(tm
     assert all("error" not in r for r in records), [r.get("error") for r in records]
     assert all(r["identical"] for r in records if "identical" in r)
     assert {r["config"]["target"] for r in records} == {str(embedded.embedded_video_target())}
+
+
+@shipped
+@pytest.mark.parametrize("reads", ["frame", "text"])
+def test_the_fair_baselines_train_on_what_they_read_when_drafting(reads):
+    """The events recipe with --reads frame / text: each training row's prompt is, token for
+    token, the prompt `DrafterInput(reads)` gives the drafter at run time, and the frame row's
+    picture is the pixels it is shown there."""
+    from dataclasses import replace
+
+    import torch
+
+    from specvlm.target import load_target
+    from specvlm.world.language import FAMILIES, make_record
+    from specvlm.world.train_target.events import (
+        EVENTS_CONFIGS,
+        build_events_data,
+        clip_frames,
+        drafter_settings,
+    )
+    from specvlm.world.train_target.model import normalize
+
+    cfg = replace(EVENTS_CONFIGS["events-tiny"], reads=reads)
+    drafter = load_target(embedded.embedded_baseline())
+    answers = {}
+    for i in range(cfg.n_clips):
+        for f in FAMILIES:
+            turns = make_record("train", i, f, kind="video")["conversations"]
+            answers[(i, f)] = [("user" if t["from"] == "human" else "assistant", t["value"])
+                               for t in turns]  # fmt: skip
+    data = build_events_data(cfg, drafter.tokenizer, answers, progress=False)
+    assert len(data["ids"]) == cfg.n_clips * len(FAMILIES)
+    given = DrafterInput(reads)
+    for row in (0, 7):
+        i, f = int(data["scene"][row]), data["family"][row]
+        question = answers[(i, f)][0][1]
+        assert question.startswith("<video>")
+        prompt = given.prompt(drafter, [{"role": "user", "content": question}], [],
+                              video=clip_frames("train", i))  # fmt: skip
+        want = prompt.input_ids.tolist()
+        ids, mask = data["ids"][row].long().tolist(), data["masks"][row]
+        assert ids[: len(want)] == want  # the same prompt, placeholders expanded alike
+        assert not mask[: len(want) - 1].any() and mask[len(want) :].any()
+        image_id = drafter.tokenizer.convert_tokens_to_ids("<image>")
+        assert (image_id in ids) == (reads == "frame")
+        if reads == "frame":
+            shown = normalize(data["images"][i : i + 1])  # what the training step feeds
+            assert torch.allclose(shown, prompt.pixel_values.float(), atol=1e-5)
+    assert drafter_settings(cfg) == {"reads": reads}
+
+
+def test_a_frame_or_text_drafters_folder_says_what_it_reads(tmp_path):
+    (tmp_path / DRAFTER_FILE).write_text('{"reads": "frame"}')
+    assert DrafterInput.of_folder(tmp_path) == DrafterInput("frame")
+    (tmp_path / DRAFTER_FILE).write_text('{"reads": "text"}')
+    assert DrafterInput.of_folder(tmp_path).reads == "text"
+    assert _without_media("<video>\nwhat moves?") == "what moves?"

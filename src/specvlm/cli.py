@@ -423,6 +423,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "compressor_draft": args.compressor_draft,
         **({"frames": engine.target.num_frames} if hasattr(engine.target, "num_frames") else {}),
         **({"events_drafter": str(args.events_drafter)} if args.events_drafter else {}),
+        **({"frame_drafter": str(args.frame_drafter)} if args.frame_drafter else {}),
+        **({"question_drafter": str(args.question_drafter)} if args.question_drafter else {}),
     }
     records = runner.run_bench(
         methods,
@@ -484,6 +486,10 @@ def _bench_context(args: argparse.Namespace, engine):
         compressor_draft=Path(args.compressor_draft) if args.compressor_draft else None,
         assistant_dir=Path(args.assistant) if getattr(args, "assistant", None) else None,
         events_dir=Path(args.events_drafter) if getattr(args, "events_drafter", None) else None,
+        frame_dir=Path(args.frame_drafter) if getattr(args, "frame_drafter", None) else None,
+        question_dir=(
+            Path(args.question_drafter) if getattr(args, "question_drafter", None) else None
+        ),
     )
 
 
@@ -580,6 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--events-drafter",
         help="event drafter folder for methods events / events-concurrent (specvlm world "
         "train-target --config events); bench them on the world-events suites",
+    )
+    p.add_argument(
+        "--frame-drafter",
+        help="drafter folder for method frame (default: --assistant): the event drafter's "
+        "recipe trained on the clip's middle frame (world train-target --config events "
+        "--reads frame)",
+    )
+    p.add_argument(
+        "--question-drafter",
+        help="drafter folder for method question (default: --assistant): the same recipe "
+        "trained on the question alone (--reads text)",
     )
     p.add_argument(
         "--frames",

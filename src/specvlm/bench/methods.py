@@ -120,6 +120,8 @@ class BenchContext:
     compressor_draft: Path | None = None  # specvlm's head (else the engine's, if compressed)
     assistant_dir: Path | None = None  # a small separate draft model (same tokenizer)
     events_dir: Path | None = None  # an event drafter (`world train-target --config events`)
+    frame_dir: Path | None = None  # `frame`'s own drafter (the same recipe, `--reads frame`)
+    question_dir: Path | None = None  # `question`'s own drafter (`--reads text`)
     lookup_tokens: int = 10
     _hf: Any = None
     _loaded: dict[Path, EagleHead] = field(default_factory=dict, repr=False)
@@ -326,13 +328,15 @@ class AssistedMethod(EngineMethod):
     `reads` (`DrafterInput`): what the draft model reads. "request" (`assisted`): the
     `--assistant` model on the request's prompt and images, the draft model of `hf-assisted`
     in this engine's loop; "events" (`events`): the `--events-drafter` on the clip's event
-    stream; "frame" (`frame`) / "text" (`question`): the `--assistant` model on the video's
-    middle frame / on the question alone."""
+    stream; "frame" (`frame`) / "text" (`question`): the `--frame-drafter` /
+    `--question-drafter` (the event drafter's recipe trained on the middle frame / on nothing),
+    else the `--assistant` model, on the video's middle frame / on the question alone."""
 
     def __init__(
         self, name: str, ctx: BenchContext, concurrent: bool, reads: str = "request"
     ) -> None:
-        folder = ctx.events_dir if reads == "events" else ctx.assistant_dir
+        own = {"events": ctx.events_dir, "frame": ctx.frame_dir, "text": ctx.question_dir}
+        folder = own.get(reads) or (None if reads == "events" else ctx.assistant_dir)
         if folder is None:
             what = "an event drafter (--events-drafter DIR)" if reads == "events" else (
                 "a small separate draft model (--assistant DIR)"

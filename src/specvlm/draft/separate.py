@@ -181,8 +181,10 @@ class DrafterInput:
       video, and no other image (the event drafter);
     - "frame": the video's middle frame, as an image, in the video's place (one RGB frame);
     - "text": the question alone, no image or video.
-    The event drafter's folder says "events" in its `specvlm_drafter.json`; the other two are
-    asked for by name (`load(assistant_reads=...)`, the bench's `frame` / `question` methods)."""
+    The event drafter's folder says "events" in its `specvlm_drafter.json` (drafters trained by
+    the same recipe on one frame or on the question alone say "frame" / "text"); any model can
+    be asked to read one of them by name (`load(assistant_reads=...)`, the bench's `frame` /
+    `question` methods)."""
 
     reads: str = "request"
     size: int = 128
@@ -202,6 +204,8 @@ class DrafterInput:
         try:
             data = json.loads(path.read_text())
             reads = data["reads"]
+            if reads in ("frame", "text"):
+                return cls(reads)
             if reads != "events":
                 raise ValueError(f"reads {reads!r}")
             return cls(reads, int(data["size"]), int(data["n_slices"]),
@@ -209,7 +213,8 @@ class DrafterInput:
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise InputError(
                 f"{path} is not a drafter description this version reads ({e}); expected "
-                '{"reads": "events", "size": N, "n_slices": N, "sensor": [H, W]}'
+                '{"reads": "events", "size": N, "n_slices": N, "sensor": [H, W]}, '
+                '{"reads": "frame"} or {"reads": "text"}'
             ) from e
 
     def prompt(

@@ -8,6 +8,7 @@
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
                                [--config small|default|baseline|smol|video|events]
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
+                               [--clips N] [--seed S] [--reads events|frame|text]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -111,6 +112,28 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
+    )
+    train.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="--config video/events: train on the first N train clips (defaults: video 2000, "
+        "events 120)",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="--config video/events: the seed of the batch order (default 0); a continued run "
+        "(--init) with another seed reads the clips in another order",
+    )
+    train.add_argument(
+        "--reads",
+        choices=["events", "frame", "text"],
+        default=None,
+        help="--config events: what the drafter reads in the video's place: the clip's event "
+        "stream (default), its middle frame, or nothing (the question alone): the last two are "
+        "the fair baselines of the event drafter",
     )
     train.add_argument(
         "--config",
@@ -231,8 +254,23 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("give --minutes or --steps (or both)")
     if args.lr is not None and not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr}")
+    for flag, value in (("--clips", args.clips), ("--seed", args.seed)):
+        if value is not None and args.config not in ("video", "events"):
+            raise InputError(f"{flag} applies to --config video and events only")
+    if args.reads is not None and args.config != "events":
+        raise InputError("--reads applies to --config events only")
+    if args.clips is not None and args.clips < 1:
+        raise InputError(f"--clips must be at least 1, got {args.clips}")
+    if args.seed is not None and args.seed < 0:
+        raise InputError(f"--seed must be 0 or more, got {args.seed}")
     check_output_folder(args.out)
     extra = {} if args.lr is None else {"lr": args.lr}
+    if args.clips is not None:
+        extra["n_clips"] = args.clips
+    if args.seed is not None:
+        extra["seed"] = args.seed
+    if args.reads is not None:
+        extra["reads"] = args.reads
     if args.config == "smol":
         return _train_smol(args, extra)
     if args.config == "video":

@@ -35,14 +35,15 @@ from specvlm.world.train_target.patches import (
 
 def chat_messages(record: dict, placeholder: str = "<image>\n", kind: str = "image") -> list[dict]:
     """LLaVA turns as chat messages; the image (or the video: `kind`) goes first in the first
-    user message."""
+    user message; kind "text": no media at all (the placeholder is dropped)."""
     messages = []
     for k, turn in enumerate(record["conversations"]):
         if turn["from"] == "human":
             text = turn["value"]
             if k == 0:
                 text = text.removeprefix(placeholder)
-                content = [{"type": kind}, {"type": "text", "text": text}]
+                media = [] if kind == "text" else [{"type": kind}]
+                content = [*media, {"type": "text", "text": text}]
             else:
                 content = [{"type": "text", "text": text}]
             messages.append({"role": "user", "content": content})
@@ -56,8 +57,12 @@ def encode_record(
     record: dict, tokenizer, n_image_tokens: int, kind: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, answer_mask): the rendered chat with <image> (kind "video": <video>) expanded
-    to n_image_tokens copies, and True on assistant answer tokens (their </s> included)."""
+    to n_image_tokens copies, and True on assistant answer tokens (their </s> included). Kind
+    "text": the chat without its picture (the record's leading "<image>\n" is dropped)."""
     token = f"<{kind}>"
+    if kind == "text":  # the record's leading placeholder, of either kind, is dropped
+        first = record["conversations"][0]["value"]
+        token = "<video>" if first.startswith("<video>") else "<image>"
     messages = chat_messages(record, token + "\n", kind)
     enc = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
@@ -75,6 +80,8 @@ def encode_record(
     for s in starts:
         if tokenizer.decode([int(ids[s - 1])]) == " ":
             mask[s - 1] = True
+    if kind == "text":
+        return ids, mask
     image_id = tokenizer.convert_tokens_to_ids(token)
     at = np.flatnonzero(ids == image_id)
     if len(at) != 1:

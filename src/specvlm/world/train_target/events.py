@@ -16,6 +16,10 @@ trains whole (its tower has never seen event pictures). Batches, schedule, atomi
 `--resume` and the log are the world recipe's (`loop.train_llava`); the run ends by writing
 `out/model/`, a LLaVA folder in fp16 with `specvlm_drafter.json`, which tells
 `specvlm.load(assistant=...)` that it reads events and how to draw them.
+
+The same recipe with `reads="frame"` (`--reads frame`) or `reads="text"` trains the fair
+baselines: the same start, the same answers, the clip's middle frame or nothing in place of the
+events, so what the event stream adds is measured against drafters trained the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class EventsTrainConfig(NoAuxLosses):
     """Data and optimisation of one event-drafter run."""
 
     n_clips: int = 120
+    # what the drafter reads in the video's place: "events" (the event drafter), or, for the
+    # fair baselines of the same recipe, "frame" (the clip's middle frame) or "text" (nothing)
+    reads: str = "events"
     image_size: int = 128  # the event picture's side (the drafter's tower input)
     n_slices: int = 4  # time slices tiled in the picture (a square number)
     sensor: int = 128  # the simulated event camera's side (the world's clip resolution)
@@ -80,6 +87,8 @@ EVENTS_CONFIGS: dict[str, EventsTrainConfig] = {
 
 def drafter_settings(cfg: EventsTrainConfig) -> dict:
     """What `specvlm_drafter.json` says: the input the drafter reads and how it is drawn."""
+    if cfg.reads != "events":
+        return {"reads": cfg.reads}
     return {
         "reads": "events",
         "picture": "events_to_tiles",
@@ -105,6 +114,18 @@ def clip_event_picture(split: str, index: int, cfg: EventsTrainConfig, frames=No
     clip = world_sample(split, index, "video")
     events = clip_events(clip, split_seed(split, index), cfg.sensor, frames)
     return events_to_tiles(events, cfg.sensor, cfg.sensor, cfg.image_size, cfg.n_slices)
+
+
+def clip_picture(split: str, index: int, cfg: EventsTrainConfig):
+    """What the drafter sees of clip `index` (`cfg.reads`): its event picture, its middle
+    frame (the frame `DrafterInput("frame")` takes from the request's video), or None."""
+    if cfg.reads == "text":
+        return None
+    if cfg.reads == "frame":
+        from specvlm.media import load_video
+
+        return load_video(clip_frames(split, index, cfg.image_size), 2)[-1]
+    return clip_event_picture(split, index, cfg)
 
 
 # ---- the video target's own answers ---------------------------------------------------------
@@ -256,20 +277,27 @@ def _generate(model, prompts: list, pad: int, eos: int | None, max_new: int, dec
 def build_events_data(
     cfg: EventsTrainConfig, tokenizer, answers: dict, progress: bool = True
 ) -> dict:
-    """Event pictures and (ids, mask, clip, family) rows, as `loop.train_llava` reads them: the
-    video target's conversations with the event picture in place of the video."""
+    """Pictures and (ids, mask, clip, family) rows, as `loop.train_llava` reads them: the
+    video target's conversations with the event picture (or the middle frame: `cfg.reads`) in
+    place of the video; "text": the conversations without it (the picture rows stay blank and
+    unread)."""
+    if cfg.reads not in ("events", "frame", "text"):
+        raise InputError(f"the drafter reads events, frame or text; got {cfg.reads!r}")
     n, size = cfg.n_clips, cfg.image_size
     pictures = np.zeros((n, size, size, 3), dtype=np.uint8)
     n_tokens = (size // 16) ** 2  # the world tower's patches (its CLS dropped)
+    kind = "text" if cfg.reads == "text" else "image"
     ids, masks, clip, family = [], [], [], []
-    for i in tqdm(range(n), desc="event pictures", disable=not progress, mininterval=5):
-        pictures[i] = np.asarray(clip_event_picture("train", i, cfg))
+    for i in tqdm(range(n), desc=f"{cfg.reads} pictures", disable=not progress, mininterval=5):
+        picture = clip_picture("train", i, cfg)
+        if picture is not None:
+            pictures[i] = np.asarray(picture.convert("RGB").resize((size, size)))
         for f in FAMILIES:
             turns = answers[(i, f)]
             first = turns[0][1].replace("<video>", "<image>", 1)
             conv = [{"from": "human" if r == "user" else "gpt", "value": x}
                     for r, x in [(turns[0][0], first), *turns[1:]]]  # fmt: skip
-            a, m = encode_record({"conversations": conv}, tokenizer, n_tokens)
+            a, m = encode_record({"conversations": conv}, tokenizer, n_tokens, kind)
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
             clip.append(i)
