@@ -224,6 +224,17 @@ def test_world_events_suites_bench_the_drafters_of_a_video_target(world_pair, tm
     for name in ("events", "frame", "question"):  # a separate drafter's own times are recorded
         assert 0 < by_method[name]["drafting_ms"] < 1000 * by_method[name]["seconds"]
         assert by_method[name]["draft_prefill_ms"] > 0
+    assert by_method["frame"]["draft"]["assistant"] == str(embedded.embedded_baseline())
+    table = runner.draft_table(runner.summarise(records))
+    assert "separate model, reads events" in table and "separate model, reads text" in table
+    # the fair baselines' own drafters, when given, replace --assistant for frame / question
+    fair = BenchContext(engine=engine, target_dir=target, assistant_dir=embedded.embedded_baseline(),
+                        frame_dir=drafter, question_dir=tmp_path / "q")  # fmt: skip
+    shutil.copytree(embedded.embedded_baseline(), tmp_path / "q")
+    built = {m.name: m for m in build_methods(["frame", "question"], fair)}
+    frame, question = built["frame"], built["question"]
+    assert frame.draft_info["assistant"] == str(drafter) and frame.draft_info["reads"] == "frame"
+    assert question.draft_info["assistant"] == str(tmp_path / "q")
     refused = runner.run_bench(methods[:2], video_items[:1], max_new_tokens=4, progress=False)
     assert "world-events suites" in next(r for r in refused if r["method"] == "events")["error"]
     with pytest.raises(InputError, match="not an event drafter"):
