@@ -15,6 +15,7 @@ from specvlm.config import SamplingConfig, TreeConfig, check_seed
 from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
 from specvlm.draft.base import Drafter
+from specvlm.draft.cross import CrossModalDrafter, EventAlign, is_cross_folder, load_cross
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.draft.separate import DrafterInput, SeparateDrafter, check_same_vocabulary
 from specvlm.draft.vocab import lm_head_weight
@@ -63,6 +64,17 @@ class GenerationRequest:
         return SamplingConfig(self.temperature, self.top_p, self.top_k, self.repetition_penalty)
 
 
+@dataclass(frozen=True)
+class CrossParts:
+    """A cross-modal draft head's other parts (`specvlm.draft.cross`): the event model E that
+    reads each request's events, what it reads, the alignment layer, how the head catches up."""
+
+    events_model: Target
+    reads: DrafterInput
+    align: EventAlign
+    catch_up: str
+
+
 @dataclass
 class GenerationOutput:
     text: str  # the new text only
@@ -98,20 +110,29 @@ class Engine:
         assistant: Target | None = None,
         concurrent_prefill: bool = False,
         assistant_input: DrafterInput | None = None,
+        cross: CrossParts | None = None,
     ):
         """assistant: a separate draft model with the target's tokenizer (`SeparateDrafter`:
         it drafts chains of `tree.depth` tokens, re-synchronized every round) instead of a draft
-        head; concurrent_prefill: it reads its prompt on a worker thread while the target
-        prefills; assistant_input: what it reads (default: the request's prompt and images;
-        an event drafter: the request's `events`)."""
+        head; concurrent_prefill: it (or a cross-modal head's event model) reads its prompt on
+        a worker thread while the target prefills; assistant_input: what it reads (default: the
+        request's prompt and images; an event drafter: the request's `events`). cross: the
+        draft head is a cross-modal one (`CrossModalDrafter`): its event model and alignment."""
         if assistant is not None:
             if draft is not None:
                 raise InputError(
                     "give a draft head or a separate draft model (assistant), not both"
                 )
             check_same_vocabulary(target, assistant, "the assistant")
-        elif concurrent_prefill:
-            raise InputError("concurrent_prefill needs a separate draft model (assistant)")
+        elif concurrent_prefill and cross is None:
+            raise InputError(
+                "concurrent_prefill needs a separate draft model (assistant) or a cross-modal "
+                "draft head"
+            )
+        if cross is not None:
+            if draft is None:
+                raise InputError("a cross-modal draft needs its head")
+            check_same_vocabulary(target, cross.events_model, "the cross-modal draft's event model")
         self.target = target
         self.draft = draft
         self.tree = tree or TreeConfig()
@@ -119,6 +140,7 @@ class Engine:
         self.assistant = assistant
         self.concurrent_prefill = concurrent_prefill
         self.assistant_input = assistant_input or DrafterInput()
+        self.cross = cross
         self._busy = threading.Lock()
 
     def _drafter(self) -> EagleDrafter | None:
@@ -138,7 +160,9 @@ class Engine:
         """Check the request now (bad input raises here, before anything runs); decode lazily."""
         request = GenerationRequest.from_options(options)
         reads = modalities(self.target)
-        if self.assistant is not None and self.assistant_input.reads == "events":
+        if (self.assistant is not None and self.assistant_input.reads == "events") or (
+            self.cross is not None
+        ):
             reads = (*reads, "events")  # read by the draft model, not the target
         for kind in ("video", "events"):
             if getattr(request, kind) is not None and kind not in reads:
@@ -156,7 +180,9 @@ class Engine:
             prepared = self.target.prepare(prompt, images)
         drafter = None
         if request.speculative:
-            if self.assistant is None:
+            if self.cross is not None:
+                drafter = self._cross(prompt, images, request.events, request.video)
+            elif self.assistant is None:
                 drafter = self._drafter()
             else:
                 drafter = self._separate(prompt, images, request.events, request.video)
@@ -170,6 +196,19 @@ class Engine:
         assert self.assistant is not None
         own = self.assistant_input.prompt(self.assistant, prompt, images, events, video)
         return SeparateDrafter(self.assistant, own, concurrent=self.concurrent_prefill)
+
+    def _cross(
+        self, prompt: str | list[dict[str, Any]], images: Any, events: Any, video: Any
+    ) -> CrossModalDrafter:
+        """The cross-modal head's drafter for this request: its event model reads the request's
+        events (with the question) through its own template and processor."""
+        c = self.cross
+        assert c is not None and self.draft is not None
+        own = c.reads.prompt(c.events_model, prompt, images, events, video)
+        return CrossModalDrafter(
+            self.draft, self.target.embed, self.target.lm_head, lm_head_weight(self.target),
+            c.events_model, own, c.align, c.catch_up, concurrent=self.concurrent_prefill,
+        )  # fmt: skip
 
     def _rounds(
         self,
@@ -271,6 +310,7 @@ def load(
     assistant: str | Path | None = None,
     concurrent_prefill: bool = False,
     assistant_reads: str | None = None,
+    cross_catch_up: str | None = None,
 ) -> Engine:
     """Load a target checkpoint folder and a draft-head folder.
 
@@ -294,6 +334,10 @@ def load(
     assistant_reads: what the assistant reads, overriding its folder: "request" (the prompt
     and images), "events", "frame" (the video's middle frame in its place) or "text" (the
     question alone); see `specvlm.draft.separate.DrafterInput`.
+    A draft folder that holds a cross-modal head (`specvlm world train-target --config cross`,
+    `specvlm.draft.cross`) brings its event model: each request then needs `events`;
+    cross_catch_up: how the head catches up after each verification, overriding its folder:
+    "target" (the target's features, item 4c) or "events" (its event model's, item 4b).
     """
     device = _device(device)
     dtype = _dtype(dtype, device)
@@ -324,6 +368,16 @@ def load(
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
         prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
+    cross = None
+    if draft is not None and is_cross_folder(draft):
+        align, ccfg, events_dir = load_cross(draft, dtype=tgt.info.dtype)
+        catch_up = cross_catch_up or ccfg.catch_up
+        if catch_up not in ("events", "target"):
+            raise InputError(f"cross_catch_up must be 'events' or 'target'; got {catch_up!r}")
+        small = load_target(events_dir, device=device, dtype=dtype)
+        cross = CrossParts(small, DrafterInput.of_folder(events_dir), align.to(device), catch_up)
+    elif cross_catch_up is not None:
+        raise InputError(f"cross_catch_up needs a cross-modal draft folder; {draft} is not one")
     helper = None if assistant is None else load_target(assistant, device=device, dtype=dtype)
     reads = None
     if assistant is not None:
@@ -336,7 +390,7 @@ def load(
         from specvlm.bench.tune import load_tuned
 
         tree = load_tuned(tgt.info.fingerprint)
-    return Engine(tgt, head, tree, Path(target), helper, concurrent_prefill, reads)
+    return Engine(tgt, head, tree, Path(target), helper, concurrent_prefill, reads, cross)
 
 
 def _device(value: str | torch.device) -> str:

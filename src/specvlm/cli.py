@@ -424,6 +424,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         **({"frames": engine.target.num_frames} if hasattr(engine.target, "num_frames") else {}),
         **({"events_drafter": str(args.events_drafter)} if args.events_drafter else {}),
         **({"frame_drafter": str(args.frame_drafter)} if args.frame_drafter else {}),
+        **({"cross_draft": str(args.cross_draft)} if args.cross_draft else {}),
         **({"question_drafter": str(args.question_drafter)} if args.question_drafter else {}),
     }
     records = runner.run_bench(
@@ -487,6 +488,7 @@ def _bench_context(args: argparse.Namespace, engine):
         assistant_dir=Path(args.assistant) if getattr(args, "assistant", None) else None,
         events_dir=Path(args.events_drafter) if getattr(args, "events_drafter", None) else None,
         frame_dir=Path(args.frame_drafter) if getattr(args, "frame_drafter", None) else None,
+        cross_dir=Path(args.cross_draft) if getattr(args, "cross_draft", None) else None,
         question_dir=(
             Path(args.question_drafter) if getattr(args, "question_drafter", None) else None
         ),
@@ -586,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--events-drafter",
         help="event drafter folder for methods events / events-concurrent (specvlm world "
         "train-target --config events); bench them on the world-events suites",
+    )
+    p.add_argument(
+        "--cross-draft",
+        help="cross-modal EAGLE head folder for methods cross / cross-events (and their "
+        "-concurrent forms): specvlm world train-target --config cross; world-events suites",
     )
     p.add_argument(
         "--frame-drafter",

@@ -23,9 +23,10 @@ from typing import Any, Protocol
 
 import torch
 
-from specvlm.api import Engine
+from specvlm.api import CrossParts, Engine
 from specvlm.draft.base import Drafter
 from specvlm.draft.compressor import CompressorConfig, ElasticCompressor
+from specvlm.draft.cross import CrossModalDrafter, is_cross_folder, load_cross
 from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, SeparateDrafter
 from specvlm.draft.vocab import lm_head_weight
@@ -122,6 +123,7 @@ class BenchContext:
     events_dir: Path | None = None  # an event drafter (`world train-target --config events`)
     frame_dir: Path | None = None  # `frame`'s own drafter (the same recipe, `--reads frame`)
     question_dir: Path | None = None  # `question`'s own drafter (`--reads text`)
+    cross_dir: Path | None = None  # a cross-modal EAGLE head (`world train-target --config cross`)
     lookup_tokens: int = 10
     _hf: Any = None
     _loaded: dict[Path, EagleHead] = field(default_factory=dict, repr=False)
@@ -288,7 +290,10 @@ class EngineMethod:
 
     def run(self, req: Request) -> RunResult:
         media: dict[str, Any] = {} if req.video is None else {"video": req.video}
-        if self.engine.assistant is not None and self.engine.assistant_input.reads == "events":
+        engine = self.engine
+        if engine.cross is not None or (
+            engine.assistant is not None and engine.assistant_input.reads == "events"
+        ):
             if req.events is None:
                 raise InputError(
                     f"method {self.name!r} drafts from the clip's event stream: bench it on "
@@ -387,6 +392,48 @@ def _meter_fields(meter: DraftMeter | None) -> dict[str, Any]:
         "visual_tokens": meter.visual_tokens,
         "gate_choice": meter.choice,
     }
+
+
+class CrossMethod(EngineMethod):
+    """The cross-modal EAGLE head (`--cross-draft`, `specvlm.draft.cross`): its event model
+    reads the clip's event stream and the question as the head's prompt; the head catches up on
+    the target's features (`cross`, issue 23's item 4c) or on its event model's (`cross-events`,
+    item 4b); `concurrent`: the event model and the head read that prompt on a worker thread
+    while the target prefills."""
+
+    def __init__(self, name: str, ctx: BenchContext, catch_up: str, concurrent: bool) -> None:
+        folder = ctx.cross_dir
+        if folder is None:
+            raise InputError(f"{name} needs a cross-modal draft head (--cross-draft DIR)")
+        if not is_cross_folder(folder):
+            raise InputError(f"--cross-draft {folder} is not a cross-modal draft folder")
+        target = ctx.engine.target
+        device = str(getattr(target, "device", "cpu"))
+        head = _load_draft(Path(folder), ctx.engine)
+        align, _, events_dir = load_cross(folder, dtype=target.info.dtype)
+        small = load_target(events_dir, device=device, dtype=target.info.dtype)
+        parts = CrossParts(small, DrafterInput.of_folder(events_dir), align.to(device), catch_up)
+        self.name, self.speculative = name, True
+        self.engine = _MeteredCrossEngine(
+            target, head, ctx.engine.tree, ctx.engine.target_dir, concurrent_prefill=concurrent,
+            cross=parts,
+        )  # fmt: skip
+        self.draft_info = {
+            "cross": str(folder),
+            "reads": "events",
+            "catch_up": catch_up,
+            "concurrent_prefill": concurrent,
+        }
+
+
+class _MeteredCrossEngine(Engine):
+    """An engine that keeps its last request's `CrossModalDrafter` (`self.last`) for its times."""
+
+    last: CrossModalDrafter | None = None
+
+    def _cross(self, *args: Any) -> CrossModalDrafter:
+        self.last = super()._cross(*args)
+        return self.last
 
 
 def _eaglevlm(ctx: BenchContext) -> EngineMethod:
@@ -512,6 +559,12 @@ METHODS: dict[str, Callable[[BenchContext], Method]] = {
     "assisted-concurrent": lambda ctx: AssistedMethod("assisted-concurrent", ctx, True),
     "events": lambda ctx: AssistedMethod("events", ctx, False, "events"),
     "events-concurrent": lambda ctx: AssistedMethod("events-concurrent", ctx, True, "events"),
+    "cross": lambda ctx: CrossMethod("cross", ctx, "target", False),
+    "cross-concurrent": lambda ctx: CrossMethod("cross-concurrent", ctx, "target", True),
+    "cross-events": lambda ctx: CrossMethod("cross-events", ctx, "events", False),
+    "cross-events-concurrent": lambda ctx: CrossMethod(
+        "cross-events-concurrent", ctx, "events", True
+    ),  # fmt: skip
     "frame": lambda ctx: AssistedMethod("frame", ctx, False, "frame"),
     "question": lambda ctx: AssistedMethod("question", ctx, False, "text"),
     "hf-plain": lambda ctx: HFMethod("hf-plain", ctx),

@@ -310,6 +310,8 @@ def gate_text(row: dict[str, Any]) -> str:
 def compressor_text(row: dict[str, Any]) -> str:
     """A draft's compressor in a few words: mode, operators and ratios (or the forced one)."""
     draft = row.get("draft") or {}
+    if "cross" in draft:  # a cross-modal head: its prompt is its event model's
+        return f"cross-modal head, prompt from events, catch-up on {draft['catch_up']}"
     if "assistant" in draft:  # a separate draft model: it reads its own input, whole
         return f"separate model, reads {draft.get('reads', 'request')}"
     cfg = draft.get("forced") or draft.get("compressor")

