@@ -143,3 +143,23 @@ def test_the_event_models_training_prompt_is_the_one_it_reads_when_drafting(cros
     n = given.input_ids.shape[0]
     assert torch.equal(trained.input_ids[:n], given.input_ids)
     torch.testing.assert_close(trained.pixel_values, given.pixel_values)
+
+
+@shipped
+def test_a_stopped_cross_run_resumes_to_the_same_numbers(cross_run, tmp_path):
+    from specvlm.world.train_target.cross import train_cross_draft
+
+    target, drafter, r = cross_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in r["model"].parent.glob("teacher-*.jsonl"):  # the same teacher answers
+        shutil.copy(f, run / f.name)
+    first = train_cross_draft(run, "cross-tiny", steps=3, teacher=target, events_model=drafter,
+                              progress=False, stop_at=2)  # fmt: skip
+    assert first["steps"] == 2 and first["model"] is None
+    with pytest.raises(InputError, match="holds a run already"):
+        train_cross_draft(run, "cross-tiny", steps=3, teacher=target, events_model=drafter)
+    rest = train_cross_draft(run, "cross-tiny", steps=3, teacher=target, events_model=drafter,
+                             progress=False, resume=True)  # fmt: skip
+    assert rest["steps"] == 3 and rest["model"] is not None
+    np.testing.assert_allclose(rest["losses"], r["losses"], rtol=1e-5)
