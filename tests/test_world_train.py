@@ -476,3 +476,23 @@ def test_tiny_run_learns_to_point(run):
     assert len(losses) > 20
     print(np.mean(losses[:5]), np.mean(losses[-5:]))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--config", "small", "--clips", "10"], "--clips applies to --config video, events"),
+        (["--config", "video", "--clips", "0"], "--clips must be at least 1"),
+        (["--config", "video", "--seed", "-1"], "--seed must be 0 or more"),
+        (["--config", "video", "--reads", "frame"], "--reads applies to --config events only"),
+        (["--config", "events", "--init-head", "x"], "--init-head applies to --config cross"),
+        (["--config", "video", "--teacher", "x"], "--teacher applies to --config events and"),
+        (["--config", "cross", "--steps", "2"], "needs --teacher"),
+    ],
+)
+def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):
+    from specvlm.cli import main
+
+    code = main(["world", "train-target", "--out", str(tmp_path / "o"), "--minutes", "1", *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
