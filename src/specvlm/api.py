@@ -261,7 +261,8 @@ class Engine:
         or a video file's path (decoded by PyAV: pip install 'specvlm[video]'); sampled
         uniformly to the checkpoint's frame count (Video-LLaVA: 8), shorter clips used whole; at
         its `<video>` placeholder, or before a string prompt. events: an event stream for an engine
-        whose separate draft model reads events (`load(assistant=EVENT_DRAFTER)`): an .npz
+        whose separate draft model reads events (`load(assistant=EVENT_DRAFTER)`), or whose draft
+        head is a cross-modal one (`load(draft=CROSS_DIR)`): an .npz
         with x, y, t (microseconds), p, a structured array or a dict of them; the target never
         reads it, so the output is the target's alone.
         """
