@@ -62,3 +62,22 @@ def tiny_dir(tiny_dirs):
 def noise_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
     rng = np.random.RandomState(seed)
     return Image.fromarray(rng.randint(0, 256, (size[0], size[1], 3), dtype=np.uint8))
+
+
+def world_video_pair(root):
+    """The world video target as assembled from the shipped world target (untrained on video:
+    its answers are poor, but it is a real 12-layer Video-LLaVA with the world tokenizer) and
+    the shipped 2-layer world LLaVA marked as an event drafter: (target folder, drafter folder)."""
+    import json
+    import shutil
+
+    from specvlm import embedded
+    from specvlm.draft.separate import DRAFTER_FILE
+    from specvlm.world.video_target import assemble_world_video
+
+    target = assemble_world_video(embedded.embedded_target(), root / "video")
+    drafter = root / "drafter"
+    shutil.copytree(embedded.embedded_baseline(), drafter)
+    settings = {"reads": "events", "size": 128, "n_slices": 4, "sensor": [128, 128]}
+    (drafter / DRAFTER_FILE).write_text(json.dumps(settings))
+    return target, drafter

@@ -3,7 +3,6 @@ decoding with it under both catch-ups and concurrent prefill, and its event mode
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 
@@ -16,6 +15,7 @@ from specvlm.draft.cross import CROSS_FILE, is_cross_folder
 from specvlm.draft.separate import DRAFTER_FILE, DrafterInput
 from specvlm.errors import InputError
 from specvlm.world.splits import split_seed, world_sample
+from tests.conftest import world_video_pair
 
 shipped = pytest.mark.skipif(
     embedded.embedded_target() is None or embedded.embedded_baseline() is None,
@@ -28,14 +28,9 @@ def cross_run(tmp_path_factory):
     """The world video target as assembled, the shipped 2-layer world LLaVA marked as an event
     drafter, and a cross-modal head trained on them for a few steps."""
     from specvlm.world.train_target.cross import train_cross_draft
-    from specvlm.world.video_target import assemble_world_video
 
     root = tmp_path_factory.mktemp("cross")
-    target = assemble_world_video(embedded.embedded_target(), root / "video")
-    drafter = root / "drafter"
-    shutil.copytree(embedded.embedded_baseline(), drafter)
-    settings = {"reads": "events", "size": 128, "n_slices": 4, "sensor": [128, 128]}
-    (drafter / DRAFTER_FILE).write_text(json.dumps(settings))
+    target, drafter = world_video_pair(root)
     threads = torch.get_num_threads()
     r = train_cross_draft(root / "run", "cross-tiny", steps=3, teacher=target,
                           events_model=drafter, progress=False)  # fmt: skip

@@ -14,6 +14,7 @@ from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, _video_to_image, 
 from specvlm.errors import InputError
 from specvlm.world.events import EVENT_DTYPE, events_to_tiles
 from specvlm.world.splits import split_seed, world_sample
+from tests.conftest import world_video_pair
 
 shipped = pytest.mark.skipif(
     embedded.embedded_target() is None or embedded.embedded_baseline() is None,
@@ -79,18 +80,8 @@ def test_the_drafter_reads_its_folder_and_swaps_the_video_for_its_picture(tmp_pa
 
 @pytest.fixture(scope="module")
 def world_pair(tmp_path_factory):
-    """The world video target as assembled (untrained on video: its answers are poor, but it
-    is a real 12-layer Video-LLaVA with the world tokenizer) and the shipped 2-layer world
-    LLaVA marked as an event drafter."""
-    from specvlm.world.video_target import assemble_world_video
-
-    root = tmp_path_factory.mktemp("events")
-    target = assemble_world_video(embedded.embedded_target(), root / "video")
-    drafter = root / "drafter"
-    shutil.copytree(embedded.embedded_baseline(), drafter)
-    settings = {"reads": "events", "size": 128, "n_slices": 4, "sensor": [128, 128]}
-    (drafter / DRAFTER_FILE).write_text(json.dumps(settings))
-    return target, drafter
+    """`conftest.world_video_pair`: the assembled world video target and an event drafter."""
+    return world_video_pair(tmp_path_factory.mktemp("events"))
 
 
 @shipped

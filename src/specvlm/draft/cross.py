@@ -27,7 +27,6 @@ events). This module never imports a model family: E is a target adapter like an
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from specvlm.draft.eagle import EagleDrafter, EagleHead
+from specvlm.draft.separate import PromptReader
 from specvlm.errors import ModelFolderError
 from specvlm.kv_cache import KVCache
 from specvlm.target.base import Prefill, Prompt, Target
@@ -123,8 +123,7 @@ class CrossModalDrafter(EagleDrafter):
         self.catch_up = catch_up
         self.concurrent = concurrent
         self.prompt_len = int(events_prompt.input_ids.shape[0])
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._reader = PromptReader(concurrent)
         self._last_row: tuple[torch.Tensor, int] | None = None  # (1, d) feature, its position
         self._root = -1  # the last root: the first token E reads in the next catch-up
         self.prefill_s = 0.0  # E's prefill and the head's, on the worker thread when concurrent
@@ -134,17 +133,7 @@ class CrossModalDrafter(EagleDrafter):
     def start(self, new_tokens: int) -> None:
         """Read E's prompt and run the head over all its rows but the last; room for
         `new_tokens` more positions in both caches."""
-        if not self.concurrent:
-            self._read_prompt(new_tokens)
-            return
-        self._thread = threading.Thread(target=self._read_guarded, args=(new_tokens,))
-        self._thread.start()
-
-    def _read_guarded(self, new_tokens: int) -> None:
-        try:
-            self._read_prompt(new_tokens)
-        except BaseException as e:  # re-raised on the decoding thread, in `begin`
-            self._error = e
+        self._reader.start(lambda: self._read_prompt(new_tokens))
 
     @torch.inference_mode()
     def _read_prompt(self, new_tokens: int) -> None:
@@ -173,12 +162,8 @@ class CrossModalDrafter(EagleDrafter):
     @torch.inference_mode()
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
         """Wait for the prompt (started by `start`, or read now) and add the root's row."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._error is not None:
-                raise self._error
-        elif self._last_row is None:  # the loop did not call start
+        self._reader.wait()
+        if not self._reader.started:  # the loop did not call start
             self._read_prompt(capacity - int(prefill.features.shape[0]))
         assert self._last_row is not None and self.cache is not None
         feature, position = self._last_row
@@ -192,9 +177,8 @@ class CrossModalDrafter(EagleDrafter):
         self._root = root
 
     def finish(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Wait for a prompt reading still running (a request that ended before `begin`)."""
+        self._reader.wait(raise_error=False)
 
     # ---- catch-up ------------------------------------------------------------------------
     @torch.inference_mode()

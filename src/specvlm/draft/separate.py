@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,43 @@ def check_same_vocabulary(target: Target, drafter: Target, name: str = "the draf
         )
 
 
+class PromptReader:
+    """Reads a drafter's own prompt before the target's prefill (`start`): on the caller's
+    thread, or (`concurrent`) on a worker thread that `wait` joins, raising there what the
+    reading raised. Shared by the separate drafter and the cross-modal head."""
+
+    def __init__(self, concurrent: bool) -> None:
+        self.concurrent = concurrent
+        self.started = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, read: Callable[[], None]) -> None:
+        self.started = True
+        if not self.concurrent:
+            read()
+            return
+
+        def guarded() -> None:
+            try:
+                read()
+            except BaseException as e:  # re-raised on the decoding thread, in `wait`
+                self._error = e
+
+        self._thread = threading.Thread(target=guarded)
+        self._thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Join a reading still running; raise its error (unless `raise_error` is False: a
+        request that ended before the drafter was needed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
+
+
 class SeparateDrafter:
     """Drafts chains of `model`'s greedy tokens after the root (see the module docstring).
 
@@ -70,8 +108,7 @@ class SeparateDrafter:
         self.text: list[int] = []  # the true tokens after the prompt (target-produced), in order
         self.fed = 0  # how many of `text` are in the model's cache
         self.speculative: list[int] = []  # drafts fed into the cache after `text[:fed]`
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._reader = PromptReader(concurrent)
         self.prefill_s = 0.0  # the drafter's own prefill time (on its thread when concurrent)
         self.drafting_s = 0.0  # its time in the rounds: reading the true tokens, drafting, rollback
 
@@ -80,17 +117,7 @@ class SeparateDrafter:
         """Begin reading the drafter's prompt; room for `new_tokens` more positions. With
         `concurrent`, on a worker thread (the loop calls this before the target's prefill)."""
         capacity = self.prompt_len + new_tokens
-        if not self.concurrent:
-            self._prefill(capacity)
-            return
-        self._thread = threading.Thread(target=self._prefill_guarded, args=(capacity,))
-        self._thread.start()
-
-    def _prefill_guarded(self, capacity: int) -> None:
-        try:
-            self._prefill(capacity)
-        except BaseException as e:  # re-raised on the decoding thread, in `begin`
-            self._error = e
+        self._reader.start(lambda: self._prefill(capacity))
 
     def _prefill(self, capacity: int) -> None:
         start = time.perf_counter()
@@ -99,21 +126,15 @@ class SeparateDrafter:
 
     def begin(self, prefill: Prefill, root: int, capacity: int) -> None:
         """Wait for the drafter's prefill (started by `start`, or run now) and take the root."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._error is not None:
-                raise self._error
-        elif self.model.length == 0:  # the loop did not call start: read the prompt now
+        self._reader.wait()
+        if not self._reader.started:  # the loop did not call start: read the prompt now
             self._prefill(self.prompt_len + capacity - int(prefill.features.shape[0]))
         self.text, self.fed, self.speculative = [root], 0, []
 
     def finish(self) -> None:
         """Wait for a prefill still running (a request that ended before `begin`), so that the
         model is free for the next request."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._reader.wait(raise_error=False)
 
     # ---- a round -----------------------------------------------------------------------------
     def propose(self, root: int, depth: int, top_k: int, budget: int) -> DraftTree:

@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from specvlm.draft.cross import CrossConfig, EventAlign, event_rows, save_cross
-from specvlm.draft.eagle import EagleConfig, EagleHead
+from specvlm.draft.eagle import EagleConfig, EagleHead, check_pairing
 from specvlm.draft.separate import DrafterInput
 from specvlm.errors import InputError
 from specvlm.kv_cache import KVCache
 from specvlm.world.language import FAMILIES
+from specvlm.world.train_target.recipe import start_recipe
 from specvlm.world.train_target.run import on_two_threads
 
 
@@ -63,6 +64,7 @@ class CrossTrainConfig:
     seed: int = 0
     teacher_batch: int = 16
     teacher_max_new_tokens: int = 256
+    bf16: bool = False  # the head trains in float32 (the recipes' start-up check reads this)
 
 
 CROSS_CONFIGS: dict[str, CrossTrainConfig] = {
@@ -191,11 +193,7 @@ def train_cross_draft(
         teacher_conversations,
     )
 
-    if isinstance(config, str) and config not in CROSS_CONFIGS:
-        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(CROSS_CONFIGS)}")
-    cfg = replace(CROSS_CONFIGS[config] if isinstance(config, str) else config, **overrides)
-    if steps is None and minutes is None:
-        raise InputError("give --steps or --minutes (or both)")
+    cfg, out, ckpt = start_recipe(config, CROSS_CONFIGS, overrides, steps, minutes, out, resume)
     if teacher is None or not (Path(teacher) / "config.json").is_file():
         raise InputError("--config cross needs --teacher: the world video target's folder")
     if events_model is None:
@@ -204,12 +202,6 @@ def train_cross_draft(
         events_model = embedded_events_drafter()
     if events_model is None or not (Path(events_model) / "config.json").is_file():
         raise InputError("--config cross needs --init: the event drafter's model folder")
-    out = Path(out)
-    ckpt = out / "checkpoint.pt"
-    if resume and not ckpt.is_file():
-        raise InputError(f"--resume: no checkpoint at {ckpt}")
-    if not resume and ckpt.is_file():
-        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
     out.mkdir(parents=True, exist_ok=True)
 
     cache = teacher_cache(out, teacher, cfg.teacher_max_new_tokens, "train")
@@ -225,8 +217,11 @@ def train_cross_draft(
     torch.manual_seed(cfg.seed)
     if init_head is not None:
         head = EagleHead.load(init_head)
-        if head.config.hidden_size != target.info.hidden_size or head.config.draft_vocab_size:
-            raise InputError(f"--init-head {init_head}: not a full-vocabulary head of this target")
+        check_pairing(head.config, target.info, draft_name=f"--init-head {init_head}")
+        if head.config.draft_vocab_size or head.compressor is not None:
+            raise InputError(
+                f"--init-head {init_head}: give a full-vocabulary head without a compressor"
+            )
     else:
         head = EagleHead(EagleConfig.for_target(target.info))
     d_e = int(small.info.hidden_size)
@@ -314,9 +309,8 @@ def train_cross_draft(
                    "elapsed_min": elapsed() / 60}  # fmt: skip
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            if progress or not sys.stderr.isatty():
-                print(f"step {step} loss {rec['loss']:.4f} agree {rec['agree']:.3f} "
-                      f"elapsed {rec['elapsed_min']:.1f}m", file=sys.stderr, flush=True)  # fmt: skip
+            print(f"step {step} loss {rec['loss']:.4f} agree {rec['agree']:.3f} "
+                  f"elapsed {rec['elapsed_min']:.1f}m", file=sys.stderr, flush=True)  # fmt: skip
         if time.perf_counter() - last_ckpt > ckpt_minutes * 60:
             save_checkpoint()
             last_ckpt = time.perf_counter()
