@@ -27,6 +27,7 @@ events). This module never imports a model family: E is a target adapter like an
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,6 @@ class CrossModalDrafter(EagleDrafter):
         self.events_prompt = events_prompt
         self.align = align
         self.catch_up = catch_up
-        self.concurrent = concurrent
         self.prompt_len = int(events_prompt.input_ids.shape[0])
         self._reader = PromptReader(concurrent)
         self._last_row: tuple[torch.Tensor, int] | None = None  # (1, d) feature, its position
@@ -137,8 +137,6 @@ class CrossModalDrafter(EagleDrafter):
 
     @torch.inference_mode()
     def _read_prompt(self, new_tokens: int) -> None:
-        import time
-
         start = time.perf_counter()
         T = self.prompt_len
         pre = self.events_model.prefill(self.events_prompt, T + new_tokens)
@@ -186,8 +184,6 @@ class CrossModalDrafter(EagleDrafter):
         """features (m+1, d): the target's at the accepted nodes (root first); next_tokens
         (m+1,): the accepted drafts, then the bonus token."""
         if self.catch_up == "events":
-            import time
-
             start = time.perf_counter()
             # E reads the accepted nodes' tokens: the root, then the accepted drafts
             tokens = [self._root, *next_tokens[:-1].tolist()]
