@@ -108,7 +108,10 @@ def test_the_shared_prefix_forward_gives_the_same_logits_and_gradients(folder, t
         grads.append((logits[:, :-1][scored].detach(), model.lm_head.weight.grad.clone(),
                       model.model.multi_modal_projector.linear_1.weight.grad.clone()))  # fmt: skip
     for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # float32 sums in another order: an error in proportion to the tensor's scale (a fixed
+        # atol of 1e-5 failed by 1.9e-5 on one of 481,280 logits, of magnitude up to 32, on an
+        # AMD EPYC box)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
