@@ -121,6 +121,29 @@ def test_a_stopped_run_resumes_to_the_same_delta(trained, tiny):
     assert (out / "delta" / smol.DELTA_WEIGHTS).read_bytes() == a
 
 
+def test_init_continues_from_a_trained_delta(trained, tiny):
+    """--init DELTA: no stage 1, stage 2 starts from the delta's projector and adapters (its
+    first batch, the same as the fresh run's first, has a far lower loss), the new delta.json
+    names what it continued, and a delta of another adapter shape is refused."""
+    from specvlm.errors import InputError
+
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    delta = trained["out"] / "delta"
+    out = tiny["root"] / "continued"
+    r = train_smol_target(out, "smol-tiny", steps=3, init=delta, **args)
+    fresh = trained["result"]["losses"]
+    assert r["align_steps"] == 0 and r["stage1_losses"] == [] and r["steps"] == 3
+    assert r["losses"][0] < fresh[0] - 0.5 * (fresh[0] - fresh[-1])
+    config = json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())
+    assert config["init"]["steps"] == STEPS and config["init"]["from"] is None
+    with pytest.raises(InputError, match="--resume continues"):
+        train_smol_target(out, "smol-tiny", steps=3, init=delta, resume=True, **args)
+    with pytest.raises(InputError, match="its adapters are"):
+        train_smol_target(
+            tiny["root"] / "r4", "smol-tiny", steps=2, init=delta, lora_rank=2, **args
+        )
+
+
 def test_a_fresh_adapter_changes_nothing_and_merges_exactly():
     from transformers import (
         CLIPVisionConfig,

@@ -488,6 +488,8 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "events", "--init-head", "x"], "--init-head applies to --config cross"),
         (["--config", "video", "--teacher", "x"], "--teacher applies to --config events and"),
         (["--config", "cross", "--steps", "2"], "needs --teacher"),
+        (["--config", "video", "--scenes", "10"], "--scenes applies to --config smol only"),
+        (["--config", "smol", "--scenes", "0"], "--scenes must be at least 1"),
     ],
 )
 def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):

@@ -9,7 +9,7 @@
                                [--config small|default|baseline|smol|video|events|cross]
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
                                [--clips N] [--seed S] [--reads events|frame|text]
-                               [--init-head EAGLE_HEAD]
+                               [--init-head EAGLE_HEAD] [--scenes N]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -110,7 +110,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start from this trained world target's model folder (skips the vision stage); "
         "--config video: a world image target, or a video target to continue; --config "
         "events: the LLaVA to start from (default: the shipped 2-layer one); --config cross: "
-        "the event drafter that reads the prompt (default: the shipped one)",
+        "the event drafter that reads the prompt (default: the shipped one); --config smol: "
+        "a trained world-smol delta folder (OUT/delta, or the shipped assets/world-smol) to "
+        "continue from (skips stage 1; fresh optimizer and schedule)",
+    )
+    train.add_argument(
+        "--scenes",
+        type=int,
+        default=None,
+        help="--config smol: train on the first N train scenes (default 2000)",
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
@@ -271,6 +279,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} applies to --config video, events and cross only")
     if args.reads is not None and args.config != "events":
         raise InputError("--reads applies to --config events only")
+    if args.scenes is not None and args.config != "smol":
+        raise InputError("--scenes applies to --config smol only")
+    if args.scenes is not None and args.scenes < 1:
+        raise InputError(f"--scenes must be at least 1, got {args.scenes}")
     if args.clips is not None and args.clips < 1:
         raise InputError(f"--clips must be at least 1, got {args.clips}")
     if args.seed is not None and args.seed < 0:
@@ -279,6 +291,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     extra = {} if args.lr is None else {"lr": args.lr}
     if args.clips is not None:
         extra["n_clips"] = args.clips
+    if args.scenes is not None:
+        extra["n_scenes"] = args.scenes
     if args.seed is not None:
         extra["seed"] = args.seed
     if args.reads is not None:
@@ -316,9 +330,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
 def _train_smol(args: argparse.Namespace, extra: dict) -> int:
     from specvlm.world.train_target.smol import train_smol_target
 
-    if args.init is not None:
-        raise InputError("--init does not apply to --config smol (it starts from SmolLM2)")
-    return _train_recipe(train_smol_target, "smol", args, extra)
+    return _train_recipe(train_smol_target, "smol", args, extra | {"init": args.init})
 
 
 def _train_video(args: argparse.Namespace, extra: dict) -> int:

@@ -55,7 +55,14 @@ from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.loop import Budget, _set_lr, lr_at, train_llava
-from specvlm.world.train_target.lora import TARGETS, add_lora, delta_tensors, round_to_fp16
+from specvlm.world.train_target.lora import (
+    LORA,
+    PROJECTOR,
+    TARGETS,
+    add_lora,
+    delta_tensors,
+    round_to_fp16,
+)
 from specvlm.world.train_target.losses import align_loss
 from specvlm.world.train_target.model import normalize, vision_features
 from specvlm.world.train_target.patches import N_PATCH_SLOTS, centre_patches, object_slots
@@ -393,13 +400,16 @@ def train_smol_target(
     stop_at: int | None = None,
     gguf: str | Path | None = None,
     cache: str | Path | None = None,
+    init: str | Path | None = None,
     **overrides,
 ) -> dict:
     """Train (or continue) the world-smol target under `out`; write `out/delta/`; return a
     summary. `steps` / `minutes` (at least one) are stage 2's budget (stage 1 is
     `cfg.align_steps` steps, a minute or two). `stop_at` ends this call at that stage-2 step (an interruption
-    that `resume=True` continues from). Returns the trained model (adapters in place) as
-    "trained_model" too, for tests."""
+    that `resume=True` continues from). `init` (a delta folder, e.g. the shipped
+    `assets/world-smol`) starts stage 2 from that delta's projector and adapters, with a fresh
+    optimizer and schedule, and skips stage 1: a later session continues a shipped run.
+    Returns the trained model (adapters in place) as "trained_model" too, for tests."""
     if isinstance(config, str) and config not in SMOL_CONFIGS:
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
     cfg = replace(SMOL_CONFIGS[config] if isinstance(config, str) else config, **overrides)
@@ -412,6 +422,8 @@ def train_smol_target(
         raise InputError("--steps must be at least 2 and --minutes positive")
     out = Path(out)
     s1, s2 = out / "stage1.pt", out / "stage2.pt"
+    if init is not None and resume:
+        raise InputError("--init starts a new run; --resume continues one (its --init is kept)")
     if resume and not s1.is_file():
         raise InputError(f"--resume: no checkpoint at {s1}")
     if not resume and (s1.is_file() or s2.is_file()):
@@ -419,6 +431,7 @@ def train_smol_target(
     out.mkdir(parents=True, exist_ok=True)
 
     base, model, tokenizer = load_base(gguf, cache, cfg.seed)
+    delta = None if init is None else read_init_delta(Path(init), cfg, base)
     data = cached_smol_data(cfg, model, tokenizer, base, out, progress)
     model.requires_grad_(False)
     projector = model.model.multi_modal_projector
@@ -433,7 +446,12 @@ def train_smol_target(
     run1 = _stage_run(cfg1, model, torch.nn.ModuleDict({"projector": projector}), s1)
     if resume:
         _load_checkpoint(run1)
-    if run1.state["step"] < cfg.align_steps:
+        if run1.state["init"] is not None and not s2.is_file():  # stopped before stage 2 began
+            delta = read_init_delta(Path(run1.state["init"]), cfg, base)
+    elif delta is not None:
+        run1.state["init"] = delta["folder"]
+        run1.save()
+    if run1.state["init"] is None and run1.state["step"] < cfg.align_steps:
         print(f"smol stage 1: the projector on the alignment loss, {cfg.align_steps} steps of "
               f"{cfg.align_batch} images", file=sys.stderr, flush=True)  # fmt: skip
         align_projector(run1, data, log_every * 10, progress)
@@ -444,6 +462,10 @@ def train_smol_target(
     run2 = _stage_run(cfg, model, trained, s2)
     if resume and s2.is_file():
         _load_checkpoint(run2)
+    elif delta is not None:  # the delta's weights, written at once: a resume starts from them
+        load_delta(delta["tensors"], projector, adapters)
+        run2.state["init"] = delta["trained"]
+        run2.save()
     n_lora = sum(p.numel() for p in adapters.parameters())
     print(
         f"smol stage 2: LoRA r={cfg.lora_rank} ({n_lora / 1e6:.2f} M) + projector, "
@@ -456,6 +478,7 @@ def train_smol_target(
     done = budget2.progress(run2.state["step"], run2.state["elapsed"]) >= 1.0
     model.eval()
     result = {
+        "init": run2.state["init"],
         "steps": run2.state["step"],
         "align_steps": run1.state["step"],
         "elapsed_s": run1.state["elapsed"] + run2.state["elapsed"],
@@ -471,6 +494,34 @@ def train_smol_target(
         round_to_fp16(trained)  # the model in memory is now exactly the delta
         result["model"] = str(save_delta(out / "delta", model, adapters, cfg, base, result))
     return result
+
+
+def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
+    """A trained delta to start from (`--init`): its tensors (float32) and how it was trained;
+    InputError unless it fits this run's adapters and base model."""
+    from safetensors.torch import load_file
+
+    from specvlm.smol import DELTA_WEIGHTS, read_delta_config, read_record
+
+    config = read_delta_config(folder)
+    mine = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+            "lora_targets": list(cfg.lora_targets)}  # fmt: skip
+    theirs = {k: config.get(k) for k in mine}
+    if theirs != mine:
+        raise InputError(f"--init {folder}: its adapters are {theirs}, this run's {mine}")
+    if config["base"] != read_record(base)["source"]:
+        raise InputError(f"--init {folder} was trained on another base model than {base}")
+    tensors = {k: v.float() for k, v in load_file(str(folder / DELTA_WEIGHTS)).items()}
+    lineage = config.get("trained", {}) | {"from": config.get("init")}
+    return {"folder": str(folder), "tensors": tensors, "trained": lineage}
+
+
+def load_delta(tensors: dict, projector: torch.nn.Module, adapters: torch.nn.ModuleList) -> None:
+    """Put a delta's projector and adapter weights into the (unmerged) training modules."""
+    projector.load_state_dict(
+        {k[len(PROJECTOR) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR)}
+    )
+    adapters.load_state_dict({k[len(LORA) :]: v for k, v in tensors.items() if k.startswith(LORA)})
 
 
 def _tail_mean(losses: list[float]) -> float:
@@ -511,6 +562,7 @@ def save_delta(
             "minutes": round(result["elapsed_s"] / 60, 1),
             "final_loss": round(result["final_loss"], 4),
         },
+        "init": result.get("init"),  # the delta this run started from: its own "trained", nested
     }
     (tmp / DELTA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     from specvlm.world.train_target.model import _replace_dir
