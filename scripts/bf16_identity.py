@@ -1,6 +1,6 @@
 """How often bf16 speculative output equals bf16 plain output, and why it differs where it does.
 
-    python scripts/bf16_identity.py --n 100
+    python scripts/bf16_identity.py --n 100 [--target T --draft D] [--float32-reference]
 
 Greedy, world test items, the embedded pair (or --target/--draft) in bfloat16. For every item
 whose speculative tokens differ from the plain ones, the plain path's logits at the first
@@ -12,6 +12,7 @@ forward rounds the other way.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -23,19 +24,39 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--target", default=None)
     p.add_argument("--draft", default=None)
+    p.add_argument(
+        "--float32-reference",
+        action="store_true",
+        help="also decode every item plainly in float32 and count how often bf16 plain and bf16 "
+        "speculative output equal it (does speculation move bf16 further from float32?)",
+    )
+    p.add_argument("--out", default=None, help="write every item's token ids here (JSON lines)")
     args = p.parse_args()
 
     import specvlm
     from specvlm.bench.suites import load_suite
 
     engine = specvlm.load(target=args.target, draft=args.draft, dtype="bfloat16")
+    ref = None
+    if args.float32_reference:
+        ref = specvlm.load(target=args.target, draft=args.draft, dtype="float32")
     target = engine.target
     items = load_suite("world", n=args.n)
     same, margins = 0, []
+    plain_is_ref = spec_is_ref = 0
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115
     for i, item in enumerate(items):
         kw = dict(images=list(item.images), max_new_tokens=args.max_new_tokens)
         plain = engine.generate(list(item.messages), speculative=False, **kw).token_ids
         spec = engine.generate(list(item.messages), **kw).token_ids
+        row = {"id": item.id, "suite": item.suite, "plain_bf16": plain, "spec_bf16": spec}
+        if ref is not None:
+            row["plain_fp32"] = ref.generate(list(item.messages), speculative=False, **kw).token_ids
+            plain_is_ref += plain == row["plain_fp32"]
+            spec_is_ref += spec == row["plain_fp32"]
+        if out is not None:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
         if plain == spec:
             same += 1
             continue
@@ -62,6 +83,11 @@ def main() -> int:
         f"\nbf16: identical on {same}/{len(items)} items; margins at the first difference: "
         f"{', '.join(f'{m:.4f}' for m in sorted(margins)) or 'none'}"
     )
+    if ref is not None:
+        print(
+            f"against float32 plain decoding: bf16 plain equal on {plain_is_ref}/{len(items)}, "
+            f"bf16 speculative equal on {spec_is_ref}/{len(items)}"
+        )
     return 0
 
 
