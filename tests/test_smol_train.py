@@ -136,8 +136,19 @@ def test_init_continues_from_a_trained_delta(trained, tiny):
     assert r["losses"][0] < fresh[0] - 0.5 * (fresh[0] - fresh[-1])
     config = json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())
     assert config["init"]["steps"] == STEPS and config["init"]["from"] is None
+    assert config["init"]["folder"] == str(delta.resolve())
+    assert config["init"]["sha256"] == smol.sha256_file(delta / smol.DELTA_WEIGHTS)
+    assert config["recipe"]["region_words"] is SMOL_CONFIGS["smol-tiny"].region_words
     with pytest.raises(InputError, match="--resume continues"):
         train_smol_target(out, "smol-tiny", steps=3, init=delta, resume=True, **args)
+    # stopped after one step, resumed without --init: the same delta as the run above
+    stopped = tiny["root"] / "continued-stopped"
+    first = train_smol_target(stopped, "smol-tiny", steps=3, init=delta, stop_at=1, **args)
+    assert first["model"] is None
+    again = train_smol_target(stopped, "smol-tiny", steps=3, resume=True, **args)
+    assert again["losses"] == r["losses"]
+    weights = (out / "delta" / smol.DELTA_WEIGHTS).read_bytes()
+    assert (stopped / "delta" / smol.DELTA_WEIGHTS).read_bytes() == weights
     with pytest.raises(InputError, match="its adapters are"):
         train_smol_target(
             tiny["root"] / "r4", "smol-tiny", steps=2, init=delta, lora_rank=2, **args
@@ -166,11 +177,23 @@ def test_the_assistant_is_the_targets_first_layers_fine_tuned(trained, tiny):
     assert len(small.model.language_model.layers) == 1 < len(big.model.language_model.layers)
     emb = small.get_input_embeddings().weight
     assert torch.equal(emb, big.get_input_embeddings().weight.half())
+    assert small.lm_head.weight.data_ptr() == emb.data_ptr()  # still tied: the target's head
+    for part in ("multi_modal_projector", "language_model.norm"):
+        a = small.get_submodule(f"model.{part}").state_dict()
+        b = big.get_submodule(f"model.{part}").state_dict()
+        assert any(not torch.equal(a[k], b[k].half()) for k in a), part  # trained
     tower = dict(small.model.vision_tower.named_parameters())
     for name, w in big.model.vision_tower.named_parameters():
         assert torch.equal(tower[name], w.half()), name
     q0 = small.model.language_model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(q0, big.model.language_model.layers[0].self_attn.q_proj.weight.half())
+    # stopped and resumed (its --init is kept in the checkpoint): the same losses
+    part = tiny["root"] / "assistant-stopped"
+    train_smol_assistant(part, "smol-assistant-tiny", steps=8, init=delta, stop_at=3, **args)
+    with pytest.raises(InputError, match="was cut from"):
+        train_smol_assistant(part, "smol-assistant-tiny", steps=8, init=part, resume=True, **args)
+    rest = train_smol_assistant(part, "smol-assistant-tiny", steps=8, resume=True, **args)
+    assert rest["losses"] == r["losses"]
     with pytest.raises(InputError, match="--layers must be between 1 and 1"):
         train_smol_assistant(tiny["root"] / "a2", "smol-assistant-tiny", steps=2, init=delta, assistant_layers=2, **args)  # fmt: skip
     with pytest.raises(InputError, match="assistant's recipe"):

@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "events: the LLaVA to start from (default: the shipped 2-layer one); --config cross: "
         "the event drafter that reads the prompt (default: the shipped one); --config smol: "
         "a trained world-smol delta folder (OUT/delta, or the shipped assets/world-smol) to "
-        "continue from (skips stage 1; fresh optimizer and schedule)",
+        "continue from (skips stage 1; fresh optimizer and schedule); --config smol-assistant: "
+        "the world-smol target (its delta folder) whose first layers become the assistant",
     )
     train.add_argument(
         "--layers",
@@ -126,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--scenes",
         type=int,
         default=None,
-        help="--config smol: train on the first N train scenes (default 2000)",
+        help="--config smol / smol-assistant: train on the first N train scenes (default 2000)",
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
@@ -292,6 +293,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--scenes applies to --config smol and smol-assistant only")
     if args.layers is not None and args.config != "smol-assistant":
         raise InputError("--layers applies to --config smol-assistant only")
+    if args.layers is not None and args.layers < 1:
+        raise InputError(f"--layers must be at least 1, got {args.layers}")
     if args.scenes is not None and args.scenes < 1:
         raise InputError(f"--scenes must be at least 1, got {args.scenes}")
     if args.clips is not None and args.clips < 1:

@@ -303,7 +303,7 @@ def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = Tru
     start = time.perf_counter()
     text = own_answers(model, tokenizer, TEXT_PROMPTS[: cfg.text_prompts], cfg.text_tokens)
     print(
-        f"smol data: {len(text)} text-only answers by the base model in "
+        f"smol data: {len(text)} text-only answers by the model in "
         f"{time.perf_counter() - start:.0f} s",
         file=sys.stderr,
     )
@@ -512,7 +512,7 @@ def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
     InputError unless it fits this run's adapters and base model."""
     from safetensors.torch import load_file
 
-    from specvlm.smol import DELTA_WEIGHTS, read_delta_config, read_record
+    from specvlm.smol import DELTA_WEIGHTS, read_delta_config, read_record, sha256_file
 
     config = read_delta_config(folder)
     mine = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
@@ -521,10 +521,22 @@ def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
     if theirs != mine:
         raise InputError(f"--init {folder}: its adapters are {theirs}, this run's {mine}")
     if config["base"] != read_record(base)["source"]:
-        raise InputError(f"--init {folder} was trained on another base model than {base}")
+        raise InputError(
+            f"--init {folder} was trained on another base model than {base} (the projector's "
+            f"seed is part of the base: it has seed {config.get('seed')}, this run {cfg.seed})"
+        )
+    recipe = config.get("recipe", {})  # deltas before 2026-12-03 did not record it
+    keys = [k for k in ("region_words", "region_scale", "align_weight") if k in recipe]
+    differ = [k for k in keys if recipe[k] != getattr(cfg, k)]
+    if differ:
+        print(f"--init {folder}: trained with other settings of {', '.join(differ)} "
+              f"({ {k: recipe.get(k) for k in differ} }) than this run", file=sys.stderr)  # fmt: skip
     tensors = {k: v.float() for k, v in load_file(str(folder / DELTA_WEIGHTS)).items()}
-    lineage = config.get("trained", {}) | {"from": config.get("init")}
-    return {"folder": str(folder), "tensors": tensors, "trained": lineage}
+    lineage = config.get("trained", {}) | {
+        "folder": str(folder.resolve()), "sha256": sha256_file(folder / DELTA_WEIGHTS),
+        "from": config.get("init"),
+    }  # fmt: skip
+    return {"folder": str(folder.resolve()), "tensors": tensors, "trained": lineage}
 
 
 def load_delta(tensors: dict, projector: torch.nn.Module, adapters: torch.nn.ModuleList) -> None:
@@ -574,6 +586,7 @@ def save_delta(
             "final_loss": round(result["final_loss"], 4),
         },
         "init": result.get("init"),  # the delta this run started from: its own "trained", nested
+        "recipe": {k: v for k, v in asdict(cfg).items() if k != "lora_targets"},
     }
     (tmp / DELTA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     from specvlm.world.train_target.model import _replace_dir

@@ -12,11 +12,13 @@ exists for a SmolLM2 LLaVA, so this recipe makes the one a user would make: the 
 projector, embeddings and LM head (tied, frozen) and final norm; its layers, final norm and
 projector are then fine-tuned on the target recipe's data (every world family plus the
 target's own answers to the general text prompts), on the answer loss. The vision tower stays
-frozen.
+frozen. The image rows teach the world's reference answers, not the target's own: where the
+target is wrong, the assistant learns what the target does not say (its own answers, made
+once, would fit `hf-assisted` better; not done yet).
 
 The run is resumable (`OUT/assistant.pt`, atomic, every `ckpt_minutes`) and ends by writing
 `OUT/model/`: a plain `LlavaForConditionalGeneration` folder in float16 (its embedding table
-makes it ~70 MB, so it is not shipped; this command remakes it from the wheel and the shipped
+makes it ~85 MB at 4 layers, so it is not shipped; this command remakes it from the wheel and the shipped
 delta).
 """
 
@@ -97,20 +99,28 @@ def train_smol_assistant(
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
     cfg = replace(SMOL_CONFIGS[config] if isinstance(config, str) else config, **overrides)
     if cfg.assistant_layers < 1:
-        raise InputError(f"--config {config}: not an assistant config (assistant_layers 0)")
-    if init is None:
-        raise InputError("--config smol-assistant needs --init: the world-smol target's delta")
+        raise InputError(f"--layers must be at least 1, got {cfg.assistant_layers}")
     if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
         cfg = replace(cfg, bf16=False)
     if steps is None and minutes is None:
         raise InputError("give --steps or --minutes (or both)")
+    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
+        raise InputError("--steps must be at least 2 and --minutes positive")
     out = Path(out)
     path = out / "assistant.pt"
     if resume and not path.is_file():
         raise InputError(f"--resume: no checkpoint at {path}")
     if not resume and path.is_file():
         raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
+    if resume:  # the checkpoint names the target it was cut from
+        kept = torch.load(path, weights_only=False)["init"]
+        if init is not None and Path(init).resolve() != Path(kept):
+            raise InputError(f"--resume: {path} was cut from {kept}, not {init}; leave out --init")
+        init = kept
+    if init is None:
+        raise InputError("--config smol-assistant needs --init: the world-smol target's delta")
+    init = Path(init).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     folder = target_folder(init, gguf, cache)
@@ -118,6 +128,11 @@ def train_smol_assistant(
         model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(folder)
     tokenizer = processor.tokenizer
+    total = model.config.text_config.num_hidden_layers
+    if cfg.assistant_layers >= total:
+        raise InputError(f"--layers must be between 1 and {total - 1}, got {cfg.assistant_layers}")
+    if "<|im_start|>" not in (tokenizer.chat_template or ""):
+        raise InputError(f"--init {init}: not a world-smol target (no SmolLM2 ChatML template)")
     # the data's text rows are the full target's own answers: what the assistant must predict
     data = cached_smol_data(cfg, model, tokenizer, folder, out, progress)
     cut_layers(model, cfg.assistant_layers)
@@ -129,7 +144,7 @@ def train_smol_assistant(
     trained.requires_grad_(True)
     model.train()
     run = _stage_run(cfg, model, trained, path)
-    run.state["init"] = str(init)
+    run.state["init"] = str(init)  # absolute: a resume from elsewhere finds it
     if resume:
         _load_checkpoint(run)
     budget = Budget(steps, minutes)
@@ -166,7 +181,7 @@ def save_assistant(folder: Path, model, processor) -> Path:
     from specvlm.world.train_target.model import _replace_dir
 
     tmp = folder.with_name(folder.name + ".tmp")
-    half = copy.deepcopy(model).to(torch.float16)
+    half = copy.deepcopy(model).to(torch.float16)  # the copy keeps the LM head tied
     with quiet_transformers():
         half.save_pretrained(tmp)
         processor.save_pretrained(tmp)
