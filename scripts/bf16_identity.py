@@ -39,7 +39,7 @@ def main() -> int:
     engine = specvlm.load(target=args.target, draft=args.draft, dtype="bfloat16")
     ref = None
     if args.float32_reference:
-        ref = specvlm.load(target=args.target, draft=args.draft, dtype="float32")
+        ref = specvlm.load(target=args.target, draft=args.draft, dtype="float32")  # plain only
     target = engine.target
     items = load_suite("world", n=args.n)
     same, margins = 0, []
@@ -83,6 +83,8 @@ def main() -> int:
         f"\nbf16: identical on {same}/{len(items)} items; margins at the first difference: "
         f"{', '.join(f'{m:.4f}' for m in sorted(margins)) or 'none'}"
     )
+    if out is not None:
+        out.close()
     if ref is not None:
         print(
             f"against float32 plain decoding: bf16 plain equal on {plain_is_ref}/{len(items)}, "
