@@ -2,6 +2,7 @@
 
     specvlm world train-target --config smol --out runs/world-smol --minutes 110
     specvlm world train-target --config smol --out runs/world-smol --minutes 110 --resume
+    specvlm world train-target --config smol --init runs/world-smol/delta --out runs/next --minutes 60
     train_smol_target("runs/x", config="smol", steps=400)                    # from Python
 
 The model is `specvlm.smol.world_smol_folder()`: SmolLM2 (+ `<image>`), the shipped world
@@ -29,7 +30,9 @@ its end, and `resume=True` continues from the latest.
 
 A checkpoint and the final output hold only what is trained. The run ends by writing
 `out/delta/`: `model.safetensors` (fp16: the projector and the adapters, ~11 MB at r = 16)
-and `delta.json` (rank, alpha, the base it was trained on). `specvlm.smol.
+and `delta.json` (rank, alpha, the base it was trained on, the recipe's settings, and `init`:
+the delta a `--init` run continued, with its own history nested). `--init DELTA` skips stage 1
+and starts stage 2 from that delta (fresh optimizer and schedule): how a later session goes on. `specvlm.smol.
 trained_world_smol_folder(delta)` assembles the full target from the wheel's base and it,
 merging the adapters into the linears: a plain LlavaForConditionalGeneration.
 """
