@@ -14,7 +14,7 @@ image and the prompt), decoding. The bounds show what no draft, however good or 
 add at the measured τ: the prefill and the target's own verification forwards stay.
 
 Run:  python scripts/speedup_bound.py [--n 40] [--trees 3,4,8 5,4,12] [--tokens 128]
-      [--target FOLDER --draft FOLDER]   (default: the embedded pair)
+      [--target FOLDER --draft FOLDER]   (default: the embedded pair) [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -99,13 +99,15 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="max new tokens (default 128)")
     ap.add_argument("--target", help="target folder (default: the embedded one)")
     ap.add_argument("--draft", help="draft folder (default: the embedded one)")
+    ap.add_argument("--dtype", default="float32", help="float32 (default) | bfloat16")
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(
         f"# speedup bounds  {time.strftime('%Y-%m-%d %H:%M')}  commit {commit}  "
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{args.dtype}\n"
     )
     items = load_suite("world", n=args.n)
     keys = [
@@ -121,7 +123,7 @@ def main() -> None:
     print("|---|" + "---|" * len(keys))
     for spec in args.trees:
         tree = TreeConfig.parse(spec)
-        engine = api.load(target=args.target, draft=args.draft, tree=tree)
+        engine = api.load(target=args.target, draft=args.draft, tree=tree, dtype=args.dtype)
         r = measure(engine, items, args.tokens)
         cells = [f"{r[k]:.2f}" + ("×" if k in keys[1:4] else "") for k in keys]
         print(f"| {spec} | " + " | ".join(cells) + " |", flush=True)
