@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from specvlm import smol
+from specvlm import embedded, smol
 from specvlm.errors import InputError
 
 needs_gguf = pytest.mark.skipif(
@@ -339,3 +339,33 @@ def test_real_smollm2_answers_through_the_engine(tmp_path_factory):
     assert engine.target.info.n_layers == 30 and engine.target.info.hidden_size == 576
     out = engine.generate("What is the capital of France?", max_new_tokens=16, speculative=False)
     assert "Paris" in out.text
+
+
+@needs_gguf
+@pytest.mark.skipif(_wheel_gguf() is None, reason=f"needs `{smol.PIP_COMMAND}`")
+@pytest.mark.skipif(
+    not (embedded.ASSETS / "world-smol" / smol.DELTA_WEIGHTS).is_file()
+    or not (embedded.ASSETS / "world-smol-draft" / "model.safetensors").is_file(),
+    reason="the world-smol pair is not shipped in this checkout",
+)
+@pytest.mark.slow  # ~2 minutes on 2 cores: the conversion, the assembly and float32 decoding
+def test_the_shipped_smol_pair_is_lossless(tmp_path, monkeypatch):
+    """load(model="smol"): the target assembled from the wheel and the shipped delta, with its
+    shipped draft; greedy speculative output equals plain output, and the draft is used."""
+    import specvlm
+    from specvlm.world.scenes import render
+    from specvlm.world.splits import world_sample
+
+    monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path))
+    engine = specvlm.load(model="smol", dtype="float32")
+    image = render(world_sample("test", 3, "image"), 128)
+    for prompt, images in (
+        ("Describe the image in detail.", [image]),
+        ("What color is the largest shape?", [image]),
+        ("What is the capital of France?", []),
+    ):
+        plain = engine.generate(prompt, images=images, max_new_tokens=40, speculative=False)
+        fast = engine.generate(prompt, images=images, max_new_tokens=40)
+        assert fast.token_ids == plain.token_ids, prompt
+        assert max(fast.stats.tree_sizes) > 1
+    assert "Paris" in plain.text
