@@ -44,7 +44,7 @@ def main() -> int:
     items = load_suite("world", n=args.n)
     same, margins = 0, []
     plain_is_ref = spec_is_ref = 0
-    out = open(args.out, "w") if args.out else None  # noqa: SIM115
+    log = open(args.out, "w") if args.out else None  # noqa: SIM115
     for i, item in enumerate(items):
         kw = dict(images=list(item.images), max_new_tokens=args.max_new_tokens)
         plain = engine.generate(list(item.messages), speculative=False, **kw).token_ids
@@ -54,9 +54,9 @@ def main() -> int:
             row["plain_fp32"] = ref.generate(list(item.messages), speculative=False, **kw).token_ids
             plain_is_ref += plain == row["plain_fp32"]
             spec_is_ref += spec == row["plain_fp32"]
-        if out is not None:
-            out.write(json.dumps(row) + "\n")
-            out.flush()
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
         if plain == spec:
             same += 1
             continue
@@ -83,8 +83,8 @@ def main() -> int:
         f"\nbf16: identical on {same}/{len(items)} items; margins at the first difference: "
         f"{', '.join(f'{m:.4f}' for m in sorted(margins)) or 'none'}"
     )
-    if out is not None:
-        out.close()
+    if log is not None:
+        log.close()
     if ref is not None:
         print(
             f"against float32 plain decoding: bf16 plain equal on {plain_is_ref}/{len(items)}, "
