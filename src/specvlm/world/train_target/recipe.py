@@ -34,7 +34,7 @@ class NoAuxLosses:
 
 def start_recipe(
     config, configs: dict, overrides: dict, steps: int | None, minutes: float | None,
-    out: str | Path, resume: bool,
+    out: str | Path, resume: bool, ckpt_name: str = "checkpoint.pt",
 ):  # fmt: skip
     """The named (or given) config with `overrides` (bf16 off on a CPU without it), after
     checking the budget and whether `out` holds a run: (cfg, out, checkpoint path)."""
@@ -49,7 +49,7 @@ def start_recipe(
     if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
         raise InputError("--steps must be at least 2 and --minutes positive")
     out = Path(out)
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / ckpt_name
     if resume and not ckpt.is_file():
         raise InputError(f"--resume: no checkpoint at {ckpt}")
     if not resume and ckpt.is_file():

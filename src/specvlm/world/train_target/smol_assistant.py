@@ -25,7 +25,6 @@ delta).
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ import torch
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.world.train_target.loop import Budget, train_llava
+from specvlm.world.train_target.recipe import start_recipe
 from specvlm.world.train_target.run import _load_checkpoint, on_two_threads
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
@@ -95,24 +95,11 @@ def train_smol_assistant(
     "trained_model", for tests)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    if isinstance(config, str) and config not in SMOL_CONFIGS:
-        raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
-    cfg = replace(SMOL_CONFIGS[config] if isinstance(config, str) else config, **overrides)
+    cfg, out, path = start_recipe(
+        config, SMOL_CONFIGS, overrides, steps, minutes, out, resume, "assistant.pt"
+    )
     if cfg.assistant_layers < 1:
         raise InputError(f"--layers must be at least 1, got {cfg.assistant_layers}")
-    if cfg.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("train-target: this CPU has no native bf16; training in fp32", file=sys.stderr)
-        cfg = replace(cfg, bf16=False)
-    if steps is None and minutes is None:
-        raise InputError("give --steps or --minutes (or both)")
-    if (steps is not None and steps < 2) or (minutes is not None and minutes <= 0):
-        raise InputError("--steps must be at least 2 and --minutes positive")
-    out = Path(out)
-    path = out / "assistant.pt"
-    if resume and not path.is_file():
-        raise InputError(f"--resume: no checkpoint at {path}")
-    if not resume and path.is_file():
-        raise InputError(f"{out} holds a run already: pass --resume, or start a new --out")
     if resume:  # the checkpoint names the target it was cut from
         kept = torch.load(path, weights_only=False)["init"]
         if init is not None and Path(init).resolve() != Path(kept):
