@@ -115,7 +115,10 @@ def exact_first_two(engine, prompt, cfg: SamplingConfig, min_p: float = 1e-6):
     return joint
 
 
-def speculative_counts(engine, prompt, cfg: SamplingConfig, n: int, seed: int):
+def speculative_counts(engine, prompt, cfg: SamplingConfig, n: int, seed: int, make_drafter=None):
+    """Counts of the first two tokens of `n` speculative requests; `make_drafter` gives each
+    request's drafter (default: the engine's draft head)."""
+    make_drafter = make_drafter or engine._drafter
     target = PrefillOnce(engine.target)
     gen = torch.Generator().manual_seed(seed)
     counts: dict[tuple[int, int], int] = {}
@@ -126,7 +129,7 @@ def speculative_counts(engine, prompt, cfg: SamplingConfig, n: int, seed: int):
         rounds = decode(
             target,
             prompt,
-            drafter=engine._drafter(),
+            drafter=make_drafter(),
             max_new_tokens=3,
             sampling=cfg,
             tree=TREE,
