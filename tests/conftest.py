@@ -64,6 +64,17 @@ def noise_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
     return Image.fromarray(rng.randint(0, 256, (size[0], size[1], 3), dtype=np.uint8))
 
 
+def clip_inputs(i: int):
+    """(frames, event stream) of world test clip i, as the video and event drafters read them."""
+    from specvlm.world.dataset import clip_events
+    from specvlm.world.splits import split_seed, world_sample
+    from specvlm.world.train_target.events import clip_frames
+
+    frames = clip_frames("test", i)
+    events = clip_events(world_sample("test", i, "video"), split_seed("test", i), 128)
+    return frames, events
+
+
 def world_video_pair(root):
     """The world video target as assembled from the shipped world target (untrained on video:
     its answers are poor, but it is a real 12-layer Video-LLaVA with the world tokenizer) and

@@ -14,8 +14,7 @@ from specvlm import api, embedded
 from specvlm.draft.cross import CROSS_FILE, is_cross_folder
 from specvlm.draft.separate import DRAFTER_FILE, DrafterInput
 from specvlm.errors import InputError
-from specvlm.world.splits import split_seed, world_sample
-from tests.conftest import world_video_pair
+from tests.conftest import clip_inputs, world_video_pair
 
 shipped = pytest.mark.skipif(
     embedded.embedded_target() is None or embedded.embedded_baseline() is None,
@@ -38,15 +37,6 @@ def cross_run(tmp_path_factory):
     return target, drafter, r
 
 
-def _clip(i: int):
-    from specvlm.world.dataset import clip_events
-    from specvlm.world.train_target.events import clip_frames
-
-    frames = clip_frames("test", i)
-    events = clip_events(world_sample("test", i, "video"), split_seed("test", i), 128)
-    return frames, events
-
-
 @shipped
 def test_the_recipe_writes_a_cross_modal_folder_and_both_catch_ups_are_lossless(cross_run):
     target, _, r = cross_run
@@ -55,7 +45,7 @@ def test_the_recipe_writes_a_cross_modal_folder_and_both_catch_ups_are_lossless(
     assert is_cross_folder(folder) and (folder / "events_model" / DRAFTER_FILE).is_file()
     plain_engine = api.load(target=target)
     for i in range(2):
-        frames, events = _clip(i)
+        frames, events = clip_inputs(i)
         for prompt in ("<video>\nWhat moves?", "Describe the video."):
             plain = plain_engine.generate(prompt, video=frames, max_new_tokens=20)
             for catch_up in ("target", "events"):
@@ -92,7 +82,7 @@ def test_with_events_catch_up_the_event_model_reads_exactly_the_accepted_text(cr
     engine = api.load(target=target)
     ctx = BenchContext(engine=engine, target_dir=target, cross_dir=r["model"])
     methods = {m.name: m for m in build_methods(["cross-events", "cross"], ctx)}
-    frames, events = _clip(3)
+    frames, events = clip_inputs(3)
     method = methods["cross-events"]
     out = method.engine.generate("<video>\nWhat happens?", video=frames, events=events,
                                  max_new_tokens=24)  # fmt: skip
@@ -127,7 +117,7 @@ def test_the_event_models_training_prompt_is_the_one_it_reads_when_drafting(cros
     turns = make_record("test", 0, "conversation", kind="video")["conversations"]
     answers = {(0, "conversation"): [("user" if t["from"] == "human" else "assistant", t["value"])
                                      for t in turns]}  # fmt: skip
-    frames, events = _clip(0)
+    frames, events = clip_inputs(0)
     picture = clip_event_picture("test", 0, EventsTrainConfig())
     _, conv_e = _conversations(answers, 0, "conversation", frames, picture)
     trained = encode(small, conv_e).prompt

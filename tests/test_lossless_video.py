@@ -13,8 +13,8 @@ first from the target's prefill (run once, its cache reused), the second from a 
 round that verifies the drafter's proposal (an accepted drafted token, or the bonus drawn from
 the target's residual after a rejection). Their counts are compared with the target's own
 probabilities by a chi-square test. Whatever proposes, the target's verification decides, so
-each drafter must pass; the test also checks that drafted tokens were really accepted, so that
-the acceptance path, not only the residual one, is exercised.
+each drafter must pass; with the event drafter the test also checks that drafted tokens were
+really accepted, so that the acceptance path, not only the residual one, is exercised.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from specvlm import api, embedded
 from specvlm.config import SamplingConfig
 from specvlm.decoding.loop import decode
 from specvlm.decoding.stats import SpecStats
-from specvlm.world.splits import split_seed, world_sample
+from tests.conftest import clip_inputs
 from tests.test_lossless_embedded import (
     PrefillOnce,
     exact_first_two,
@@ -52,20 +52,11 @@ CLIP = 5  # a test clip
 CROSS_STEPS = 3
 
 
-def _clip():
-    from specvlm.world.dataset import clip_events
-    from specvlm.world.train_target.events import clip_frames
-
-    frames = clip_frames("test", CLIP)
-    events = clip_events(world_sample("test", CLIP, "video"), split_seed("test", CLIP), 128)
-    return frames, events
-
-
 @pytest.fixture(scope="module")
 def clip_prompt():
     """(the event drafter's engine, the target's prompt: the clip, the question and an uncertain
     prefix of its greedy answer, frames, events)."""
-    frames, events = _clip()
+    frames, events = clip_inputs(CLIP)
     engine = api.load(
         target=embedded.embedded_video_target(), assistant=embedded.embedded_events_drafter()
     )
@@ -124,9 +115,6 @@ def cross_folder(tmp_path_factory):
 def test_the_cross_modal_heads_trees_keep_the_video_targets_distribution(
     clip_prompt, cross_folder, catch_up
 ):
-    from specvlm.draft.cross import CrossModalDrafter
-    from specvlm.draft.vocab import lm_head_weight
-
     _, prompt, frames, events = clip_prompt
     engine = api.load(target=embedded.embedded_video_target(), draft=cross_folder,
                       cross_catch_up=catch_up)  # fmt: skip
@@ -134,9 +122,8 @@ def test_the_cross_modal_heads_trees_keep_the_video_targets_distribution(
     own = _own_prompt(c.reads, c.events_model, frames, events, _answer_ids(engine, prompt, frames))
     t = engine.target
 
-    def make_drafter():  # as Engine._cross builds it, from the prepared prompt
-        return CrossModalDrafter(engine.draft, t.embed, t.lm_head, lm_head_weight(t),
-                                 c.events_model, own, c.align, c.catch_up)  # fmt: skip
+    def make_drafter():
+        return engine._cross_reading(own)
 
     _check(engine, prompt, make_drafter)
     # the briefly trained head's proposals are rarely right at this uncertain point (the

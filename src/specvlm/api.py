@@ -203,8 +203,13 @@ class Engine:
         """The cross-modal head's drafter for this request: its event model reads the request's
         events (with the question) through its own template and processor."""
         c = self.cross
+        assert c is not None
+        return self._cross_reading(c.reads.prompt(c.events_model, prompt, images, events, video))
+
+    def _cross_reading(self, own: Prompt) -> CrossModalDrafter:
+        """The cross-modal head's drafter whose event model reads `own` (its prepared prompt)."""
+        c = self.cross
         assert c is not None and self.draft is not None
-        own = c.reads.prompt(c.events_model, prompt, images, events, video)
         return CrossModalDrafter(
             self.draft, self.target.embed, self.target.lm_head, lm_head_weight(self.target),
             c.events_model, own, c.align, c.catch_up, concurrent=self.concurrent_prefill,
