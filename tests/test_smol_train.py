@@ -20,6 +20,7 @@ from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_del
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
     TEXT_PROMPTS,
+    mc_letter_positions,
     smol_patch_words,
     train_smol_target,
 )
@@ -153,6 +154,38 @@ def test_init_continues_from_a_trained_delta(trained, tiny):
         train_smol_target(
             tiny["root"] / "r4", "smol-tiny", steps=2, init=delta, lora_rank=2, **args
         )
+
+
+def test_the_letter_weight_finds_each_multiple_choice_letter(trained, tiny):
+    """The run's cached data: every multiple-choice answer's key position holds its option
+    letter, right at the answer's start or after "("; no other row has one."""
+    from transformers import AutoTokenizer
+
+    data = torch.load(next(trained["out"].glob("data-smol-*.pt")))
+    tokenizer = AutoTokenizer.from_pretrained(smol.world_smol_folder(tiny["gguf"], tiny["cache"]))
+    pos = mc_letter_positions(data, tokenizer)
+    mc = [k for k, f in enumerate(data["family"]) if f == "multiple_choice"]
+    assert mc and all(pos[k] == -1 for k in range(len(pos)) if k not in mc)
+    for k in mc:
+        p = int(pos[k])
+        start = int(np.flatnonzero(data["masks"][k].numpy())[0])
+        before = tokenizer.decode(data["ids"][k][start:p].tolist())
+        assert tokenizer.decode([int(data["ids"][k][p])]) in ("A", "B", "C", "D")
+        assert before in ("", "(")
+
+
+def test_multiple_choice_weighting_is_recorded_and_kept_on_resume(trained, tiny):
+    from specvlm.errors import InputError
+
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    out = tiny["root"] / "mc"
+    mc = {"mc_repeats": 3, "letter_weight": 4.0}
+    r = train_smol_target(out, "smol-tiny", steps=2, init=trained["out"] / "delta", **mc, **args)
+    assert r["steps"] == 2 and np.isfinite(r["losses"]).all()
+    recipe = json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())["recipe"]
+    assert recipe["mc_repeats"] == 3 and recipe["letter_weight"] == 4.0
+    with pytest.raises(InputError):  # another weighting than the checkpoint's
+        train_smol_target(out, "smol-tiny", steps=3, resume=True, letter_weight=2.0, **args)
 
 
 def test_the_assistant_is_the_targets_first_layers_fine_tuned(trained, tiny):

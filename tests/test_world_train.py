@@ -458,6 +458,58 @@ def test_collate_shifts_pointers_to_the_queries_and_the_image_tokens():
     assert (no_image["pointer"] == -1).all()
 
 
+def test_weighted_answer_loss_adds_the_key_tokens_extra_share():
+    """Weights 1: the plain loss. Weight w on one labelled token adds (w - 1) times its
+    cross-entropy over the number of labelled tokens; a weight on an unlabelled one does nothing."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 6, -100, -100]])
+    plain = tt.answer_loss(logits, labels)
+    ones = torch.ones(2, 5)
+    loss, unweighted = tt.weighted_answer_loss(logits, labels, ones)
+    assert torch.allclose(loss, plain) and torch.equal(unweighted, plain)
+    w = ones.clone()
+    w[0, 3] = 5.0  # label 4 at position 3, predicted by position 2
+    ce = -torch.log_softmax(logits[0, 2], -1)[4]
+    loss, unweighted = tt.weighted_answer_loss(logits, labels, w)
+    assert torch.allclose(loss, plain + 4.0 * ce / 5) and torch.equal(unweighted, plain)
+    w = ones.clone()
+    w[1, 4] = 9.0  # not labelled
+    assert torch.allclose(tt.weighted_answer_loss(logits, labels, w)[0], plain)
+
+
+def test_collate_puts_the_key_weight_at_the_key_token():
+    ids = torch.tensor([1, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x2 q a a </s>
+    mask = torch.tensor([0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    data = {
+        "ids": [ids, ids],
+        "masks": [mask, mask],
+        "scene": torch.tensor([0, 0]),
+        "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+        "patches": torch.zeros(1, 6, 4, dtype=torch.int8),
+        "patch_words": torch.zeros(1, 4, 5, dtype=torch.int16),
+    }
+    assert "weights" not in tt.collate(data, np.array([0, 1]), 0, 1, None)
+    data |= {"key_pos": torch.tensor([4, -1]), "key_weight": 6.0}
+    for extra in (False, True):
+        b = tt.collate(data, np.array([0, 1]), 0, 1, np.array([extra, extra]))
+        want = torch.ones_like(b["weights"])
+        want[0, 4 + int(extra)] = 6.0  # the first answer token, after a second <s> if any
+        assert torch.equal(b["weights"], want)
+        assert int(b["labels"][0, 4 + int(extra)]) == 8
+
+
+def test_record_repeats_by_family():
+    from specvlm.world.train_target.smol import SMOL_CONFIGS
+
+    fams = ["conversation", "multiple_choice", "detailed", "multiturn", "text"]
+    assert tt.record_repeats(fams, tt.CONFIGS["small"]).tolist() == [
+        tt.CONFIGS["small"].qa_repeats, 1, 1, tt.CONFIGS["small"].qa_repeats, 1
+    ]  # fmt: skip
+    cfg = replace(SMOL_CONFIGS["smol"], mc_repeats=3)
+    assert tt.record_repeats(fams, cfg).tolist() == [1, 3, 1, 1, 1]
+
+
 def test_pointer_loss_is_the_cross_entropy_at_the_pointed_keys():
     att = torch.full((1, 3, 4), 0.25)
     att[0, 1] = torch.tensor([0.1, 0.7, 0.1, 0.1])
@@ -492,6 +544,10 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "smol", "--layers", "2"], "--layers applies to --config smol-assistant"),
         (["--config", "smol-assistant", "--steps", "2"], "needs --init"),
         (["--config", "smol", "--scenes", "0"], "--scenes must be at least 1"),
+        (["--config", "video", "--mc-repeats", "2"], "--mc-repeats applies to --config smol"),
+        (["--config", "smol", "--mc-repeats", "0"], "--mc-repeats must be at least 1"),
+        (["--config", "smol", "--letter-weight", "0"], "--letter-weight must be positive"),
+        (["--config", "smol-assistant", "--letter-weight", "2"], "--letter-weight applies to"),
     ],
 )
 def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):

@@ -11,6 +11,7 @@
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
                                [--clips N] [--seed S] [--reads events|frame|text]
                                [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
+                               [--mc-repeats N] [--letter-weight W]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -128,6 +129,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="--config smol / smol-assistant: train on the first N train scenes (default 2000)",
+    )
+    train.add_argument(
+        "--mc-repeats",
+        type=int,
+        default=None,
+        help="--config smol: multiple-choice records this many times per epoch (default 1)",
+    )
+    train.add_argument(
+        "--letter-weight",
+        type=float,
+        default=None,
+        help="--config smol: weight of a multiple-choice answer's opening letter in the answer "
+        "loss (default 1)",
     )
     train.add_argument(
         "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
@@ -291,6 +305,13 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--reads applies to --config events only")
     if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
         raise InputError("--scenes applies to --config smol and smol-assistant only")
+    for flag, value in (("--mc-repeats", args.mc_repeats), ("--letter-weight", args.letter_weight)):
+        if value is not None and args.config != "smol":
+            raise InputError(f"{flag} applies to --config smol only")
+    if args.mc_repeats is not None and args.mc_repeats < 1:
+        raise InputError(f"--mc-repeats must be at least 1, got {args.mc_repeats}")
+    if args.letter_weight is not None and not args.letter_weight > 0:
+        raise InputError(f"--letter-weight must be positive, got {args.letter_weight}")
     if args.layers is not None and args.config != "smol-assistant":
         raise InputError("--layers applies to --config smol-assistant only")
     if args.layers is not None and args.layers < 1:
@@ -309,6 +330,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["n_scenes"] = args.scenes
     if args.layers is not None:
         extra["assistant_layers"] = args.layers
+    if args.mc_repeats is not None:
+        extra["mc_repeats"] = args.mc_repeats
+    if args.letter_weight is not None:
+        extra["letter_weight"] = args.letter_weight
     if args.seed is not None:
         extra["seed"] = args.seed
     if args.reads is not None:

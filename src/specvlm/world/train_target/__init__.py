@@ -56,13 +56,14 @@ from specvlm.world.train_target.data import (
     encode_record,
     labels_from_mask,
 )
-from specvlm.world.train_target.loop import lr_at, pretrain_vision, train_target
+from specvlm.world.train_target.loop import lr_at, pretrain_vision, record_repeats, train_target
 from specvlm.world.train_target.losses import (
     IGNORE,
     PatchHeads,
     align_loss,
     answer_loss,
     pointer_loss,
+    weighted_answer_loss,
     word_targets,
 )
 from specvlm.world.train_target.model import (
@@ -111,6 +112,8 @@ __all__ = [
     "TargetTrainConfig",
     "align_loss",
     "answer_loss",
+    "weighted_answer_loss",
+    "record_repeats",
     "answer_pointers",
     "batch_order",
     "build_data",

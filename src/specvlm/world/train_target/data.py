@@ -243,7 +243,9 @@ def collate(
     """Right-padded batch. Sequences flagged in `extra_bos` get a second <s> in front, so the
     model is trained on both forms of its prompt (one <s>, or two as some hand-written pipelines
     give: a template that writes <s> and a tokenizer that adds one).
-    "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without."""
+    "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without.
+    "weights" (B, T), only when the data has "key_pos" (N,) and "key_weight": the answer loss's
+    weight per token, `key_weight` at each row's key position (-1: none), 1 elsewhere."""
     seqs = [data["ids"][k].long() for k in idx]
     if extra_bos is not None:
         bos = torch.tensor([bos_id])
@@ -268,7 +270,15 @@ def collate(
             pointer[b, shift : n - 1] = keys[1:]
     scenes = data["scene"][torch.as_tensor(idx)]
     img = data["images"][scenes]  # (B, H, W, 3) uint8
-    return {
+    extra = {}
+    if "key_pos" in data:
+        weights = torch.ones((len(seqs), T))  # (B, T)
+        for b, k in enumerate(idx):
+            key = int(data["key_pos"][k])
+            if key >= 0:
+                weights[b, len(seqs[b]) - len(data["masks"][k]) + key] = data["key_weight"]
+        extra["weights"] = weights
+    return extra | {
         "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
         "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_SLOTS)
         "input_ids": input_ids,

@@ -20,7 +20,12 @@ from tqdm import tqdm
 
 from specvlm.world.train_target.config import TargetTrainConfig
 from specvlm.world.train_target.data import batch_order, cached_data, collate
-from specvlm.world.train_target.losses import PatchHeads, align_loss, answer_loss, pointer_loss
+from specvlm.world.train_target.losses import (
+    PatchHeads,
+    align_loss,
+    pointer_loss,
+    weighted_answer_loss,
+)
 from specvlm.world.train_target.model import (
     build_processor,
     llava_forward,
@@ -146,8 +151,7 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
         # mask is passed (it would force a slow attention path); pads carry no loss.
         outs = forward(model, batch["input_ids"], batch["pixel_values"], pointer_layer)
         logits, feats, projected = outs[:3]
-        answer = answer_loss(logits, batch["labels"])
-        loss = answer
+        loss, answer = weighted_answer_loss(logits, batch["labels"], batch.get("weights"))
         if pointer_layer is not None and bool((batch["pointer"] >= 0).any()):
             point = pointer_loss(outs[3], batch["pointer"])
             loss = loss + cfg.pointer_weight * point
@@ -217,6 +221,14 @@ def _record_step(state: dict, losses: dict, n_tok: int, elapsed: float) -> None:
         state["pointer_losses"].append(losses["pointer"])
 
 
+def record_repeats(families: list[str], cfg) -> np.ndarray:
+    """(N,) how many times each record comes per epoch: conversation and multiturn records
+    `cfg.qa_repeats`, multiple-choice ones `cfg.mc_repeats` (1 in recipes without it)."""
+    qa = np.array([f in ("conversation", "multiturn") for f in families])
+    mc = np.array([f == "multiple_choice" for f in families])
+    return np.where(qa, cfg.qa_repeats, np.where(mc, getattr(cfg, "mc_repeats", 1), 1))
+
+
 def train_llava(
     run: Run,
     data: dict,
@@ -234,14 +246,14 @@ def train_llava(
 ) -> None:
     """Stage 2: the whole LLaVA on the answers, in batches of similar length, until `budget`
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
-    times per epoch. Other recipes (`smol`) pass their own `forward_fn` (same signature as
+    times per epoch, multiple-choice ones `mc_repeats` times (recipes that have it: `smol`); a
+    batch's "weights" (from the data's "key_pos", see `data.collate`) weight the answer loss. Other recipes (`smol`) pass their own `forward_fn` (same signature as
     `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and
     `show_eta` (the log line ends with the time left). `order_fn(epoch)` -> the epoch's batches
     (arrays of record indices) replaces the default length-grouped `batch_order`."""
     cfg, state = run.cfg, run.state
     lengths = np.array([len(s) for s in data["ids"]])
-    qa = np.array([f in ("conversation", "multiturn") for f in data["family"]])
-    repeats = np.where(qa, cfg.qa_repeats, 1)
+    repeats = record_repeats(data["family"], cfg)
     if order_fn is None:
 
         def order_fn(epoch: int) -> list[np.ndarray]:

@@ -23,11 +23,26 @@ IGNORE = -100  # label of tokens without loss
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled (answer) tokens."""
+    return weighted_answer_loss(logits, labels, None)[0]
+
+
+def weighted_answer_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to train on, plain `answer_loss`): the labelled tokens' cross-entropy, each times
+    its weight in `weights` (B, T) (None: all 1), summed and divided by the number of labelled
+    tokens, so a weight above 1 adds to a token's share without shrinking the others'."""
     logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
     target = labels[:, 1:]  # (B, T-1)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE
-    )
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+        reduction="none",
+    )  # (B * (T-1),) 0 where ignored  # fmt: skip
+    n = (target != IGNORE).sum().clamp(min=1)
+    plain = ce.sum() / n
+    if weights is None:
+        return plain, plain
+    return (ce * weights[:, 1:].reshape(-1)).sum() / n, plain
 
 
 class PatchHeads(torch.nn.Module):

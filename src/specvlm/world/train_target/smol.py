@@ -21,7 +21,8 @@ questions right. Stage 2 (the whole `--steps` / `--minutes` budget, lr `lr`): Lo
 rank `lora_rank` on all seven linears of every decoder layer (~4.9 M parameters at r = 16) and
 the projector, on the answer loss plus `align_weight` times the alignment loss, over every
 record of the first `n_scenes` train scenes (all five
-families, plus one `drill_turns`-question drill per scene), mixed with `text_share` text-only
+families, plus one `drill_turns`-question drill per scene; multiple-choice records `mc_repeats`
+times, their opening letter's loss weighted `letter_weight`), mixed with `text_share` text-only
 rows: `text_prompts` general prompts (`TEXT_PROMPTS`) answered by SmolLM2 itself, greedily,
 in at most `text_tokens` tokens, once at data-build time; training on its own answers keeps
 its text-only behaviour. Batches, schedule, checkpoints and the log are the world recipe's
@@ -110,6 +111,10 @@ class SmolTrainConfig:
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = TARGETS
     qa_repeats: int = 1
+    # multiple choice (v5): its records this many times per epoch, and the answer's opening
+    # letter weighted this much in the answer loss (v4 wrote the letter first, nearly blindly)
+    mc_repeats: int = 1
+    letter_weight: float = 1.0
     seed: int = 0  # the projector's initialisation (the base folder) and the adapters'
     bf16: bool = True
     compile: bool = False
@@ -329,6 +334,22 @@ def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = Tru
     }
 
 
+def mc_letter_positions(data: dict, tokenizer, look: int = 3) -> torch.Tensor:
+    """(N,) int64: per row of `data`, the position of the option letter a multiple-choice
+    answer opens with ("B" of "B. ..." or of "(B) ..."): the first of the answer's first `look`
+    tokens that reads as A-D once brackets, dots and spaces are stripped; -1 in other rows."""
+    out = torch.full((len(data["ids"]),), -1, dtype=torch.long)
+    for k, family in enumerate(data["family"]):
+        if family != "multiple_choice":
+            continue
+        start = int(np.flatnonzero(data["masks"][k].numpy())[0])
+        for p in range(start, min(start + look, len(data["ids"][k]))):
+            if tokenizer.decode([int(data["ids"][k][p])]).strip(" ().") in ("A", "B", "C", "D"):
+                out[k] = p
+                break
+    return out
+
+
 def cached_smol_data(
     cfg: SmolTrainConfig, model, tokenizer, base: Path, out: Path, progress: bool = True
 ) -> dict:
@@ -447,6 +468,15 @@ def train_smol_target(
     base, model, tokenizer = load_base(gguf, cache, cfg.seed)
     delta = None if init is None else read_init_delta(Path(init), cfg, base)
     data = cached_smol_data(cfg, model, tokenizer, base, out, progress)
+    if cfg.letter_weight != 1.0:
+        data["key_pos"], data["key_weight"] = (
+            mc_letter_positions(data, tokenizer),
+            cfg.letter_weight,
+        )
+        found = int((data["key_pos"] >= 0).sum())
+        n_mc = sum(f == "multiple_choice" for f in data["family"])
+        print(f"smol: {found} of {n_mc} multiple-choice answers' letters weighted "
+              f"{cfg.letter_weight:g}x", file=sys.stderr)  # fmt: skip
     model.requires_grad_(False)
     projector = model.model.multi_modal_projector
     projector.requires_grad_(True)
