@@ -257,6 +257,7 @@ def collate(
     # (B, T) the key position query t must attend to (-1: none): token t + 1's pointer, shifted
     # to the image tokens' place in the sequence, since query t predicts token t + 1
     pointer = torch.full((len(seqs), T), -1, dtype=torch.long)
+    weights = torch.ones((len(seqs), T)) if "key_pos" in data else None  # (B, T)
     for b, k in enumerate(idx):
         n = len(seqs[b])
         input_ids[b, :n] = seqs[b]
@@ -268,16 +269,11 @@ def collate(
             first = int((seqs[b] == image_id).nonzero()[0])
             keys = torch.where(p >= 0, p + first, p)
             pointer[b, shift : n - 1] = keys[1:]
+        if weights is not None and int(data["key_pos"][k]) >= 0:
+            weights[b, shift + int(data["key_pos"][k])] = data["key_weight"]
     scenes = data["scene"][torch.as_tensor(idx)]
     img = data["images"][scenes]  # (B, H, W, 3) uint8
-    extra = {}
-    if "key_pos" in data:
-        weights = torch.ones((len(seqs), T))  # (B, T)
-        for b, k in enumerate(idx):
-            key = int(data["key_pos"][k])
-            if key >= 0:
-                weights[b, len(seqs[b]) - len(data["masks"][k]) + key] = data["key_weight"]
-        extra["weights"] = weights
+    extra = {} if weights is None else {"weights": weights}
     return extra | {
         "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
         "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_SLOTS)

@@ -247,7 +247,8 @@ def train_llava(
     """Stage 2: the whole LLaVA on the answers, in batches of similar length, until `budget`
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
     times per epoch, multiple-choice ones `mc_repeats` times (recipes that have it: `smol`); a
-    batch's "weights" (from the data's "key_pos", see `data.collate`) weight the answer loss. Other recipes (`smol`) pass their own `forward_fn` (same signature as
+    batch's "weights" (from the data's "key_pos", see `data.collate`) weight the answer loss.
+    Other recipes (`smol`) pass their own `forward_fn` (same signature as
     `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and
     `show_eta` (the log line ends with the time left). `order_fn(epoch)` -> the epoch's batches
     (arrays of record indices) replaces the default length-grouped `batch_order`."""

@@ -469,10 +469,8 @@ def train_smol_target(
     delta = None if init is None else read_init_delta(Path(init), cfg, base)
     data = cached_smol_data(cfg, model, tokenizer, base, out, progress)
     if cfg.letter_weight != 1.0:
-        data["key_pos"], data["key_weight"] = (
-            mc_letter_positions(data, tokenizer),
-            cfg.letter_weight,
-        )
+        data["key_pos"] = mc_letter_positions(data, tokenizer)  # (N,)
+        data["key_weight"] = cfg.letter_weight
         found = int((data["key_pos"] >= 0).sum())
         n_mc = sum(f == "multiple_choice" for f in data["family"])
         print(f"smol: {found} of {n_mc} multiple-choice answers' letters weighted "
