@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from specvlm import smol
+from specvlm.world.grammar import option_letter
 from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_delta
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
@@ -158,7 +159,8 @@ def test_init_continues_from_a_trained_delta(trained, tiny):
 
 def test_the_letter_weight_finds_each_multiple_choice_letter(trained, tiny):
     """The run's cached data: every multiple-choice answer's key position holds its option
-    letter, right at the answer's start or after "("; no other row has one."""
+    letter, the one the answer gives, right after "...so the answer is" or "...: option (";
+    no other row has one."""
     from transformers import AutoTokenizer
 
     data = torch.load(next(trained["out"].glob("data-smol-*.pt")))
@@ -170,8 +172,12 @@ def test_the_letter_weight_finds_each_multiple_choice_letter(trained, tiny):
         p = int(pos[k])
         start = int(np.flatnonzero(data["masks"][k].numpy())[0])
         before = tokenizer.decode(data["ids"][k][start:p].tolist())
-        assert tokenizer.decode([int(data["ids"][k][p])]) in ("A", "B", "C", "D")
-        assert before in ("", "(")
+        letter = tokenizer.decode([int(data["ids"][k][p])]).strip()
+        assert letter in ("A", "B", "C", "D")
+        assert before.rstrip().endswith((", so the answer is", ": option (")), before
+        end = int(np.flatnonzero(data["masks"][k].numpy())[-1]) + 1
+        answer = tokenizer.decode(data["ids"][k][start:end].tolist())
+        assert option_letter(answer) == letter
 
 
 def test_multiple_choice_weighting_is_recorded_and_kept_on_resume(trained, tiny):

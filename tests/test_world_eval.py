@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from specvlm.world import evaluate as ev
+from specvlm.world import grammar
 from specvlm.world.language import make_record
 from tests.test_world_train import run  # noqa: F401  (the tiny trained target, a module fixture)
 
@@ -26,6 +27,9 @@ MC = {"qtype": "mc_color", "answer": "B", "answer_kind": "letter", "answer_text"
         ("The answer is (C).", "C"),
         ("Answer: D", "D"),
         ("I pick option A because it is red.", "A"),
+        ("Red, so the answer is B. The circle is red.", "B"),  # the references' two forms
+        ("Red: option (B). The circle is red.", "B"),
+        ("A red circle, so the answer is C.", "C"),
         ("A red circle.", None),  # the article, not an option
         ("Red.", None),
         ("b. red", None),  # letters are capitals, as the options are written
@@ -41,11 +45,24 @@ def test_multiple_choice_is_scored_by_its_letter():
     assert ev.score("multiple_choice", MC, "(B) Red. The circle is red.")  # letter + content
     assert not ev.score("multiple_choice", MC, "(A) Red. The circle is red.")  # wrong letter
     assert not ev.score("multiple_choice", MC, "Red. The circle is red.")  # content, no letter
+    assert ev.score("multiple_choice", MC, "Red, so the answer is B. The circle is red.")
+    assert not ev.score("multiple_choice", MC, "Red: option (C). The circle is red.")
+    assert grammar.check_answer(MC | {"answer": "B"}, "Red: option (B).")  # the same reading
+    assert not grammar.check_answer(MC, "Red: option (C).")
     # the content check is a diagnostic beside the score: right content under a wrong letter
     assert ev.mc_content(MC, "(A) Red. The circle is red.")
     assert ev.mc_content(MC, "B. The circle is red, so the other colors do not match it.")
     assert not ev.mc_content(MC, "(B) Blue.")
     assert not ev.mc_content(MC, "B")
+    assert ev.mc_content(MC, "Red, so the answer is C.") and not ev.mc_content(
+        MC, "Blue: option (B)."
+    )
+
+
+def test_option_letter_at_says_where_the_letter_stands():
+    assert grammar.option_letter_at("A red circle, so the answer is C.") == ("C", 31)
+    assert grammar.option_letter_at("(B) Red.") == ("B", 1)
+    assert grammar.option_letter_at("Red.") is None
 
 
 def test_reasoning_is_scored_by_its_verdict_sentence():

@@ -13,7 +13,7 @@ import pytest
 
 from specvlm.errors import InputError
 from specvlm.world.clips import Clip, timeline
-from specvlm.world.grammar import SHAPE_WORDS, check_answer, mentions
+from specvlm.world.grammar import SHAPE_WORDS, check_answer, mentions, option_letter
 from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
 from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
 
@@ -284,8 +284,10 @@ def test_multiple_choice_letter_points_at_the_true_option():
         q, answer, meta = next(turns(rec))
         options = dict(re.findall(r"(?:^|\n|\()([A-D])[.)] ([^\n(]+)", q))
         assert set(options) == set("ABCD"), q
-        assert answer.lstrip("(").startswith(meta["answer"])
         text = options[meta["answer"]].strip()
+        # the right option's text first, then its letter
+        assert answer.lower().startswith(text.lower()), (answer, text)
+        assert option_letter(answer) == meta["answer"]
         short = meta["answer_text"]
         assert text == short or text.replace(" and to the ", "-").replace("to the ", "") == short, (
             q,

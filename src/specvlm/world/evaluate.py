@@ -10,7 +10,8 @@ is asked greedily, as a user would ask it (the target's own chat template), and 
 - conversation: `grammar.check_answer` on the whole answer (the first number, yes/no, colour,
   shape, object or region it names must be the record's short answer);
 - multiple_choice: by its letter only: `mc_letter` (the option letter the answer opens with, as
-  "B", "B.", "B)", "B:", "(B)"; failing that the first "(B)", "answer: B", "option B" in it) must
+  "B", "B.", "B)", "B:", "(B)"; failing that the first "(B)", "answer is B", "option B" in it:
+  the world's reference answers name the option first, "Red, so the answer is B. ...") must
   be the record's letter. Whether the text after the letter names the right option
   (`mc_content`) is reported beside it, as a diagnostic, not scored;
 - reasoning: by its verdict, the answer's first sentence (`verdict`: up to the first ". ", "? " or
@@ -94,23 +95,13 @@ MC_CONTENT_KIND = {
 CLOSED_FAMILIES = ("conversation", "multiple_choice", "reasoning", "multiturn")
 CLOSED_TOKENS = 48  # new tokens for a closed answer: the verdict comes first in every family
 
-# An answer that opens with the letter: "B", "B.", "B)", "B:", "B,", "(B)". A bare letter followed
-# by a word ("A red circle ...") is the article, not an option.
-_LETTER_START = r"^\s*\(?([A-D])(?:[.):,]|\s*$)"
-_MC_LETTER = re.compile(
-    _LETTER_START + r"|\(([A-D])\)|(?i:\b(?:answer|option|choice))(?:\s+is)?:?\s+\(?([A-D])\b"
-)
-
-
-def mc_letter(text: str) -> str | None:
-    """The first option letter (A-D) the answer gives, or None."""
-    m = _MC_LETTER.search(text)
-    return None if m is None else next(g for g in m.groups() if g)
+# The letter an answer gives: `grammar.option_letter` (also what `check_answer` reads for "letter").
+mc_letter = grammar.option_letter
 
 
 def mc_content(meta: dict, text: str) -> bool:
     """Does the answer, its opening letter removed, name the right option's content?"""
-    rest = re.sub(_LETTER_START + r"\s*", "", text, count=1)
+    rest = re.sub(grammar.LETTER_START + r"\s*", "", text, count=1)
     kind = MC_CONTENT_KIND[meta["qtype"]]
     return bool(grammar.check_answer({"answer": meta["answer_text"], "answer_kind": kind}, rest))
 

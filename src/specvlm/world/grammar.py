@@ -257,6 +257,30 @@ def text_direction(text: str) -> str | None:
     return "-".join(x for x in (vert, horiz) if x) or None
 
 
+# An answer that opens with the letter: "B", "B.", "B)", "B:", "B,", "(B)". A bare letter followed
+# by a word ("A red circle ...") is the article, not an option.
+LETTER_START = r"^\s*\(?([A-D])(?:[.):,]|\s*$)"
+_OPTION_LETTER = re.compile(
+    LETTER_START + r"|\(([A-D])\)|(?i:\b(?:answer|option|choice))(?:\s+is)?:?\s+\(?([A-D])\b"
+)
+
+
+def option_letter(text: str) -> str | None:
+    """The option letter (A-D) an answer gives: the one it opens with, else the first "(B)",
+    "answer is B", "option B" or "choice: B" in it; None when it gives none."""
+    found = option_letter_at(text)
+    return None if found is None else found[0]
+
+
+def option_letter_at(text: str) -> tuple[str, int] | None:
+    """`option_letter` and where it stands in `text` (its character index)."""
+    m = _OPTION_LETTER.search(text)
+    if m is None:
+        return None
+    g = next(i for i, g in enumerate(m.groups(), 1) if g)
+    return m.group(g), m.start(g)
+
+
 def check_answer(meta: dict, text: str) -> bool | None:
     """Score a model's answer to a closed question against meta["answer"].
 
@@ -264,7 +288,7 @@ def check_answer(meta: dict, text: str) -> bool | None:
     word), shape (first shape word), object ("color shape" or "size shape": the first object
     named), region (position words), direction (motion words), word (the word appears and none of
     meta["alternatives"] do), letter
-    (the option letter at the start). Returns None for open questions (answer None).
+    (`option_letter`: the letter it opens with, else the first "(B)", "answer is B", "option B"). Returns None for open questions (answer None).
     """
     kind, expected = meta.get("answer_kind"), meta.get("answer")
     if expected is None or kind is None:
@@ -276,8 +300,7 @@ def check_answer(meta: dict, text: str) -> bool | None:
         m = re.match(r"\W*(yes|no)\b", low)
         return m is not None and m.group(1) == expected
     if kind == "letter":
-        m = re.match(r"\W*([a-d])\b", low)
-        return m is not None and m.group(1) == expected.lower()
+        return option_letter(text) == str(expected).upper()
     if kind == "color":
         found = re.search(rf"\b({'|'.join(COLORS)})\b", low)
         return found is not None and found.group(1) == expected

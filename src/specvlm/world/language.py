@@ -7,7 +7,7 @@
 
 Task families (FAMILIES): detailed (a 60-200 word description), conversation (one short
 question), reasoning (a comparison or a cause, with an explanation), multiple_choice (options
-A-D; the answer is the letter, then why) and multiturn (2-4 question/answer turns). Each family
+A-D; the answer names the right option, then its letter, then why) and multiturn (2-4 question/answer turns). Each family
 exists for stills (kind "image", placeholder <image>), clips (kind "video", key "video", a folder
 of frames, placeholder <video>) and event streams (kind "events", key "events", an .npz with
 x, y, t, p, shown as the polarity image of key "image", placeholder <image>).
@@ -48,8 +48,12 @@ FAMILIES: tuple[str, ...] = (
     "multiturn",
 )
 PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events": "<image>"}
+# The wording of the reference answers: part of every training-data cache's name, so a change of
+# wording (2: multiple-choice answers name the option before its letter) rebuilds the caches.
+ANSWERS_VERSION = 2
 
 __all__ = [
+    "ANSWERS_VERSION",
     "FAMILIES",
     "KINDS",
     "PLACEHOLDERS",

@@ -547,7 +547,7 @@ REASONING = (r_bigger, r_closest, r_extreme, r_occluded, r_more, r_arithmetic, r
 
 
 # ---------------------------------------------------------------------------------------------
-# multiple_choice: options A-D; the answer is the letter, then why
+# multiple_choice: options A-D; the answer names the right option, then its letter, then why
 # ---------------------------------------------------------------------------------------------
 
 MC_INSTRUCTIONS = (
@@ -583,7 +583,15 @@ def _mc(
     else:
         body = "Options: " + " ".join(f"({L}) {o}" for L, o in zip("ABCD", options, strict=True))
     q = f"{stem}\n{body}\n{pick(rng, MC_INSTRUCTIONS)}"
-    ans = pick(rng, (f"{letter}. {why}", f"({letter}) {cap(correct)}. {why}"))
+    # the option's content first, then its letter: a model names what it sees before it has to
+    # find that among the options (letter-first answers taught the letters' marginal instead)
+    ans = pick(
+        rng,
+        (
+            f"{cap(correct)}, so the answer is {letter}. {why}",
+            f"{cap(correct)}: option ({letter}). {why}",
+        ),
+    )
     return QA(q, ans, closed(qtype, letter, "letter", answer_text=short))
 
 

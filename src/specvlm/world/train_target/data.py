@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from specvlm.world.language import FAMILIES, make_drill, make_record
+from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_drill, make_record
 from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.config import TargetTrainConfig
@@ -199,7 +199,7 @@ def cached_data(cfg: TargetTrainConfig, tokenizer, out: Path, progress: bool = T
     vocab_hash = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:8]
     drill = f"-drill{cfg.drill_turns}" if cfg.drill_turns else ""
     size = f"{cfg.n_scenes}-{cfg.image_size}px-{cfg.n_image_tokens}tok"
-    path = out / f"data-v8-train-{size}{drill}-{vocab_hash}.pt"
+    path = out / f"data-v8-a{ANSWERS_VERSION}-train-{size}{drill}-{vocab_hash}.pt"
     if path.is_file():
         return torch.load(path)
     data = build_data(cfg, tokenizer, progress=progress)

@@ -54,7 +54,8 @@ from tqdm import tqdm
 
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
-from specvlm.world.language import FAMILIES, make_drill, make_record
+from specvlm.world.grammar import option_letter_at
+from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_drill, make_record
 from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
@@ -334,18 +335,25 @@ def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = Tru
     }
 
 
-def mc_letter_positions(data: dict, tokenizer, look: int = 3) -> torch.Tensor:
-    """(N,) int64: per row of `data`, the position of the option letter a multiple-choice
-    answer opens with ("B" of "B. ..." or of "(B) ..."): the first of the answer's first `look`
-    tokens that reads as A-D once brackets, dots and spaces are stripped; -1 in other rows."""
+def mc_letter_positions(data: dict, tokenizer) -> torch.Tensor:
+    """(N,) int64: per row of `data`, the position of the option letter a multiple-choice answer
+    gives (`grammar.option_letter`: the "B" of "B. ...", "(B) ...", "Red, so the answer is B."
+    or "Red: option (B)."): the answer token whose text covers that letter's character; -1 in
+    other rows and where no token does."""
     out = torch.full((len(data["ids"]),), -1, dtype=torch.long)
     for k, family in enumerate(data["family"]):
         if family != "multiple_choice":
             continue
-        start = int(np.flatnonzero(data["masks"][k].numpy())[0])
-        for p in range(start, min(start + look, len(data["ids"][k]))):
-            if tokenizer.decode([int(data["ids"][k][p])]).strip(" ().") in ("A", "B", "C", "D"):
-                out[k] = p
+        answer = np.flatnonzero(data["masks"][k].numpy())
+        ids = [int(t) for t in data["ids"][k][answer[0] : answer[-1] + 1]]
+        found = option_letter_at(tokenizer.decode(ids))
+        if found is None:
+            continue
+        letter, at = found
+        for j in range(len(ids)):
+            if len(tokenizer.decode(ids[: j + 1])) > at:  # token j holds character `at`
+                if letter in tokenizer.decode([ids[j]]):
+                    out[k] = int(answer[0]) + j
                 break
     return out
 
@@ -359,7 +367,7 @@ def cached_smol_data(
     keys += ("region_words",)
     what = {k: getattr(cfg, k) for k in keys} | {"base": base.name, "prompts": TEXT_PROMPTS}
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
-    path = out / f"data-smol-v3-{cfg.n_scenes}-{key}.pt"
+    path = out / f"data-smol-v3-a{ANSWERS_VERSION}-{cfg.n_scenes}-{key}.pt"
     if path.is_file():
         return torch.load(path)
     data = build_smol_data(cfg, model, tokenizer, progress)

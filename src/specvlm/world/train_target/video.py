@@ -35,7 +35,7 @@ from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.media import sample_frame_indices
 from specvlm.world.clips import render_clip
-from specvlm.world.language import FAMILIES, make_record
+from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
@@ -188,7 +188,7 @@ def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: boo
     settings."""
     what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
-    path = out / f"data-video-{cfg.n_clips}-{key}.pt"
+    path = out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
     if path.is_file():
         return torch.load(path)
     start = time.perf_counter()
