@@ -17,6 +17,7 @@ import torch
 
 from specvlm import smol
 from specvlm.world.grammar import option_letter
+from specvlm.world.language import ANSWERS_VERSION
 from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_delta
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
@@ -141,6 +142,7 @@ def test_init_continues_from_a_trained_delta(trained, tiny):
     assert config["init"]["folder"] == str(delta.resolve())
     assert config["init"]["sha256"] == smol.sha256_file(delta / smol.DELTA_WEIGHTS)
     assert config["recipe"]["region_words"] is SMOL_CONFIGS["smol-tiny"].region_words
+    assert config["answers_version"] == ANSWERS_VERSION
     with pytest.raises(InputError, match="--resume continues"):
         train_smol_target(out, "smol-tiny", steps=3, init=delta, resume=True, **args)
     # stopped after one step, resumed without --init: the same delta as the run above

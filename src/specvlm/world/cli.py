@@ -140,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--letter-weight",
         type=float,
         default=None,
-        help="--config smol: weight of a multiple-choice answer's opening letter in the answer "
+        help="--config smol: weight of a multiple-choice answer's option letter in the answer "
         "loss (default 1)",
     )
     train.add_argument(

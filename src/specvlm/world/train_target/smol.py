@@ -112,7 +112,7 @@ class SmolTrainConfig:
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = TARGETS
     qa_repeats: int = 1
-    # multiple choice (v5): its records this many times per epoch, and the answer's opening
+    # multiple choice (v5): its records this many times per epoch, and the answer's option
     # letter weighted this much in the answer loss (v4 wrote the letter first, nearly blindly)
     mc_repeats: int = 1
     letter_weight: float = 1.0
@@ -626,6 +626,7 @@ def save_delta(
         },
         "init": result.get("init"),  # the delta this run started from: its own "trained", nested
         "recipe": {k: v for k, v in asdict(cfg).items() if k != "lora_targets"},
+        "answers_version": ANSWERS_VERSION,  # the wording of the world answers it was trained on
     }
     (tmp / DELTA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     from specvlm.world.train_target.model import _replace_dir
