@@ -287,8 +287,8 @@ def check_answer(meta: dict, text: str) -> bool | None:
     meta["answer_kind"] says how: number (first number), yesno (first word), color (first colour
     word), shape (first shape word), object ("color shape" or "size shape": the first object
     named), region (position words), direction (motion words), word (the word appears and none of
-    meta["alternatives"] do), letter
-    (`option_letter`: the letter it opens with, else the first "(B)", "answer is B", "option B"). Returns None for open questions (answer None).
+    meta["alternatives"] do), letter (`option_letter`: the letter it opens with, else the first
+    "(B)", "answer is B", "option B"). Returns None for open questions (answer None).
     """
     kind, expected = meta.get("answer_kind"), meta.get("answer")
     if expected is None or kind is None:
