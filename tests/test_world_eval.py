@@ -83,6 +83,33 @@ def test_reasoning_is_scored_by_its_verdict_sentence():
     assert not ev.score("reasoning", plus, "There would be many. The image has 3 now.")
 
 
+def test_reasoning_that_concludes_last_is_scored_by_its_conclusion():
+    size = {
+        "qtype": "compare_size",
+        "answer": "blue square",
+        "answer_kind": "object",
+        "conclusion": True,
+    }
+    facts = "The red circle is small, while the blue square is large"
+    assert ev.verdict(f"{facts}, so the blue square is larger. Clearly.", size) == (
+        "the blue square is larger."
+    )
+    assert ev.score("reasoning", size, f"{facts}, so the blue square is larger.")
+    # the first object named is the wrong one: only the conclusion counts
+    assert not ev.score("reasoning", size, f"{facts}, so the red circle is larger.")
+    # a verdict-first answer (the wording before ANSWERS_VERSION 3) is still read by its first
+    # sentence, also when an explanation after it says ", so "
+    assert ev.score("reasoning", size, "The blue square is larger. It is big, so it wins.")
+    assert not ev.score("reasoning", size, "The red circle is larger. It is big, so it wins.")
+    more = {"qtype": "compare_count", "answer": "yes", "answer_kind": "yesno", "conclusion": True}
+    assert ev.score("reasoning", more, "There are two circles and one square, so yes: more.")
+    assert not ev.score("reasoning", more, "There are two circles and one square, so no.")
+    assert ev.score("reasoning", more, "Yes. There are two, so there are more circles.")
+    plus = {"qtype": "arithmetic", "answer": "3", "answer_kind": "number", "conclusion": True}
+    assert ev.score("reasoning", plus, "The image has 2 circles, so there would be 3 circles.")
+    assert not ev.score("reasoning", plus, "The image has 3 circles, so there would be 4.")
+
+
 def test_multiturn_turns_are_scored_by_their_own_rule():
     count = {"qtype": "count", "answer": "2", "answer_kind": "number"}
     # a conversation question: its first number anywhere in the answer

@@ -13,7 +13,13 @@ import pytest
 
 from specvlm.errors import InputError
 from specvlm.world.clips import Clip, timeline
-from specvlm.world.grammar import SHAPE_WORDS, check_answer, mentions, option_letter
+from specvlm.world.grammar import (
+    SHAPE_WORDS,
+    check_answer,
+    conclusion,
+    mentions,
+    option_letter,
+)
 from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
 from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
 
@@ -132,6 +138,22 @@ def test_every_generated_answer_passes_check_answer():
             assert ok is not False, (rec["id"], meta, answer)
             n_closed += ok is True
     assert n_closed > 300
+
+
+def test_reasoning_answers_give_their_facts_before_their_verdict():
+    seen = set()
+    for i in range(200):
+        rec = make_record("train", i, "reasoning")
+        q, answer, meta = next(turns(rec))
+        if not meta.get("conclusion"):
+            assert meta["qtype"] == "occlusion", meta  # its cause is its answer: it comes first
+            continue
+        seen.add(meta["qtype"])
+        head, _, last = answer.rpartition(", so ")
+        assert head and check_answer(meta, last), (q, answer, meta)
+        # the verdict is read after the facts, not from the first thing the answer names
+        assert check_answer(meta, answer) and conclusion(answer) == last
+    assert seen == {"compare_size", "closest", "extreme", "compare_count", "arithmetic", "edge"}
 
 
 def test_check_answer_rejects_wrong_answers():

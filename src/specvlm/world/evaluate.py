@@ -14,9 +14,13 @@ is asked greedily, as a user would ask it (the target's own chat template), and 
   the world's reference answers name the option first, "Red, so the answer is B. ...") must
   be the record's letter. Whether the text after the letter names the right option
   (`mc_content`) is reported beside it, as a diagnostic, not scored;
-- reasoning: by its verdict, the answer's first sentence (`verdict`: up to the first ". ", "? " or
-  "! "), scored by `check_answer`: "The red circle is larger. It covers ..." must name the right
-  object before its first full stop; a right value only in the explanation does not count;
+- reasoning: by its verdict (`verdict`), scored by `check_answer`. The world's image reasoning
+  answers give their facts first and decide last ("The red circle is small, while the blue
+  square is large. ..., so the blue square is larger."): their verdict is the sentence part after
+  the last ", so ". When an answer has no such part, or that part gives no answer of the
+  question's kind (a model trained on the older, verdict-first wording: "The blue square is
+  larger. It covers ..."), the verdict is the first sentence (up to the first ". ", "? " or
+  "! "). A right value only in the explanation does not count;
 - multiturn: every turn k, asked after the record's reference questions and answers of turns
   1..k-1 (as benchmarks do, so one wrong answer does not spoil the turns after it), each turn by
   its own rule (reasoning questions by their verdict); reported per turn;
@@ -93,7 +97,8 @@ MC_CONTENT_KIND = {
     "mc_appears": "object",
 }
 CLOSED_FAMILIES = ("conversation", "multiple_choice", "reasoning", "multiturn")
-CLOSED_TOKENS = 48  # new tokens for a closed answer: the verdict comes first in every family
+CLOSED_TOKENS = 48  # new tokens for a closed answer (the answer comes first) ...
+REASONING_TOKENS = 128  # ... and for a reasoning one, whose facts come before its verdict
 
 # The letter an answer gives: `grammar.option_letter` (also what `check_answer` reads for "letter").
 mc_letter = grammar.option_letter
@@ -106,9 +111,23 @@ def mc_content(meta: dict, text: str) -> bool:
     return bool(grammar.check_answer({"answer": meta["answer_text"], "answer_kind": kind}, rest))
 
 
-def verdict(text: str) -> str:
-    """The answer's first sentence: the conclusion a reasoning answer opens with."""
+def _first_sentence(text: str) -> str:
     return re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
+
+
+def verdict(text: str, meta: dict | None = None) -> str:
+    """The part of a reasoning answer that decides it. For questions whose reference concludes
+    last (meta["conclusion"]): the sentence after the last ", so ", when it gives an answer of
+    meta["answer_kind"]; otherwise the first sentence (a verdict-first answer)."""
+    first = _first_sentence(text)
+    if not meta or not meta.get("conclusion"):
+        return first
+    last = grammar.conclusion(text)
+    if last == text:
+        return first
+    last = _first_sentence(last)
+    found = grammar.read_answer(meta["answer_kind"], last, meta)
+    return last if found is not None else first
 
 
 def score(family: str, meta: dict, text: str) -> bool:
@@ -116,7 +135,7 @@ def score(family: str, meta: dict, text: str) -> bool:
     if family == "multiple_choice":
         return mc_letter(text) == meta["answer"]
     if family == "reasoning" or meta["qtype"] in REASONING_QTYPES:
-        return bool(grammar.check_answer(meta, verdict(text)))
+        return bool(grammar.check_answer(meta, verdict(text, meta)))
     return bool(grammar.check_answer(meta, text))
 
 
@@ -280,6 +299,19 @@ def evaluate_target(
     return {"model": str(model_dir), **r}
 
 
+def _jobs(
+    closed: list[Item], describe: list[Item], max_description_tokens: int
+) -> tuple[list[Item], list[tuple[list[int], int]]]:
+    """All items (closed, then descriptions) and their positions grouped by token budget: short
+    closed answers, reasoning answers (their facts come first), descriptions."""
+    items = closed + describe
+    reasoning = [k for k, it in enumerate(closed) if it.meta["qtype"] in REASONING_QTYPES]
+    short = [k for k, it in enumerate(closed) if it.meta["qtype"] not in REASONING_QTYPES]
+    described = list(range(len(closed), len(items)))
+    budgets = [CLOSED_TOKENS, REASONING_TOKENS, max_description_tokens]
+    return items, list(zip([short, reasoning, described], budgets, strict=True))
+
+
 def evaluate_model(
     model,
     processor,
@@ -293,20 +325,22 @@ def evaluate_model(
     """`evaluate_target` on a loaded model (the processor's tokenizer padding on the left);
     `before_batch(scenes)` is called with each batch's scenes before it is answered."""
     closed, describe = make_items(split, n, processor.image_processor.crop_size["height"])
-    jobs = [(closed, CLOSED_TOKENS), (describe, max_description_tokens)]
-    total = sum(math.ceil(len(items) / batch_size) for items, _ in jobs)
+    items, jobs = _jobs(closed, describe, max_description_tokens)
+    total = sum(math.ceil(len(group) / batch_size) for group, _ in jobs)
     bar = tqdm(total=total, desc=f"eval {split}", unit="batch", disable=not progress)
-    records: list[dict] = []
+    records: list[dict] = [{} for _ in items]  # in the items' order
     entropies: list[float] = []
-    for items, max_new in jobs:
-        for s in range(0, len(items), batch_size):
-            chunk = items[s : s + batch_size]
+    for group, max_new in jobs:
+        for s in range(0, len(group), batch_size):
+            chunk = group[s : s + batch_size]
             if before_batch is not None:
-                before_batch([it.scene for it in chunk])
-            outs = answer(model, processor, [(it.messages, it.image) for it in chunk], max_new)
-            for it, (text, ent) in zip(chunk, outs, strict=True):
+                before_batch([items[k].scene for k in chunk])
+            outs = answer(
+                model, processor, [(items[k].messages, items[k].image) for k in chunk], max_new
+            )
+            for k, (text, ent) in zip(chunk, outs, strict=True):
                 entropies += ent
-                records.append(_record(it, text))
+                records[k] = _record(items[k], text)
             bar.update(1)
     bar.close()
     return {"split": split, "n": n, **summarize(records), "mean_entropy": _mean(entropies)}
@@ -329,15 +363,16 @@ def evaluate_video(
         raise InputError(f"--kind video: {model_dir} does not read video (a Video-LLaVA is needed)")
     # clips are drawn at the world's 128 px; the adapter resizes frames to the checkpoint's size
     closed, describe = make_items(split, n, 128, "video", engine.target.num_frames)
-    jobs = [(closed, CLOSED_TOKENS), (describe, max_description_tokens)]
-    bar = tqdm(total=len(closed) + len(describe), desc=f"eval {split} clips", disable=not progress)
-    records: list[dict] = []
-    for items, max_new in jobs:
-        for it in items:
+    items, jobs = _jobs(closed, describe, max_description_tokens)
+    bar = tqdm(total=len(items), desc=f"eval {split} clips", disable=not progress)
+    records: list[dict] = [{} for _ in items]  # in the items' order
+    for group, max_new in jobs:
+        for k in group:
+            it = items[k]
             out = engine.generate(
                 it.messages, video=it.image, max_new_tokens=max_new, speculative=False
             )
-            records.append(_record(it, out.text.strip()))
+            records[k] = _record(it, out.text.strip())
             bar.update(1)
     bar.close()
     return {"split": split, "n": n, "kind": "video", **summarize(records), "mean_entropy": math.nan}

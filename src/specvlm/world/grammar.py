@@ -281,6 +281,43 @@ def option_letter_at(text: str) -> tuple[str, int] | None:
     return m.group(g), m.start(g)
 
 
+_SO_RE = re.compile(r",\s+so\s+", re.IGNORECASE)
+
+
+def conclusion(text: str) -> str:
+    """The text after the last ", so " (a reasoning answer's verdict); the whole text if none."""
+    return _SO_RE.split(text)[-1]
+
+
+def read_answer(kind: str, text: str, meta: dict | None = None) -> object | None:
+    """The short answer of `kind` a text gives, canonical (None when it gives none)."""
+    low = text.strip().lower()
+    if kind == "number":
+        return first_number(low)
+    if kind == "yesno":
+        m = re.match(r"\W*(yes|no)\b", low)
+        return m.group(1) if m else None
+    if kind == "letter":
+        return option_letter(text)
+    if kind == "color":
+        found = re.search(rf"\b({'|'.join(COLORS)})\b", low)
+        return found.group(1) if found else None
+    if kind in ("shape", "object"):
+        obj = first_object(low)
+        return None if obj is None else obj[2] if kind == "shape" else obj
+    if kind == "region":
+        return text_region(low)
+    if kind == "direction":
+        return text_direction(low)
+    if kind == "word":  # which of the expected word and its alternatives appear
+        said = _words(low) & {
+            str((meta or {}).get("answer")),
+            *(meta or {}).get("alternatives", ()),
+        }
+        return frozenset(said) or None
+    raise ValueError(f"unknown answer_kind {kind!r}")
+
+
 def check_answer(meta: dict, text: str) -> bool | None:
     """Score a model's answer to a closed question against meta["answer"].
 
@@ -288,45 +325,34 @@ def check_answer(meta: dict, text: str) -> bool | None:
     word), shape (first shape word), object ("color shape" or "size shape": the first object
     named), region (position words), direction (motion words), word (the word appears and none of
     meta["alternatives"] do), letter (`option_letter`: the letter it opens with, else the first
-    "(B)", "answer is B", "option B"). Returns None for open questions (answer None).
+    "(B)", "answer is B", "option B"). With meta["conclusion"] (reasoning answers, which give
+    their facts first) the text after the last ", so " is read, or the whole text when that part
+    gives no answer of the kind. Returns None for open questions (answer None).
     """
     kind, expected = meta.get("answer_kind"), meta.get("answer")
     if expected is None or kind is None:
         return None
-    low = text.strip().lower()
+    found = read_answer(kind, conclusion(text), meta) if meta.get("conclusion") else None
+    if found is None:
+        found = read_answer(kind, text, meta)
+    if found is None:
+        return False
     if kind == "number":
-        return first_number(low) == int(expected)
-    if kind == "yesno":
-        m = re.match(r"\W*(yes|no)\b", low)
-        return m is not None and m.group(1) == expected
+        return found == int(expected)
     if kind == "letter":
-        return option_letter(text) == str(expected).upper()
-    if kind == "color":
-        found = re.search(rf"\b({'|'.join(COLORS)})\b", low)
-        return found is not None and found.group(1) == expected
-    if kind == "shape":
-        obj = first_object(low)
-        return obj is not None and obj[2] == expected
+        return found == str(expected).upper()
     if kind == "object":
-        obj = first_object(low)
-        if obj is None:
-            return False
         *mods, shape = expected.split()
         size = next((m for m in mods if m in SIZE_WORDS), None)
         color = next((m for m in mods if m in COLORS), None)
         return (
-            obj[2] == shape
-            and (size is None or obj[0] == size)
-            and (color is None or obj[1] == color)
+            found[2] == shape
+            and (size is None or found[0] == size)
+            and (color is None or found[1] == color)
         )
-    if kind == "region":
-        return text_region(low) == expected
-    if kind == "direction":
-        return text_direction(low) == expected
-    if kind == "word":  # the word appears and none of its alternatives do
-        words = _words(low)
-        return expected in words and not words & set(meta.get("alternatives", ()))
-    raise ValueError(f"unknown answer_kind {kind!r}")
+    if kind == "word":
+        return found == {expected}
+    return found == expected
 
 
 assert set(SHAPE_WORDS) == set(SHAPES)

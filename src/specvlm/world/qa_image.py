@@ -380,7 +380,10 @@ WHERE: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
 
 
 # ---------------------------------------------------------------------------------------------
-# reasoning: a question that needs a comparison or a cause, answered with an explanation
+# reasoning: a question that needs a comparison or a cause. The answer states the facts it needs
+# first (each object's size, place or count) and concludes last, after ", so ...": the model
+# reads what it can see before it commits to a verdict. `closed(..., conclusion=True)` tells
+# `check_answer` to score that conclusion (the text after the last ", so ").
 # ---------------------------------------------------------------------------------------------
 
 
@@ -400,12 +403,27 @@ def r_bigger(f: Facts, rng: np.random.Generator) -> QA | None:
             f"Which of the two is {word}: the {n1} or the {n2}?",
         ),
     )
-    win, lose = (ns, nb) if ask_small else (nb, ns)
-    why = f"It covers clearly {'less' if ask_small else 'more'} of the image than the {lose}"
-    if big.size != small.size:
-        why += f": the {nb} is {size_word(rng, big.size)}, while the {ns} is {size_word(rng, small.size)}"
-    ans = f"The {win} is {word}. {why}."
-    return QA(q, ans, closed("compare_size", (small if ask_small else big).name, "object"))
+    win = ns if ask_small else nb
+    if big.size != small.size:  # name the two sizes in the order the question asked
+        sizes = {id(big): size_word(rng, big.size), id(small): size_word(rng, small.size)}
+        facts = (
+            f"The {n1} is {sizes[id(first)]}, while the {n2} is {sizes[id(second)]}. "
+            f"The {nb} covers clearly more of the image"
+        )
+    else:
+        facts = f"The {nb} covers clearly more of the image than the {ns}"
+    ans = f"{facts}, so the {win} is {word}."
+    return QA(
+        q,
+        ans,
+        closed("compare_size", (small if ask_small else big).name, "object", conclusion=True),
+    )
+
+
+def _places(rng: np.random.Generator, objs: list[SceneObject]) -> str:
+    """'the red circle is in the top left, the blue square is ...' in a random order."""
+    order = rng.permutation(len(objs))
+    return join([f"the {plain_name(rng, objs[i])} is {where(rng, objs[i])}" for i in order])
 
 
 def r_closest(f: Facts, rng: np.random.Generator) -> QA | None:
@@ -422,11 +440,13 @@ def r_closest(f: Facts, rng: np.random.Generator) -> QA | None:
         rng, (f"Which object is closest to the {rn}?", f"What is the nearest shape to the {rn}?")
     )
     rel = main_relation(near, ref)
-    detail = f" It is {pick(rng, REL[rel])} the {rn}" if rel else f" It sits close to the {rn}"
+    detail = f", {pick(rng, REL[rel])} it" if rel else ""
     detail += ", right next to it" if next_to(near, ref) else ""
-    far = [f"the {plain_name(rng, o)} {where(rng, o)}" for o in others[1:4]]
-    ans = f"The {nn} is closest to the {rn}.{detail}, while {join(far)} {is_are(len(far))} farther away."
-    return QA(q, ans, closed("closest", near.name, "object"))
+    ans = (
+        f"The {rn} is {where(rng, ref)}; {_places(rng, others)}, "
+        f"so the {nn} is closest to the {rn}{detail}."
+    )
+    return QA(q, ans, closed("closest", near.name, "object", conclusion=True))
 
 
 EXTREME_QUESTIONS = {
@@ -440,6 +460,12 @@ EXTREME_QUESTIONS = {
         "Which object is the lowest in the image?",
         "Which shape is closest to the bottom edge?",
     ),
+}
+EXTREME_VERDICTS = {
+    "left": "furthest to the left",
+    "right": "furthest to the right",
+    "top": "the highest",
+    "bottom": "the lowest",
 }
 
 
@@ -456,17 +482,17 @@ def r_extreme(f: Facts, rng: np.random.Generator) -> QA | None:
     ranked = sorted(f.objs, key=key)
     if key(ranked[1]) - key(ranked[0]) < 0.05:
         return None
-    win, runner = ranked[0], ranked[1]
+    win = ranked[0]
     q = pick(rng, EXTREME_QUESTIONS[side])
-    wn = plain_name(rng, win)
     ans = (
-        f"The {wn}. It is {where(rng, win)}, and its centre is nearer to the {side} edge than that of any "
-        f"other object; the next closest is the {plain_name(rng, runner)}."
+        f"{cap(_places(rng, list(f.objs)))}, so the {plain_name(rng, win)} is "
+        f"{EXTREME_VERDICTS[side]}: its centre is nearer to the {side} edge than any other's."
     )
-    return QA(q, ans, closed("extreme", win.name, "object"))
+    return QA(q, ans, closed("extreme", win.name, "object", conclusion=True))
 
 
 def r_occluded(f: Facts, rng: np.random.Generator) -> QA | None:
+    # The cause is the answer itself ("Because the X is in front of it"), so it comes first.
     if not f.covers:
         return None
     front, back = pick(rng, f.covers)
@@ -507,8 +533,8 @@ def r_more(f: Facts, rng: np.random.Generator) -> QA:
         c1, c2 = f"{number(rng, n1)} {k1}", f"{number(rng, n2)} {k2}"
     q = pick(rng, (f"Are there more {w1} than {w2}?", f"Does the image have more {w1} than {w2}?"))
     verdict = "more " + w1 if n1 > n2 else "more " + w2 if n2 > n1 else "the same number of each"
-    ans = f"{'Yes' if n1 > n2 else 'No'}. There are {c1} and {c2}, so there are {verdict}."
-    return QA(q, ans, closed("compare_count", "yes" if n1 > n2 else "no", "yesno"))
+    ans = f"There are {c1} and {c2}, so {'yes' if n1 > n2 else 'no'}: there are {verdict}."
+    return QA(q, ans, closed("compare_count", "yes" if n1 > n2 else "no", "yesno", conclusion=True))
 
 
 def r_arithmetic(f: Facts, rng: np.random.Generator) -> QA:
@@ -518,13 +544,14 @@ def r_arithmetic(f: Facts, rng: np.random.Generator) -> QA:
         w1, wn = shape_word(rng, shape), shape_word(rng, shape, n + 1)
         q = f"If one more {w1} were added, how many {shape_word(rng, shape, 2)} would there be?"
         have = join([f"the {o.color} one" for o in f.objs if o.shape == shape])
-        ans = f"There would be {number(rng, n + 1)} {wn}. The image already has {count_phrase(rng, n, shape)} ({have}), and adding one more makes {number(rng, n + 1)}."
-        return QA(q, ans, closed("arithmetic", n + 1, "number"))
+        ans = f"The image has {count_phrase(rng, n, shape)} ({have}), and adding one more makes {number(rng, n + 1)}, so there would be {number(rng, n + 1)} {wn}."
+        return QA(q, ans, closed("arithmetic", n + 1, "number", conclusion=True))
     o, n = pick(rng, f.objs), len(f.objs)
     name = plain_name(rng, o)
     q = f"If the {name} were removed, how many objects would be left?"
-    ans = f"There would be {number(rng, n - 1)} {'object' if n == 2 else 'objects'} left. The image has {number(rng, n)} objects now, and taking away the {name} leaves {number(rng, n - 1)}."
-    return QA(q, ans, closed("arithmetic", n - 1, "number"))
+    left = f"{number(rng, n - 1)} {'object' if n == 2 else 'objects'}"
+    ans = f"The image has {number(rng, n)} objects now, and taking away the {name} leaves {number(rng, n - 1)}, so there would be {left} left."
+    return QA(q, ans, closed("arithmetic", n - 1, "number", conclusion=True))
 
 
 def r_edge(f: Facts, rng: np.random.Generator) -> QA | None:
@@ -539,8 +566,8 @@ def r_edge(f: Facts, rng: np.random.Generator) -> QA | None:
     pair = ("left", "right") if side in ("left", "right") else ("top", "bottom")
     q = f"Is the {name} closer to the {pair[0]} edge or to the {pair[1]} edge of the image?"
     half = {"left": "left", "right": "right", "top": "upper", "bottom": "lower"}[side]
-    ans = f"The {name} is closer to the {side} edge. Its centre lies in the {half} half of the image, so the distance to the {side} edge is the shorter one."
-    return QA(q, ans, closed("edge", side, "word", alternatives=[other]))
+    ans = f"The centre of the {name} lies in the {half} half of the image, so the {name} is closer to the {side} edge."
+    return QA(q, ans, closed("edge", side, "word", alternatives=[other], conclusion=True))
 
 
 REASONING = (r_bigger, r_closest, r_extreme, r_occluded, r_more, r_arithmetic, r_edge)
