@@ -110,6 +110,20 @@ def test_reasoning_that_concludes_last_is_scored_by_its_conclusion():
     assert not ev.score("reasoning", plus, "The image has 3 circles, so there would be 4.")
 
 
+def test_not_in_the_image_is_scored_by_its_letter_after_the_facts():
+    meta = {
+        "qtype": "mc_absent",
+        "answer": "C",
+        "answer_kind": "letter",
+        "answer_text": "green star",
+        "conclusion": True,
+    }
+    right = "The image shows a red circle and a blue square, but there is no green star, so the answer is C."
+    assert ev.score("multiple_choice", meta, right) and ev.mc_content(meta, right)
+    wrong = "The image shows a red circle, but there is no blue square: option (A)."
+    assert not ev.score("multiple_choice", meta, wrong) and not ev.mc_content(meta, wrong)
+
+
 def test_multiturn_turns_are_scored_by_their_own_rule():
     count = {"qtype": "count", "answer": "2", "answer_kind": "number"}
     # a conversation question: its first number anywhere in the answer

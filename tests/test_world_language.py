@@ -19,6 +19,7 @@ from specvlm.world.grammar import (
     conclusion,
     mentions,
     option_letter,
+    option_letter_at,
 )
 from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
 from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
@@ -307,8 +308,12 @@ def test_multiple_choice_letter_points_at_the_true_option():
         options = dict(re.findall(r"(?:^|\n|\()([A-D])[.)] ([^\n(]+)", q))
         assert set(options) == set("ABCD"), q
         text = options[meta["answer"]].strip()
-        # the right option's text first, then its letter
-        assert answer.lower().startswith(text.lower()), (answer, text)
+        if meta.get("conclusion"):  # "NOT in the image": what is there, then what is not
+            assert meta["qtype"] == "mc_absent", meta
+            head = answer[: option_letter_at(answer)[1]]
+            assert head.startswith("The image shows") and f"but there is no {text}" in head, head
+        else:  # the right option's text first, then its letter
+            assert answer.lower().startswith(text.lower()), (answer, text)
         assert option_letter(answer) == meta["answer"]
         short = meta["answer_text"]
         assert text == short or text.replace(" and to the ", "-").replace("to the ", "") == short, (

@@ -210,6 +210,15 @@ def first_object(text: str) -> tuple[str | None, str | None, str] | None:
     return (_SIZE_OF.get(m.group(1) or ""), m.group(2), _SHAPE_OF[m.group(3)])
 
 
+def last_object(text: str) -> tuple[str | None, str | None, str] | None:
+    """(size, color, shape) of the last shape mentioned, canonical names; None if none."""
+    found = list(_OBJECT_RE.finditer(text.lower()))
+    if not found:
+        return None
+    m = found[-1]
+    return (_SIZE_OF.get(m.group(1) or ""), m.group(2), _SHAPE_OF[m.group(3)])
+
+
 def mentions(text: str, color: str | None, shape: str) -> bool:
     """True when the text names a `color` `shape` (any synonym) somewhere."""
     for m in _OBJECT_RE.finditer(text.lower()):

@@ -600,7 +600,11 @@ def _mc(
     wrong: list[str],
     why: str,
     short: str,
+    facts: str | None = None,
 ) -> QA | None:
+    """A multiple-choice QA. Its answer names the right option, then its letter, then `why`;
+    or, given `facts` (what must be read off the image before the option can be found), those
+    facts first and the letter last (meta["conclusion"])."""
     if len(wrong) < 3:
         return None
     options, k = _options(rng, correct, wrong)
@@ -612,6 +616,9 @@ def _mc(
     q = f"{stem}\n{body}\n{pick(rng, MC_INSTRUCTIONS)}"
     # the option's content first, then its letter: a model names what it sees before it has to
     # find that among the options (letter-first answers taught the letters' marginal instead)
+    if facts is not None:
+        ans = pick(rng, (f"{facts}, so the answer is {letter}.", f"{facts}: option ({letter})."))
+        return QA(q, ans, closed(qtype, letter, "letter", answer_text=short, conclusion=True))
     ans = pick(
         rng,
         (
@@ -681,15 +688,19 @@ def mc_present(f: Facts, rng: np.random.Generator) -> QA | None:
     color, shape = pick(rng, f.absent_pairs())
     missing = f"{color} {shape}"
     present = [o.name for o in f.objs]
-    why = f"There is no {missing} in the image, while the other options are all visible."
+    # what is there first, then the one option that is not: a model that has to name the
+    # missing object straight away names one it sees instead (world-smol v6: 0 of 5)
+    seen = join([a(plain_name(rng, o)) for o in f.objs])
+    facts = f"The image shows {seen}, but there is no {missing}"
     return _mc(
         rng,
         "mc_absent",
         "Which of these objects is NOT in the image?",
         missing,
         present,
-        why,
+        "",
         missing,
+        facts=facts,
     )
 
 
