@@ -502,12 +502,12 @@ def test_collate_puts_the_key_weight_at_the_key_token():
 def test_record_repeats_by_family():
     from specvlm.world.train_target.smol import SMOL_CONFIGS
 
-    fams = ["conversation", "multiple_choice", "detailed", "multiturn", "text"]
+    fams = ["conversation", "multiple_choice", "detailed", "multiturn", "text", "reasoning"]
     assert tt.record_repeats(fams, tt.CONFIGS["small"]).tolist() == [
-        tt.CONFIGS["small"].qa_repeats, 1, 1, tt.CONFIGS["small"].qa_repeats, 1
+        tt.CONFIGS["small"].qa_repeats, 1, 1, tt.CONFIGS["small"].qa_repeats, 1, 1
     ]  # fmt: skip
-    cfg = replace(SMOL_CONFIGS["smol"], mc_repeats=3)
-    assert tt.record_repeats(fams, cfg).tolist() == [1, 3, 1, 1, 1]
+    cfg = replace(SMOL_CONFIGS["smol"], mc_repeats=3, reasoning_repeats=2)
+    assert tt.record_repeats(fams, cfg).tolist() == [1, 3, 1, 1, 1, 2]
 
 
 def test_pointer_loss_is_the_cross_entropy_at_the_pointed_keys():
@@ -546,6 +546,14 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "smol", "--scenes", "0"], "--scenes must be at least 1"),
         (["--config", "video", "--mc-repeats", "2"], "--mc-repeats applies to --config smol"),
         (["--config", "smol", "--mc-repeats", "0"], "--mc-repeats must be at least 1"),
+        (
+            ["--config", "video", "--reasoning-repeats", "2"],
+            "--reasoning-repeats applies to --config smol",
+        ),
+        (
+            ["--config", "smol", "--reasoning-repeats", "0"],
+            "--reasoning-repeats must be at least 1",
+        ),
         (["--config", "smol", "--letter-weight", "0"], "--letter-weight must be positive"),
         (["--config", "smol-assistant", "--letter-weight", "2"], "--letter-weight applies to"),
     ],

@@ -11,7 +11,7 @@
                                [--init MODEL] [--teacher VIDEO_TARGET] [--lr LR]
                                [--clips N] [--seed S] [--reads events|frame|text]
                                [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
-                               [--mc-repeats N] [--letter-weight W]
+                               [--mc-repeats N] [--letter-weight W] [--reasoning-repeats N]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -135,6 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="--config smol: multiple-choice records this many times per epoch (default 1)",
+    )
+    train.add_argument(
+        "--reasoning-repeats",
+        type=int,
+        default=None,
+        help="--config smol: reasoning records this many times per epoch (default 1)",
     )
     train.add_argument(
         "--letter-weight",
@@ -305,11 +311,17 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--reads applies to --config events only")
     if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
         raise InputError("--scenes applies to --config smol and smol-assistant only")
-    for flag, value in (("--mc-repeats", args.mc_repeats), ("--letter-weight", args.letter_weight)):
+    smol_only = (
+        ("--mc-repeats", args.mc_repeats),
+        ("--reasoning-repeats", args.reasoning_repeats),
+        ("--letter-weight", args.letter_weight),
+    )
+    for flag, value in smol_only:
         if value is not None and args.config != "smol":
             raise InputError(f"{flag} applies to --config smol only")
-    if args.mc_repeats is not None and args.mc_repeats < 1:
-        raise InputError(f"--mc-repeats must be at least 1, got {args.mc_repeats}")
+    for flag, value in smol_only[:2]:
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
     if args.letter_weight is not None and not args.letter_weight > 0:
         raise InputError(f"--letter-weight must be positive, got {args.letter_weight}")
     if args.layers is not None and args.config != "smol-assistant":
@@ -332,6 +344,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["assistant_layers"] = args.layers
     if args.mc_repeats is not None:
         extra["mc_repeats"] = args.mc_repeats
+    if args.reasoning_repeats is not None:
+        extra["reasoning_repeats"] = args.reasoning_repeats
     if args.letter_weight is not None:
         extra["letter_weight"] = args.letter_weight
     if args.seed is not None:

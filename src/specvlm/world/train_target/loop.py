@@ -223,10 +223,15 @@ def _record_step(state: dict, losses: dict, n_tok: int, elapsed: float) -> None:
 
 def record_repeats(families: list[str], cfg) -> np.ndarray:
     """(N,) how many times each record comes per epoch: conversation and multiturn records
-    `cfg.qa_repeats`, multiple-choice ones `cfg.mc_repeats` (1 in recipes without it)."""
-    qa = np.array([f in ("conversation", "multiturn") for f in families])
-    mc = np.array([f == "multiple_choice" for f in families])
-    return np.where(qa, cfg.qa_repeats, np.where(mc, getattr(cfg, "mc_repeats", 1), 1))
+    `cfg.qa_repeats`, multiple-choice ones `cfg.mc_repeats` and reasoning ones
+    `cfg.reasoning_repeats` (1 in recipes without them)."""
+    per_family = {
+        "conversation": cfg.qa_repeats,
+        "multiturn": cfg.qa_repeats,
+        "multiple_choice": getattr(cfg, "mc_repeats", 1),
+        "reasoning": getattr(cfg, "reasoning_repeats", 1),
+    }
+    return np.array([per_family.get(f, 1) for f in families], dtype=np.int64)
 
 
 def train_llava(
@@ -246,7 +251,8 @@ def train_llava(
 ) -> None:
     """Stage 2: the whole LLaVA on the answers, in batches of similar length, until `budget`
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
-    times per epoch, multiple-choice ones `mc_repeats` times (recipes that have it: `smol`); a
+    times per epoch, multiple-choice and reasoning ones `mc_repeats` / `reasoning_repeats`
+    times (recipes that have them: `smol`); a
     batch's "weights" (from the data's "key_pos", see `data.collate`) weight the answer loss.
     Other recipes (`smol`) pass their own `forward_fn` (same signature as
     `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and

@@ -22,7 +22,8 @@ rank `lora_rank` on all seven linears of every decoder layer (~4.9 M parameters 
 the projector, on the answer loss plus `align_weight` times the alignment loss, over every
 record of the first `n_scenes` train scenes (all five
 families, plus one `drill_turns`-question drill per scene; multiple-choice records `mc_repeats`
-times, their opening letter's loss weighted `letter_weight`), mixed with `text_share` text-only
+times, their option letter's loss weighted `letter_weight`; reasoning records
+`reasoning_repeats` times), mixed with `text_share` text-only
 rows: `text_prompts` general prompts (`TEXT_PROMPTS`) answered by SmolLM2 itself, greedily,
 in at most `text_tokens` tokens, once at data-build time; training on its own answers keeps
 its text-only behaviour. Batches, schedule, checkpoints and the log are the world recipe's
@@ -116,6 +117,7 @@ class SmolTrainConfig:
     # letter weighted this much in the answer loss (v4 wrote the letter first, nearly blindly)
     mc_repeats: int = 1
     letter_weight: float = 1.0
+    reasoning_repeats: int = 1  # reasoning records this many times per epoch (v7)
     seed: int = 0  # the projector's initialisation (the base folder) and the adapters'
     bf16: bool = True
     compile: bool = False
