@@ -52,7 +52,7 @@ def trained(tiny) -> dict:
 
 
 def test_prompts_are_distinct():
-    assert len(TEXT_PROMPTS) == 100 == len(set(TEXT_PROMPTS))
+    assert len(TEXT_PROMPTS) == 250 == len(set(TEXT_PROMPTS)) == SMOL_CONFIGS["smol"].text_prompts
 
 
 def test_the_loss_goes_down_in_both_stages(trained):

@@ -89,7 +89,7 @@ class SmolTrainConfig:
     n_scenes: int = 2000
     drill_turns: int = 4  # one training-only drill of this many questions per scene (0: none)
     text_share: float = 0.1  # share of text-only rows (SmolLM2's own answers)
-    text_prompts: int = 100  # how many of TEXT_PROMPTS
+    text_prompts: int = 250  # how many of TEXT_PROMPTS (all 250; v2-v6 had the first 100 of 100)
     text_tokens: int = 48  # at most this many answer tokens each
     image_size: int = 128  # the world target's vision tower: 64 patches of 16 px
     n_image_tokens: int = 64
@@ -175,6 +175,21 @@ Translate '{}' into French. | good morning; thank you; the red apple; where is t
 Who was {}? | Albert Einstein; Marie Curie; William Shakespeare; Leonardo da Vinci; Isaac Newton; Ada Lovelace; Charles Darwin; Mozart; Cleopatra; Nelson Mandela
 Why {}? | is the sky blue; do leaves change color; do we need sleep; is the ocean salty; do birds migrate; does ice float; do we have seasons; is exercise healthy; does bread rise; do stars twinkle
 How do I {}? | boil an egg; tie a tie; make tea; write a haiku; plant a seed; reverse a list in Python; clean a window; fold a paper plane; start a journal; center a div in CSS
+What is the opposite of {}? | hot; early; generous; ancient; loud; empty; victory; narrow; arrive; bright
+Give an example of {}. | a mammal; a renewable energy source; a noun; a chemical element; a musical genre; a board game; a citrus fruit; a primary color; a verb; a desert
+How many {}? | days are in a week; legs does a spider have; continents are there; minutes are in an hour; sides does a hexagon have; months have 31 days; players are on a soccer team; hours are in a day; strings does a violin have; centimeters are in a meter
+What is the difference between {}? | weather and climate; a virus and a bacterium; a lake and a river; speed and velocity; a frog and a toad; a city and a village; a poem and a story; a noun and a verb; baking and frying; a moth and a butterfly
+List two benefits of {}. | reading; walking; drinking water; learning music; eating vegetables; getting up early; keeping a diary; cycling to work; volunteering; meditation
+Write a haiku about {}. | spring; the wind; a candle; snowfall; a train; the desert; a lighthouse; falling leaves; a river; the stars
+Suggest a name for {}. | a pet goldfish; a bakery; a robot; a sailing boat; a cat; a coffee shop; a fantasy kingdom; a rock band; a hiking club; a garden
+Is {} a fruit or a vegetable? | a tomato; a carrot; an apple; broccoli; a banana; a potato; a cucumber; a strawberry; spinach; a pumpkin
+Correct the grammar of this sentence: '{}' | she go to school every day; they was happy; I has two brother; he don't like apples; we is going home; the cats sleeps; me and him went out; she have a red car; there is three books; I seen it yesterday
+Convert {}. | 3 kilometers to meters; 2 hours to minutes; 5 meters to centimeters; 1 day to hours; 4 liters to milliliters; 2 kilograms to grams; 90 minutes to hours; 1,000 grams to kilograms; 3 weeks to days; 6 feet to inches
+What color is {}? | the sky on a clear day; grass; a banana; snow; a ripe cherry; coal; an orange; a lemon; a fire truck; milk
+Describe {} in two sentences. | a forest; a library; a busy market; a thunderstorm; a beach at sunset; a quiet village; a train station; a bakery in the morning; a mountain lake; a classroom
+Where does {} live? | a penguin; a camel; a polar bear; a kangaroo; a panda; an octopus; a lion; an owl; a beaver; a koala
+What is {} used for? | a thermometer; a compass; a hammer; a microscope; a spreadsheet; a ladder; a calculator; a map; a whisk; a telescope
+Finish this sentence: '{}' | The best thing about summer is; A good friend is someone who; When it rains, I like to; The most useful invention is; In the morning, I usually; My favorite meal is; Learning is important because; A library is a place where; The hardest part of a journey is; On weekends, people often
 """  # template | ten subjects
 _ROWS = [(q, xs.split("; ")) for q, xs in (line.split(" | ") for line in _ASK.strip().splitlines())]
 TEXT_PROMPTS: list[str] = [q.format(xs[k]) for k in range(10) for q, xs in _ROWS]
