@@ -21,6 +21,7 @@ from specvlm.world.grammar import (
     option_letter,
     option_letter_at,
 )
+from specvlm.world.evaluate import mc_content
 from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
 from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
 
@@ -155,6 +156,25 @@ def test_reasoning_answers_give_their_facts_before_their_verdict():
         # the verdict is read after the facts, not from the first thing the answer names
         assert check_answer(meta, answer) and conclusion(answer) == last
     assert seen == {"compare_size", "closest", "extreme", "compare_count", "arithmetic", "edge"}
+
+
+@pytest.mark.parametrize("kind", ["video", "events"])
+def test_clip_counts_list_their_objects_or_bounces_first(kind):
+    seen = set()
+    for i in range(120):
+        for family in ("conversation", "reasoning"):
+            rec = make_record("train", i, family, kind)
+            for q, answer, meta in turns(rec):
+                if meta.get("qtype") not in ("count_moving", "bounces"):
+                    continue
+                if meta["qtype"] == "count_moving" and not meta.get("conclusion"):
+                    continue  # an object that cannot be named: the older answer
+                seen.add(meta["qtype"])
+                head, _, last = answer.rpartition(", so ")
+                assert head and check_answer(meta, last), (q, answer, meta)
+                if meta["qtype"] == "bounces" and meta["answer"] != "0":
+                    assert head.count(" wall ") == int(meta["answer"]), answer
+    assert seen == {"count_moving", "bounces"}
 
 
 def test_check_answer_rejects_wrong_answers():
@@ -308,10 +328,12 @@ def test_multiple_choice_letter_points_at_the_true_option():
         options = dict(re.findall(r"(?:^|\n|\()([A-D])[.)] ([^\n(]+)", q))
         assert set(options) == set("ABCD"), q
         text = options[meta["answer"]].strip()
-        if meta.get("conclusion"):  # "NOT in the image": what is there, then what is not
-            assert meta["qtype"] == "mc_absent", meta
+        if meta.get("conclusion"):  # the facts first, then what they give, then the letter
+            assert meta["qtype"] in ("mc_absent", "mc_count_moving"), meta
             head = answer[: option_letter_at(answer)[1]]
-            assert head.startswith("The image shows") and f"but there is no {text}" in head, head
+            assert mc_content(meta, answer), (answer, meta)
+            if meta["qtype"] == "mc_absent":
+                assert head.startswith("The image shows") and f"but there is no {text}" in head
         else:  # the right option's text first, then its letter
             assert answer.lower().startswith(text.lower()), (answer, text)
         assert option_letter(answer) == meta["answer"]

@@ -106,14 +106,17 @@ mc_letter = grammar.option_letter
 
 def mc_content(meta: dict, text: str) -> bool:
     """Does the answer, its opening letter removed, name the right option's content? (For an
-    answer that gives its facts before its letter, meta["conclusion"]: is the last object it
-    names before the letter the right option?)"""
-    if meta.get("conclusion"):
+    answer that gives its facts before its letter, meta["conclusion"]: is the last object or
+    number it names before the letter the right option?)"""
+    kind = MC_CONTENT_KIND[meta["qtype"]]
+    if meta.get("conclusion") and kind in ("object", "number"):
         at = grammar.option_letter_at(text)
-        obj = grammar.last_object(text[: at[1]] if at else text)
+        head = text[: at[1]] if at else text
+        if kind == "number":
+            return grammar.last_number(head) == int(meta["answer_text"])
+        obj = grammar.last_object(head)
         return obj is not None and " ".join(x for x in obj[1:] if x) == meta["answer_text"]
     rest = re.sub(grammar.LETTER_START + r"\s*", "", text, count=1)
-    kind = MC_CONTENT_KIND[meta["qtype"]]
     return bool(grammar.check_answer({"answer": meta["answer_text"], "answer_kind": kind}, rest))
 
 

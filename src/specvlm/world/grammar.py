@@ -227,13 +227,19 @@ def mentions(text: str, color: str | None, shape: str) -> bool:
     return False
 
 
-def first_number(text: str) -> int | None:
-    m = _NUMBER_RE.search(text.lower())
-    if m is None:
-        return None
-    w = m.group(1)
+def _number_value(w: str) -> int:
     special = {"no": 0, "once": 1, "twice": 2}
     return special[w] if w in special else int(w) if w.isdigit() else NUMBER_WORDS.index(w)
+
+
+def first_number(text: str) -> int | None:
+    m = _NUMBER_RE.search(text.lower())
+    return None if m is None else _number_value(m.group(1))
+
+
+def last_number(text: str) -> int | None:
+    found = _NUMBER_RE.findall(text.lower())
+    return _number_value(found[-1]) if found else None
 
 
 def _words(text: str) -> set[str]:

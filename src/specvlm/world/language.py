@@ -51,7 +51,8 @@ FAMILIES: tuple[str, ...] = (
 PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events": "<image>"}
 # The wording of the reference answers: part of every training-data cache's name, so a change of
 # wording rebuilds the caches. 2: multiple-choice answers name the option before its letter;
-# 3: reasoning answers give their facts first and their verdict last, after ", so ".
+# 3: image reasoning answers, "NOT in the image" and the clips' moving-object and bounce counts
+# give their facts first and their verdict last, after ", so ".
 ANSWERS_VERSION = 3
 
 __all__ = [

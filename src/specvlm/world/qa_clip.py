@@ -134,6 +134,32 @@ def direction_phrase(rng: np.random.Generator, d: str) -> str:
     return pick(rng, DIRECTION_PHRASES[d])
 
 
+def movers(f: ClipFacts, rng: np.random.Generator) -> str | None:
+    """What moves and what stays still, object by object ("The red circle and the blue square
+    move, while the green star stays still"): the facts a count of moving objects is read from.
+    None when a moving object (or, in video, any object) cannot be named unambiguously."""
+    moving = f.moving()
+    if any(i not in f.keys for i in moving):
+        return None
+    if not f.events and len(f.keys) != len(f.tracks):
+        return None
+    go = join([f"the {f.name(rng, i)}" for i in moving])
+    if f.events:  # still shapes leave no events: only the movers can be named
+        if not moving:
+            return "No shape leaves a trail of events as it moves"
+        return cap(f"{go} {'moves' if len(moving) == 1 else 'move'}, and nothing else does")
+    still = [i for i in f.keys if not f.tracks[i].moving]
+    stay = join([f"the {f.name(rng, i)}" for i in still])
+    if not moving:
+        return cap(
+            f"{stay} {'stays' if len(still) == 1 else 'all stay'} where {'it is' if len(still) == 1 else 'they are'}"
+        )
+    parts = [f"{go} {'moves' if len(moving) == 1 else 'move'}"]
+    if still:
+        parts.append(f"{stay} {'stays' if len(still) == 1 else 'stay'} still")
+    return cap(", while ".join(parts))
+
+
 def times(rng: np.random.Generator, n: int) -> str:
     """'once', 'twice', 'three times', '4 times'."""
     if n in (1, 2) and rng.random() < 0.7:
@@ -167,6 +193,14 @@ def v_count_start(f: ClipFacts, rng: np.random.Generator) -> QA | None:
 def v_count_moving(f: ClipFacts, rng: np.random.Generator) -> QA:
     n = len(f.moving())
     q = pick(rng, ("How many objects move during the clip?", "How many of the shapes are moving?"))
+    facts = movers(f, rng)
+    if facts is not None:  # object by object first, then the count
+        moves = "object moves" if n == 1 else "objects move"
+        return QA(
+            q,
+            f"{facts}, so {number(rng, n)} {moves}.",
+            closed("count_moving", n, "number", conclusion=True),
+        )
     ans = (
         f"{cap(number(rng, n))} {'object moves' if n == 1 else 'objects move'}."
         if n
@@ -278,9 +312,15 @@ def v_bounces(f: ClipFacts, rng: np.random.Generator) -> QA | None:
         ),
     )
     if not walls:
-        return QA(q, "Zero times: it never reaches a wall.", closed("bounces", 0, "number"))
-    ans = f"{cap(times(rng, len(walls)))}: off the {join(walls)} {'wall' if len(walls) == 1 else 'walls'}."
-    return QA(q, ans, closed("bounces", len(walls), "number"))
+        return QA(
+            q,
+            "It never reaches a wall, so it bounces zero times.",
+            closed("bounces", 0, "number", conclusion=True),
+        )
+    # each bounce with its moment first, then the count
+    hits = [f"the {h.detail} wall {f.when(rng, h.frame)}" for h in f.tl.of(i, "bounces")]
+    ans = f"It bounces off {join(hits)}, so it bounces {times(rng, len(walls))}."
+    return QA(q, ans, closed("bounces", len(walls), "number", conclusion=True))
 
 
 CONVERSATION = (
@@ -413,6 +453,19 @@ def vr_how_many_move(f: ClipFacts, rng: np.random.Generator) -> QA:
             "How many shapes change position during the clip? Explain.",
         ),
     )
+    facts = movers(f, rng)
+    if facts is not None:  # object by object, how that shows, then the count
+        how = (
+            "only a moving shape leaves a trail of events"
+            if f.events
+            else "a moving shape's position changes from frame to frame"
+        )
+        moves = "object moves" if n == 1 else "objects move"
+        return QA(
+            q,
+            f"{facts}: {how}, so {number(rng, n)} {moves}.",
+            closed("count_moving", n, "number", conclusion=True),
+        )
     if n == 0:
         return QA(
             q,
@@ -466,6 +519,12 @@ def vmc_direction(f: ClipFacts, rng: np.random.Generator) -> QA | None:
 def vmc_count_moving(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     n = len(f.moving())
     wrong = [str(k) for k in range(max(0, n - 2), n + 4) if k != n]
+    facts = movers(f, rng)
+    if facts is not None:  # object by object, then the count, then the letter
+        q = "How many objects move during the clip?"
+        return _mc(
+            rng, "mc_count_moving", q, str(n), wrong, "", str(n), facts=f"{facts}: {n} in all"
+        )
     why = f"{cap(number(rng, n))} of the objects {'moves' if n == 1 else 'move'}" + (
         "."
         if f.events
