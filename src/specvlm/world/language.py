@@ -52,8 +52,10 @@ PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events"
 # The wording of the reference answers: part of every training-data cache's name, so a change of
 # wording rebuilds the caches. 2: multiple-choice answers name the option before its letter;
 # 3: image reasoning answers, "NOT in the image" and the clips' moving-object and bounce counts
-# give their facts first and their verdict last, after ", so ".
-ANSWERS_VERSION = 3
+# give their facts first and their verdict last, after ", so "; 4: "which is furthest to the
+# left / highest" reads each object's band along that axis (five bands; asked only when they
+# decide it), not its region.
+ANSWERS_VERSION = 4
 
 __all__ = [
     "ANSWERS_VERSION",

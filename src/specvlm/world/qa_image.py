@@ -461,6 +461,22 @@ EXTREME_QUESTIONS = {
         "Which shape is closest to the bottom edge?",
     ),
 }
+# Where an object lies along one axis, in five bands (the extreme questions' facts): coarse
+# enough to read off the image, and the question is asked only when the answer's band is
+# strictly nearer to the side than every other object's, so the facts decide the verdict.
+AXIS_BANDS = {
+    "x": ("near the left edge", "left of the middle", "in the middle", "right of the middle",
+          "near the right edge"),
+    "y": ("near the top edge", "above the middle", "in the middle", "below the middle",
+          "near the bottom edge"),
+}  # fmt: skip
+
+
+def band(v: float) -> int:
+    """0-4: the fifth of [0, 1] that v lies in (clipped)."""
+    return min(4, max(0, int(v * 5)))
+
+
 EXTREME_VERDICTS = {
     "left": "furthest to the left",
     "right": "furthest to the right",
@@ -479,14 +495,21 @@ def r_extreme(f: Facts, rng: np.random.Generator) -> QA | None:
         "top": lambda o: o.y,
         "bottom": lambda o: -o.y,
     }[side]
+    axis = "x" if side in ("left", "right") else "y"
+    bands = [band(o.x if axis == "x" else o.y) for o in f.objs]
     ranked = sorted(f.objs, key=key)
-    if key(ranked[1]) - key(ranked[0]) < 0.05:
+    win, runner = ranked[0], ranked[1]
+    b_win, b_runner = (band(o.x if axis == "x" else o.y) for o in (win, runner))
+    if b_win == b_runner:  # the bands would not decide it: not asked
         return None
-    win = ranked[0]
     q = pick(rng, EXTREME_QUESTIONS[side])
+    order = rng.permutation(len(f.objs))
+    facts = join(
+        [f"the {plain_name(rng, f.objs[i])} is {AXIS_BANDS[axis][bands[i]]}" for i in order]
+    )
     ans = (
-        f"{cap(_places(rng, list(f.objs)))}, so the {plain_name(rng, win)} is "
-        f"{EXTREME_VERDICTS[side]}: its centre is nearer to the {side} edge than any other's."
+        f"{cap(facts)}, so the {plain_name(rng, win)} is {EXTREME_VERDICTS[side]}: its centre "
+        f"is nearer to the {side} edge than any other's."
     )
     return QA(q, ans, closed("extreme", win.name, "object", conclusion=True))
 
