@@ -13,6 +13,7 @@ import pytest
 
 from specvlm.errors import InputError
 from specvlm.world.clips import Clip, timeline
+from specvlm.world.evaluate import mc_content
 from specvlm.world.grammar import (
     SHAPE_WORDS,
     check_answer,
@@ -21,7 +22,6 @@ from specvlm.world.grammar import (
     option_letter,
     option_letter_at,
 )
-from specvlm.world.evaluate import mc_content
 from specvlm.world.language import FAMILIES, PLACEHOLDERS, make_record
 from specvlm.world.scenes import COLORS, HELD_OUT_PAIRS, Scene, SceneObject
 
