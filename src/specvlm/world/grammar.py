@@ -202,21 +202,20 @@ _OBJECT_RE = re.compile(
 _NUMBER_RE = re.compile(rf"\b(\d+|{'|'.join(NUMBER_WORDS)}|no|once|twice)\b")
 
 
+def _object(m: re.Match | None) -> tuple[str | None, str | None, str] | None:
+    return (
+        None if m is None else (_SIZE_OF.get(m.group(1) or ""), m.group(2), _SHAPE_OF[m.group(3)])
+    )
+
+
 def first_object(text: str) -> tuple[str | None, str | None, str] | None:
     """(size, color, shape) of the first shape mentioned, canonical names; None if none."""
-    m = _OBJECT_RE.search(text.lower())
-    if m is None:
-        return None
-    return (_SIZE_OF.get(m.group(1) or ""), m.group(2), _SHAPE_OF[m.group(3)])
+    return _object(_OBJECT_RE.search(text.lower()))
 
 
 def last_object(text: str) -> tuple[str | None, str | None, str] | None:
     """(size, color, shape) of the last shape mentioned, canonical names; None if none."""
-    found = list(_OBJECT_RE.finditer(text.lower()))
-    if not found:
-        return None
-    m = found[-1]
-    return (_SIZE_OF.get(m.group(1) or ""), m.group(2), _SHAPE_OF[m.group(3)])
+    return _object(next(reversed(list(_OBJECT_RE.finditer(text.lower()))), None))
 
 
 def mentions(text: str, color: str | None, shape: str) -> bool:

@@ -497,10 +497,8 @@ def r_extreme(f: Facts, rng: np.random.Generator) -> QA | None:
     }[side]
     axis = "x" if side in ("left", "right") else "y"
     bands = [band(o.x if axis == "x" else o.y) for o in f.objs]
-    ranked = sorted(f.objs, key=key)
-    win, runner = ranked[0], ranked[1]
-    b_win, b_runner = (band(o.x if axis == "x" else o.y) for o in (win, runner))
-    if b_win == b_runner:  # the bands would not decide it: not asked
+    win, runner = sorted(f.objs, key=key)[:2]
+    if bands[f.index(win)] == bands[f.index(runner)]:  # the bands would not decide it: not asked
         return None
     q = pick(rng, EXTREME_QUESTIONS[side])
     order = rng.permutation(len(f.objs))
