@@ -27,7 +27,7 @@ from specvlm.train.distill import (
 )
 from specvlm.train.quickfit import fit_head_to_target
 from specvlm.world.dataset import make_dataset
-from tests.conftest import noise_image
+from tests.conftest import CONFIGS, noise_image
 from tests.test_device_follow import FactoryAudit
 
 PROMPT = "describe the image in detail."
@@ -363,3 +363,51 @@ def test_regenerated_training_counts_the_targets_own_answers(tiny_dir, data, tmp
     original = top_n_map(answer_token_counts(target, read_conversations(data)[0]), 16)
     assert torch.equal(head.d2t, expected) and not torch.equal(expected, original)
     assert torch.equal(EagleHead.load(tmp_path / "d").d2t, expected)
+
+
+def test_init_starts_from_a_trained_head_for_a_new_target_version(tiny_dir, data, tmp_path):
+    """--init: the head of target v1 (and its map) is where the head of v2 starts; the folder it
+    writes pairs with v2. A head of another shape or vocabulary, or a resume from another start,
+    is refused before any step."""
+    from specvlm.tiny import build_tiny_llava
+    from specvlm.train.distill import initial_head
+
+    first = tmp_path / "v1-draft"
+    base = ["--data", str(data), "--batch-size", "2", "--no-progress"]
+    assert main(["train-draft", "--target", str(tiny_dir), "--out", str(first), *base,
+                 "--draft-vocab", "24"]) == 0  # fmt: skip
+    v1 = EagleHead.load(first)
+    # "version 2": the same shape, other weights (check_pairing refuses v1's head on it)
+    shape = {**CONFIGS["llama-mha-untied-vfl1-32px"], "seed": 7}
+    v2 = build_tiny_llava(tmp_path / "v2", num_layers=3, with_eos=False, **shape)
+    v2_info = load_target(v2).info
+    config = EagleConfig.for_target(v2_info, draft_vocab_size=24)
+    start = initial_head(first, config)
+    assert torch.equal(start.d2t, v1.d2t)
+    for name, tensor in v1.state_dict().items():
+        assert torch.equal(start.state_dict()[name], tensor), name
+
+    second = tmp_path / "v2-draft"
+    args = ["train-draft", "--target", str(v2), "--out", str(second), *base]
+    assert main([*args, "--draft-vocab", "24", "--init", str(first)]) == 0
+    head = EagleHead.load(second)
+    assert torch.equal(head.d2t, v1.d2t)  # the map is kept, not recounted
+    assert head.config.target == v2_info.fingerprint  # pairs with v2, not v1
+    before = v1.state_dict()
+    assert any(not torch.equal(t, before[n]) for n, t in head.state_dict().items())  # it trained
+    plain = api.load(target=v2).generate(PROMPT, [noise_image(2)], max_new_tokens=24)
+    spec = api.load(target=v2, draft=second).generate(PROMPT, [noise_image(2)], max_new_tokens=24)
+    assert spec.token_ids == plain.token_ids
+
+    with pytest.raises(InputError, match="give --draft-vocab 24"):
+        initial_head(first, EagleConfig.for_target(v2_info, draft_vocab_size=12))
+    with pytest.raises(InputError, match="not a draft folder"):
+        initial_head(tmp_path / "nothing", config)
+    # the CLI says the same, exit 2, nothing written
+    assert main([*args[:4], str(tmp_path / "x"), *base, "--init", str(first)]) == 2
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+    # resuming from a checkpoint that started elsewhere (here: from random weights) is refused
+    fresh = tmp_path / "fresh"
+    assert main([*args[:4], str(fresh), *base, "--draft-vocab", "24"]) == 0
+    assert main([*args[:4], str(fresh), *base, "--draft-vocab", "24", "--init", str(first),
+                 "--resume"]) == 2  # fmt: skip

@@ -324,6 +324,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_bad_row=args.on_bad_row,
         regenerate=args.regenerate,
+        init=args.init,
         progress=sys.stderr.isatty() and not args.no_progress,
     )
     return 0
@@ -734,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="reduction ratio of prune / prune_norm / pool / conv (repeatable), e.g. pool=4",
     )
     p.add_argument("--compressor-queries", type=int, default=2, help="the resampler's queries")
+    p.add_argument(
+        "--init",
+        metavar="DRAFT",
+        help="start from this trained draft folder's weights (same shape, draft vocabulary and "
+        "compressor; its vocabulary map is kept), e.g. the head of an earlier target version",
+    )
     p.add_argument(
         "--resume",
         action="store_true",

@@ -317,6 +317,38 @@ def _save_checkpoint(out: Path, head: EagleHead, opt, sched, step: int, meta: di
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _init_weights(init: str | Path) -> Path:
+    weights = Path(init) / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(
+            f"--init {init}: not a draft folder (expected config.json and model.safetensors, "
+            "as specvlm train-draft writes)"
+        )
+    return weights
+
+
+def initial_head(init: str | Path, config: EagleConfig) -> EagleHead:
+    """The trained head in `init`, checked to be the head `config` describes (its target
+    fingerprint aside: starting a new target version from an older one's head is the point)."""
+    _init_weights(init)
+    start = EagleHead.load(init)
+    mine, theirs = asdict(start.config), asdict(config)
+    diffs = [
+        f"{k} {mine[k]!r} (this run: {theirs[k]!r})"
+        for k in theirs
+        if k != "target" and mine[k] != theirs[k]
+    ]
+    if diffs:
+        hint = ""
+        if mine["draft_vocab_size"] != theirs["draft_vocab_size"]:
+            hint = f"; give --draft-vocab {mine['draft_vocab_size']} to keep its vocabulary"
+        raise InputError(
+            f"--init {init}: that draft is not the head this run builds: {'; '.join(diffs)}"
+            f"{hint}. Start from a draft of the same shape, or train without --init"
+        )
+    return start
+
+
 def _latest_checkpoint(out: Path) -> Path:
     root = out / "checkpoints"
     if not (root / "latest").is_file():
@@ -351,6 +383,8 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig, settings: dict[str, A
             diffs.append(f"--data: {state.get('data')} had other contents than {settings['data']}")
         elif key == "target_fingerprint":
             diffs.append(f"--target: {state.get('target')} was another model")
+        elif key == "init_sha256":
+            diffs.append("--init: the checkpoint started from another draft (or none)")
         else:
             diffs.append(f"{key} {state[key]} (now {new})")
     old_data = state.get("data") if "data_sha256" not in state else None  # before the hash
@@ -629,10 +663,15 @@ def train_draft(
     on_bad_row: str = "skip",
     regenerate: bool = False,
     head_overrides: dict[str, Any] | None = None,
+    init: str | Path | None = None,
     progress: bool = True,
     log=print,
 ) -> EagleHead:
     """Train a draft head for the target in `target_dir`; write it to `out` (the draft folder).
+
+    `init`: a trained draft folder to start from instead of random weights (e.g. the head of an
+    earlier version of the same target); its shape, draft vocabulary and compressor must be what
+    this run would build, and its draft-vocabulary map is kept.
 
     Everything is checked before the first step: the settings, the output folder, on resume that
     the checkpoint was trained with the same settings, and every data row."""
@@ -648,6 +687,7 @@ def train_draft(
         "data": str(data.resolve()), "data_sha256": _sha256(data),
         "image_folder": None if image_folder is None else str(Path(image_folder).resolve()),
         "regenerate": regenerate, "head_overrides": head_overrides or {},
+        "init_sha256": None if init is None else _sha256(_init_weights(init)),
     }  # fmt: skip
     state = _checkpoint_state(out) if resume else {}
     if resume:
@@ -690,6 +730,13 @@ def train_draft(
             f"this run (--epochs {cfg.epochs}); give more --epochs or train into a new --out"
         )
 
+    config = EagleConfig.for_target(
+        target.info,
+        draft_vocab_size=cfg.draft_vocab,
+        compressor=cfg.compressor,
+        **(head_overrides or {}),
+    )
+    start = None if init is None else initial_head(init, config)
     d2t = None
     if cfg.draft_vocab:
         V = target.info.vocab_size
@@ -699,22 +746,21 @@ def train_draft(
                 "or 0 for the full vocabulary"
             )
         counts = answer_token_counts(target, convs, rank, world)
-        d2t = top_n_map(counts, cfg.draft_vocab)  # (N,) from the data, before any step
+        # (N,) from the data before any step; a head started from another keeps that one's map
+        d2t = top_n_map(counts, cfg.draft_vocab) if start is None else start.d2t
         if rank == 0:
             log(
-                f"draft vocabulary: {cfg.draft_vocab} of {V} tokens, covering "
-                f"{coverage(counts, d2t):.2%} of the {int(counts.sum())} answer tokens "
-                f"({int((counts > 0).sum())} distinct)"
+                f"draft vocabulary: {cfg.draft_vocab} of {V} tokens"
+                + ("" if start is None else f" (the map of {init})")
+                + f", covering {coverage(counts, d2t):.2%} of the {int(counts.sum())} answer "
+                f"tokens ({int((counts > 0).sum())} distinct)"
             )
 
     torch.manual_seed(cfg.seed)
-    config = EagleConfig.for_target(
-        target.info,
-        draft_vocab_size=cfg.draft_vocab,
-        compressor=cfg.compressor,
-        **(head_overrides or {}),
-    )
-    head = EagleHead(config, d2t).to(device)
+    head = EagleHead(config, d2t)
+    if start is not None:  # its weights, this target's fingerprint in the config
+        head.load_state_dict(start.state_dict())
+    head = head.to(device)
     model: torch.nn.Module = head
     if world > 1:
         # a compressor in select mode runs one branch per row: the others get no gradient
