@@ -738,8 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         metavar="DRAFT",
-        help="start from this trained draft folder's weights (same shape, draft vocabulary and "
-        "compressor; its vocabulary map is kept), e.g. the head of an earlier target version",
+        help="start from this trained draft folder's weights (same shape and compressor; the "
+        "--draft-vocab map is counted on this data), e.g. the head of an earlier target version",
     )
     p.add_argument(
         "--resume",

@@ -328,23 +328,20 @@ def _init_weights(init: str | Path) -> Path:
 
 
 def initial_head(init: str | Path, config: EagleConfig) -> EagleHead:
-    """The trained head in `init`, checked to be the head `config` describes (its target
-    fingerprint aside: starting a new target version from an older one's head is the point)."""
+    """The trained head in `init`, checked to be the head `config` describes. Its target
+    fingerprint may differ (starting a new target version from an older one's head is the point),
+    and so may its draft vocabulary: the map only picks which rows of the target's LM head are
+    scored, no weight depends on it, so each run counts its own."""
     _init_weights(init)
     start = EagleHead.load(init)
+    free = ("target", "draft_vocab_size")
     mine, theirs = asdict(start.config), asdict(config)
-    diffs = [
-        f"{k} {mine[k]!r} (this run: {theirs[k]!r})"
-        for k in theirs
-        if k != "target" and mine[k] != theirs[k]
-    ]
+    diffs = [f"{k} {mine[k]!r} (this run: {theirs[k]!r})" for k in theirs
+             if k not in free and mine[k] != theirs[k]]  # fmt: skip
     if diffs:
-        hint = ""
-        if mine["draft_vocab_size"] != theirs["draft_vocab_size"]:
-            hint = f"; give --draft-vocab {mine['draft_vocab_size']} to keep its vocabulary"
         raise InputError(
-            f"--init {init}: that draft is not the head this run builds: {'; '.join(diffs)}"
-            f"{hint}. Start from a draft of the same shape, or train without --init"
+            f"--init {init}: that draft is not the head this run builds: {'; '.join(diffs)}. "
+            "Start from a draft of the same shape and compressor, or train without --init"
         )
     return start
 
@@ -670,8 +667,8 @@ def train_draft(
     """Train a draft head for the target in `target_dir`; write it to `out` (the draft folder).
 
     `init`: a trained draft folder to start from instead of random weights (e.g. the head of an
-    earlier version of the same target); its shape, draft vocabulary and compressor must be what
-    this run would build, and its draft-vocabulary map is kept.
+    earlier version of the same target); its shape and compressor must be what this run builds
+    (`initial_head`); the draft vocabulary is counted on this run's data as without it.
 
     Everything is checked before the first step: the settings, the output folder, on resume that
     the checkpoint was trained with the same settings, and every data row."""
@@ -746,20 +743,20 @@ def train_draft(
                 "or 0 for the full vocabulary"
             )
         counts = answer_token_counts(target, convs, rank, world)
-        # (N,) from the data before any step; a head started from another keeps that one's map
-        d2t = top_n_map(counts, cfg.draft_vocab) if start is None else start.d2t
+        d2t = top_n_map(counts, cfg.draft_vocab)  # (N,) from the data, before any step
         if rank == 0:
             log(
-                f"draft vocabulary: {cfg.draft_vocab} of {V} tokens"
-                + ("" if start is None else f" (the map of {init})")
-                + f", covering {coverage(counts, d2t):.2%} of the {int(counts.sum())} answer "
-                f"tokens ({int((counts > 0).sum())} distinct)"
+                f"draft vocabulary: {cfg.draft_vocab} of {V} tokens, covering "
+                f"{coverage(counts, d2t):.2%} of the {int(counts.sum())} answer tokens "
+                f"({int((counts > 0).sum())} distinct)"
             )
 
     torch.manual_seed(cfg.seed)
     head = EagleHead(config, d2t)
-    if start is not None:  # its weights, this target's fingerprint in the config
-        head.load_state_dict(start.state_dict())
+    if start is not None:  # its weights; this run's map, and this target's fingerprint
+        weights = {k: v for k, v in start.state_dict().items() if k != "d2t"}
+        missing, unexpected = head.load_state_dict(weights, strict=False)
+        assert not unexpected and set(missing) <= {"d2t"}, (missing, unexpected)
     head = head.to(device)
     model: torch.nn.Module = head
     if world > 1:
