@@ -158,6 +158,46 @@ def test_reasoning_answers_give_their_facts_before_their_verdict():
     assert seen == {"compare_size", "closest", "extreme", "compare_count", "arithmetic", "edge"}
 
 
+def test_where_and_how_many_answers_give_facts_that_decide_them():
+    """ANSWERS_VERSION 5: relation answers state both objects' bands along the asked axis (and
+    are asked only when those differ), corner answers where every object is, "how many objects"
+    answers name each object, and the edge answer's band is never the middle one."""
+    from specvlm.world.qa_image import AXIS_BANDS
+
+    seen = set()
+    for i in range(150):
+        for family in ("conversation", "multiturn", "reasoning"):
+            rec = make_record("train", i, family)
+            n_objects = len(rec["meta"]["scene"]["objects"])
+            for q, answer, meta in turns(rec):
+                qt = meta.get("qtype")
+                if qt not in ("relation", "corner", "count", "edge"):
+                    continue
+                if qt == "count" and not meta.get("conclusion"):
+                    continue  # "how many stars": the short answer
+                seen.add(qt)
+                assert meta.get("conclusion"), (q, answer)
+                head, _, last = answer.rpartition(", so ")
+                assert head and check_answer(meta, last), (q, answer, meta)
+                if qt == "relation":
+                    axis = "x" if any(w in q for w in ("left", "right")) else "y"
+                    said = [b for b in AXIS_BANDS[axis] if b in head]
+                    assert len(said) == 2, (q, answer)  # two bands, never the same one
+                    first, second = sorted(said, key=head.index)
+                    rank = AXIS_BANDS[axis].index
+                    lower = rank(first) < rank(second)  # the first object is further left / up
+                    true_rel = last.split(", the ", 1)[1]
+                    assert any(w in true_rel for w in (("left", "above", "over", "higher")
+                               if lower else ("right", "below", "beneath", "lower"))), answer  # fmt: skip
+                elif qt == "corner":
+                    assert head.count(" is ") == n_objects, (q, answer)
+                elif qt == "count":
+                    assert head.count(", ") + head.count(" and ") + 1 == n_objects, answer
+                else:
+                    assert "in the middle" not in head, answer
+    assert seen == {"relation", "corner", "count", "edge"}
+
+
 @pytest.mark.parametrize("kind", ["video", "events"])
 def test_clip_counts_list_their_objects_or_bounces_first(kind):
     seen = set()

@@ -312,10 +312,13 @@ def _jobs(
     closed: list[Item], describe: list[Item], max_description_tokens: int
 ) -> tuple[list[Item], list[tuple[list[int], int]]]:
     """All items (closed, then descriptions) and their positions grouped by token budget: short
-    closed answers, reasoning answers (their facts come first), descriptions."""
+    closed answers, reasoning answers and every other answer whose facts come before its verdict
+    (meta "conclusion"), descriptions."""
     items = closed + describe
-    reasoning = [k for k, it in enumerate(closed) if it.meta["qtype"] in REASONING_QTYPES]
-    short = [k for k, it in enumerate(closed) if it.meta["qtype"] not in REASONING_QTYPES]
+    long = [it.meta["qtype"] in REASONING_QTYPES or bool(it.meta.get("conclusion"))
+            for it in closed]  # fmt: skip
+    reasoning = [k for k, is_long in enumerate(long) if is_long]
+    short = [k for k, is_long in enumerate(long) if not is_long]
     described = list(range(len(closed), len(items)))
     budgets = [CLOSED_TOKENS, REASONING_TOKENS, max_description_tokens]
     return items, list(zip([short, reasoning, described], budgets, strict=True))

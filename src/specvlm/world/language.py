@@ -54,8 +54,10 @@ PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events"
 # 3: image reasoning answers, "NOT in the image" and the clips' moving-object and bounce counts
 # give their facts first and their verdict last, after ", so "; 4: "which is furthest to the
 # left / highest" reads each object's band along that axis (five bands; asked only when they
-# decide it), not its region.
-ANSWERS_VERSION = 4
+# decide it), not its region; 5: the conversation's relation, corner and "how many objects"
+# answers, and the edge and add / remove answers, give their facts first too (bands, every
+# object's place, the objects named).
+ANSWERS_VERSION = 5
 
 __all__ = [
     "ANSWERS_VERSION",

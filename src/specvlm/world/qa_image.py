@@ -135,6 +135,38 @@ def plain_name(rng: np.random.Generator, o: SceneObject) -> str:
     return noun(rng, o, size=False)
 
 
+def _places(rng: np.random.Generator, objs: list[SceneObject]) -> str:
+    """'the red circle is in the top left, the blue square is ...' in a random order."""
+    order = rng.permutation(len(objs))
+    return join([f"the {plain_name(rng, objs[i])} is {where(rng, objs[i])}" for i in order])
+
+
+def _listing(rng: np.random.Generator, objs: list[SceneObject]) -> str:
+    """'a red circle, a blue square and a star' in a random order."""
+    order = rng.permutation(len(objs))
+    return join([a(plain_name(rng, objs[i])) for i in order])
+
+
+# Where an object lies along one axis, in five bands (the facts of the extreme, relation and
+# edge answers): coarse enough to read off the image; each question that uses them is asked only
+# when the bands decide its answer.
+AXIS_BANDS = {
+    "x": ("near the left edge", "left of the middle", "in the middle", "right of the middle",
+          "near the right edge"),
+    "y": ("near the top edge", "above the middle", "in the middle", "below the middle",
+          "near the bottom edge"),
+}  # fmt: skip
+
+
+def band(v: float) -> int:
+    """0-4: the fifth of [0, 1] that v lies in (clipped)."""
+    return min(4, max(0, int(v * 5)))
+
+
+def _band(o: SceneObject, axis: str) -> int:
+    return band(o.x if axis == "x" else o.y)
+
+
 # ---------------------------------------------------------------------------------------------
 # conversation: one short question, one short answer
 # ---------------------------------------------------------------------------------------------
@@ -152,15 +184,11 @@ def q_count_all(f: Facts, rng: np.random.Generator) -> QA:
             f"How many {thing}s does the image contain?",
         ),
     )
-    ans = pick(
-        rng,
-        (
-            f"There {is_are(n)} {number(rng, n)} {thing}{'s' * (n != 1)}.",
-            f"I can see {number(rng, n)} {thing}{'s' * (n != 1)}.",
-            f"{cap(number(rng, n))}.",
-        ),
-    )
-    return QA(q, ans, closed("count", n, "number"))
+    # (v5) the objects first, then their number: the model counts what it has named
+    count = f"{number(rng, n)} {thing}{'s' * (n != 1)}"
+    verdict = pick(rng, (f"there {is_are(n)} {count}", f"I can see {count}"))
+    ans = f"The image shows {_listing(rng, f.objs)}, so {verdict}."
+    return QA(q, ans, closed("count", n, "number", conclusion=True))
 
 
 def q_count_shape(f: Facts, rng: np.random.Generator) -> QA:
@@ -305,36 +333,38 @@ def q_exists(f: Facts, rng: np.random.Generator) -> QA | None:
 
 
 def q_relation(f: Facts, rng: np.random.Generator) -> QA | None:
+    # (v5) each object's band along the asked axis first (AXIS_BANDS), then the verdict; asked
+    # only about pairs whose bands differ, so the facts decide it
     opts = []
     for p in f.objs:
         for o in f.objs:
             if p is not o:
-                opts += [(p, o, r) for r in (horizontal(p, o), vertical(p, o)) if r]
+                for rel, axis in ((horizontal(p, o), "x"), (vertical(p, o), "y")):
+                    if rel and _band(p, axis) != _band(o, axis):
+                        opts.append((p, o, rel, axis))
     if not opts:
         return None
-    p, o, true_rel = pick(rng, opts)
+    p, o, true_rel, axis = pick(rng, opts)
     opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
     asked = true_rel if rng.random() < 0.5 else opposite[true_rel]
     n1, n2 = plain_name(rng, p), plain_name(rng, o)
     q = f"Is the {n1} {pick(rng, REL[asked])} the {n2}?"
-    if asked == true_rel:
-        return QA(
-            q,
-            f"Yes, the {n1} is {pick(rng, REL[true_rel])} the {n2}.",
-            closed("relation", "yes", "yesno"),
-        )
-    return QA(
-        q,
-        f"No, the {n1} is {pick(rng, REL[true_rel])} the {n2}.",
-        closed("relation", "no", "yesno"),
+    facts = (
+        f"The {n1} is {AXIS_BANDS[axis][_band(p, axis)]} and the {n2} is "
+        f"{AXIS_BANDS[axis][_band(o, axis)]}"
     )
+    verdict = "yes" if asked == true_rel else "no"
+    ans = f"{facts}, so {verdict}, the {n1} is {pick(rng, REL[true_rel])} the {n2}."
+    return QA(q, ans, closed("relation", verdict, "yesno", conclusion=True))
 
 
 def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
+    # (v5) where every object is first, then whether the corner holds one
     corner = pick(rng, CORNERS)
     inside = [o for o in f.objs if region(o.x, o.y) == corner]
     if any(not region_is_clear(o.x, o.y) for o in inside):
         return None
+    facts = cap(_places(rng, f.objs))
     if rng.random() < 0.5:
         q = pick(
             rng,
@@ -343,19 +373,25 @@ def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
                 f"Is any object in the {corner} corner of the image?",
             ),
         )
-        ans = (
-            f"Yes, there is {a(plain_name(rng, inside[0]))} there."
+        verdict = (
+            f"yes, the {plain_name(rng, inside[0])} is there"
             if inside
-            else f"No, the {corner} corner is empty."
+            else f"no, the {corner} corner is empty"
         )
-        return QA(q, ans, closed("corner", "yes" if inside else "no", "yesno"))
+        return QA(
+            q, f"{facts}, so {verdict}.", closed("corner", "yes" if inside else "no", "yesno",
+                                                 conclusion=True)
+        )  # fmt: skip
     q = f"Is the {corner} corner of the image empty?"
-    ans = (
-        f"No, {a(plain_name(rng, inside[0]))} is there."
+    verdict = (
+        f"no, the {plain_name(rng, inside[0])} is there"
         if inside
-        else f"Yes, nothing is in the {corner} corner."
+        else f"yes, nothing is in the {corner} corner"
     )
-    return QA(q, ans, closed("corner", "no" if inside else "yes", "yesno"))
+    return QA(
+        q, f"{facts}, so {verdict}.", closed("corner", "no" if inside else "yes", "yesno",
+                                             conclusion=True)
+    )  # fmt: skip
 
 
 CONVERSATION: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
@@ -420,12 +456,6 @@ def r_bigger(f: Facts, rng: np.random.Generator) -> QA | None:
     )
 
 
-def _places(rng: np.random.Generator, objs: list[SceneObject]) -> str:
-    """'the red circle is in the top left, the blue square is ...' in a random order."""
-    order = rng.permutation(len(objs))
-    return join([f"the {plain_name(rng, objs[i])} is {where(rng, objs[i])}" for i in order])
-
-
 def r_closest(f: Facts, rng: np.random.Generator) -> QA | None:
     if len(f.objs) < 3:
         return None
@@ -461,22 +491,6 @@ EXTREME_QUESTIONS = {
         "Which shape is closest to the bottom edge?",
     ),
 }
-# Where an object lies along one axis, in five bands (the extreme questions' facts): coarse
-# enough to read off the image, and the question is asked only when the answer's band is
-# strictly nearer to the side than every other object's, so the facts decide the verdict.
-AXIS_BANDS = {
-    "x": ("near the left edge", "left of the middle", "in the middle", "right of the middle",
-          "near the right edge"),
-    "y": ("near the top edge", "above the middle", "in the middle", "below the middle",
-          "near the bottom edge"),
-}  # fmt: skip
-
-
-def band(v: float) -> int:
-    """0-4: the fifth of [0, 1] that v lies in (clipped)."""
-    return min(4, max(0, int(v * 5)))
-
-
 EXTREME_VERDICTS = {
     "left": "furthest to the left",
     "right": "furthest to the right",
@@ -564,30 +578,32 @@ def r_arithmetic(f: Facts, rng: np.random.Generator) -> QA:
         n = f.n_shape(shape)
         w1, wn = shape_word(rng, shape), shape_word(rng, shape, n + 1)
         q = f"If one more {w1} were added, how many {shape_word(rng, shape, 2)} would there be?"
-        have = join([f"the {o.color} one" for o in f.objs if o.shape == shape])
-        ans = f"The image has {count_phrase(rng, n, shape)} ({have}), and adding one more makes {number(rng, n + 1)}, so there would be {number(rng, n + 1)} {wn}."
+        # (v5) the objects it counts first, by name
+        have = _listing(rng, [o for o in f.objs if o.shape == shape])
+        ans = f"The image has {have}: {count_phrase(rng, n, shape)}, and adding one more makes {number(rng, n + 1)}, so there would be {number(rng, n + 1)} {wn}."
         return QA(q, ans, closed("arithmetic", n + 1, "number", conclusion=True))
     o, n = pick(rng, f.objs), len(f.objs)
     name = plain_name(rng, o)
     q = f"If the {name} were removed, how many objects would be left?"
     left = f"{number(rng, n - 1)} {'object' if n == 2 else 'objects'}"
-    ans = f"The image has {number(rng, n)} objects now, and taking away the {name} leaves {number(rng, n - 1)}, so there would be {left} left."
+    ans = f"The image shows {_listing(rng, f.objs)}: {number(rng, n)} objects now, and taking away the {name} leaves {number(rng, n - 1)}, so there would be {left} left."
     return QA(q, ans, closed("arithmetic", n - 1, "number", conclusion=True))
 
 
 def r_edge(f: Facts, rng: np.random.Generator) -> QA | None:
+    # (v5) the object's band along the axis first; asked only outside the middle band
     o = pick(rng, f.objs)
     name = plain_name(rng, o)
-    if abs(o.x - 0.5) > 0.06 and (rng.random() < 0.5 or abs(o.y - 0.5) <= 0.06):
-        side, other = ("left", "right") if o.x < 0.5 else ("right", "left")
-    elif abs(o.y - 0.5) > 0.06:
-        side, other = ("top", "bottom") if o.y < 0.5 else ("bottom", "top")
+    if _band(o, "x") != 2 and (rng.random() < 0.5 or _band(o, "y") == 2):
+        axis, (side, other) = "x", (("left", "right") if o.x < 0.5 else ("right", "left"))
+    elif _band(o, "y") != 2:
+        axis, (side, other) = "y", (("top", "bottom") if o.y < 0.5 else ("bottom", "top"))
     else:
         return None
     pair = ("left", "right") if side in ("left", "right") else ("top", "bottom")
     q = f"Is the {name} closer to the {pair[0]} edge or to the {pair[1]} edge of the image?"
     half = {"left": "left", "right": "right", "top": "upper", "bottom": "lower"}[side]
-    ans = f"The centre of the {name} lies in the {half} half of the image, so the {name} is closer to the {side} edge."
+    ans = f"The {name} is {AXIS_BANDS[axis][_band(o, axis)]}: its centre lies in the {half} half of the image, so the {name} is closer to the {side} edge."
     return QA(q, ans, closed("edge", side, "word", alternatives=[other], conclusion=True))
 
 
