@@ -365,7 +365,7 @@ def test_regenerated_training_counts_the_targets_own_answers(tiny_dir, data, tmp
     assert torch.equal(EagleHead.load(tmp_path / "d").d2t, expected)
 
 
-def test_init_starts_from_a_trained_head_for_a_new_target_version(tiny_dir, data, tmp_path):
+def test_init_starts_from_a_trained_head_for_a_new_target_version(tiny_dir, data, tmp_path, capsys):
     """--init: the head of target v1 is where the head of v2 starts; the map is counted on the
     run's data (no weight depends on it) and the folder written pairs with v2. A head of another
     shape, or a resume from another start, is refused before any step."""
@@ -409,3 +409,12 @@ def test_init_starts_from_a_trained_head_for_a_new_target_version(tiny_dir, data
     fresh = tmp_path / "fresh"
     assert main([*args[:4], str(fresh), *base]) == 0
     assert main([*args[:4], str(fresh), *base, "--init", str(first), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--init: the checkpoint started from another draft" in err
+    # a run started from --init resumes with the same --init, or without it (the checkpoint's
+    # weights replace the start either way), not with another
+    more = [*base, "--draft-vocab", "16", "--lr", "1e-30"]
+    assert main([*args, *more, "--epochs", "2", "--init", str(first), "--resume"]) == 0
+    assert main([*args, *more, "--epochs", "3", "--resume"]) == 0
+    assert main([*args, *more, "--epochs", "4", "--init", str(fresh), "--resume"]) == 2
+    assert "--init: the checkpoint started from another draft" in capsys.readouterr().err

@@ -219,3 +219,26 @@ def test_cli_writes_every_item(run, tmp_path, capsys):  # noqa: F811
     assert "multiple choice" in capsys.readouterr().out
     items = json.loads(out.read_text())["items"]
     assert {it["family"] for it in items} == {*ev.CLOSED_FAMILIES, "detailed"}
+
+
+def test_answers_that_give_facts_first_get_the_longer_budget():
+    """_jobs: reasoning and every other answer with meta "conclusion" (relation, corner and
+    how-many-objects of conversation and multiturn, "NOT in the image") get REASONING_TOKENS;
+    the rest CLOSED_TOKENS. Even on the hard split (up to eight objects) the part of a reference
+    answer that is scored fits its budget, so none is cut before its verdict: all of a long
+    answer, the first sentence of a short one (a multiple-choice letter comes in it), at 1.3
+    tokens a word (SmolLM2's tokenizer: 1.12-1.2 on these answers, 102 tokens at most for the
+    longest, a "closest" answer over eight objects, measured 2026-12-03)."""
+    closed, describe = ev.make_items("hard", 40, 32)
+    items, jobs = ev._jobs(closed, describe, 360)
+    budget = {k: b for ks, b in jobs for k in ks}
+    assert sorted(budget) == list(range(len(items)))
+    seen = set()
+    for k, it in enumerate(closed):
+        long = bool(it.meta.get("conclusion")) or it.meta["qtype"] in ev.REASONING_QTYPES
+        assert budget[k] == (ev.REASONING_TOKENS if long else ev.CLOSED_TOKENS), it.meta
+        scored = it.reference if long else it.reference.split(". ")[0]
+        assert len(scored.split()) * 1.3 <= budget[k], (it.meta["qtype"], it.reference)
+        if it.meta.get("conclusion") and it.family in ("conversation", "multiturn"):
+            seen.add(it.meta["qtype"])
+    assert {"relation", "corner", "count"} <= seen

@@ -687,9 +687,18 @@ def train_draft(
         "init_sha256": None if init is None else _sha256(_init_weights(init)),
     }  # fmt: skip
     state = _checkpoint_state(out) if resume else {}
+    if resume and init is None:  # the checkpoint's weights replace any start: it need not be given
+        settings["init_sha256"] = state.get("init_sha256")
     if resume:
         _check_resume(state, cfg, settings)
     target = load_target(target_dir, device=str(device))
+    config = EagleConfig.for_target(
+        target.info,
+        draft_vocab_size=cfg.draft_vocab,
+        compressor=cfg.compressor,
+        **(head_overrides or {}),
+    )
+    start = None if init is None else initial_head(init, config)  # checked before any work
     settings["target"] = str(Path(target_dir).resolve())
     settings["target_fingerprint"] = hashlib.sha256(
         json.dumps(target.info.fingerprint, sort_keys=True, default=str).encode()
@@ -727,13 +736,6 @@ def train_draft(
             f"this run (--epochs {cfg.epochs}); give more --epochs or train into a new --out"
         )
 
-    config = EagleConfig.for_target(
-        target.info,
-        draft_vocab_size=cfg.draft_vocab,
-        compressor=cfg.compressor,
-        **(head_overrides or {}),
-    )
-    start = None if init is None else initial_head(init, config)
     d2t = None
     if cfg.draft_vocab:
         V = target.info.vocab_size
@@ -756,7 +758,8 @@ def train_draft(
     if start is not None:  # its weights; this run's map, and this target's fingerprint
         weights = {k: v for k, v in start.state_dict().items() if k != "d2t"}
         missing, unexpected = head.load_state_dict(weights, strict=False)
-        assert not unexpected and set(missing) <= {"d2t"}, (missing, unexpected)
+        if unexpected or set(missing) - {"d2t"}:  # initial_head checked the shapes: a bug
+            raise RuntimeError(f"--init {init}: weights missing {missing}, unexpected {unexpected}")
     head = head.to(device)
     model: torch.nn.Module = head
     if world > 1:

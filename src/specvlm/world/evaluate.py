@@ -8,7 +8,8 @@ For scene i < n of the split (kind image), each family's record of that scene (`
 is asked greedily, as a user would ask it (the target's own chat template), and scored:
 
 - conversation: `grammar.check_answer` on the whole answer (the first number, yes/no, colour,
-  shape, object or region it names must be the record's short answer);
+  shape, object or region it names must be the record's short answer), or for an answer that
+  gives its facts first (meta "conclusion") on the part after its last ", so ";
 - multiple_choice: by its letter only: `mc_letter` (the option letter the answer opens with, as
   "B", "B.", "B)", "B:", "(B)"; failing that the first "(B)", "answer is B", "option B" in it:
   the world's reference answers name the option first, "Red, so the answer is B. ...") must
@@ -97,8 +98,8 @@ MC_CONTENT_KIND = {
     "mc_appears": "object",
 }
 CLOSED_FAMILIES = ("conversation", "multiple_choice", "reasoning", "multiturn")
-CLOSED_TOKENS = 48  # new tokens for a closed answer (the answer comes first) ...
-REASONING_TOKENS = 128  # ... and for a reasoning one, whose facts come before its verdict
+CLOSED_TOKENS = 48  # new tokens for a closed answer that comes first ...
+REASONING_TOKENS = 128  # ... and for a reasoning one, or any whose facts come before its verdict
 
 # The letter an answer gives: `grammar.option_letter` (also what `check_answer` reads for "letter").
 mc_letter = grammar.option_letter

@@ -6,8 +6,9 @@
      {'from': 'gpt', 'value': 'There are two circles.'}]
 
 Task families (FAMILIES): detailed (a 60-200 word description), conversation (one short
-question), reasoning (a comparison or a cause, with an explanation), multiple_choice (options
-A-D; the answer names the right option, then its letter, then why) and multiturn (2-4
+question, answered shortly or facts first), reasoning (a comparison or a cause, with an
+explanation), multiple_choice (options A-D; the answer names the right option, then its
+letter, then why) and multiturn (2-4
 question/answer turns). Each family exists for stills (kind "image", placeholder <image>), clips
 (kind "video", key "video", a folder of frames, placeholder <video>) and event streams (kind
 "events", key "events", an .npz with x, y, t, p, shown as the polarity image of key "image",

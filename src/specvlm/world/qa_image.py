@@ -168,7 +168,7 @@ def _band(o: SceneObject, axis: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# conversation: one short question, one short answer
+# conversation: one short question, one answer (short, or its facts and then its verdict)
 # ---------------------------------------------------------------------------------------------
 
 
