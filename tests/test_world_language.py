@@ -162,6 +162,7 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
     """ANSWERS_VERSION 5: relation answers state both objects' bands along the asked axis (and
     are asked only when those differ), corner answers where every object is, "how many objects"
     answers name each object, and the edge answer's band is never the middle one."""
+    from specvlm.world.grammar import REGION_PHRASES
     from specvlm.world.qa_image import AXIS_BANDS
 
     seen = set()
@@ -191,11 +192,29 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
                                if lower else ("right", "below", "beneath", "lower"))), answer  # fmt: skip
                 elif qt == "corner":
                     assert head.count(" is ") == n_objects, (q, answer)
+                    plain = [phrases[0] for phrases in REGION_PHRASES.values()]
+                    for part in head.split(", "):  # each object in its region's plain words
+                        assert any(part.endswith(w) for w in plain), (part, answer)
                 elif qt == "count":
                     assert head.count(", ") + head.count(" and ") + 1 == n_objects, answer
                 else:
                     assert "in the middle" not in head, answer
     assert seen == {"relation", "corner", "count", "edge"}
+
+
+def test_band_words_are_no_regions_words():
+    """ANSWERS_VERSION 6: an object's band along an axis and its 3 x 3 region are said in
+    different words (v5's "near the left edge" was both, for different places)."""
+    from specvlm.world.grammar import REGION_PHRASES
+    from specvlm.world.qa_image import AXIS_BANDS
+
+    bands = [b for axis in AXIS_BANDS.values() for b in axis]
+    regions = [r for phrases in REGION_PHRASES.values() for r in phrases]
+    assert len(set(bands)) == 10
+    for b in bands:
+        for r in regions:
+            assert b != r and (b not in r or b == "halfway down"), (b, r)  # y's middle either way
+            assert r not in b, (b, r)
 
 
 @pytest.mark.parametrize("kind", ["video", "events"])

@@ -57,8 +57,10 @@ PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events"
 # left / highest" reads each object's band along that axis (five bands; asked only when they
 # decide it), not its region; 5: the conversation's relation, corner and "how many objects"
 # answers, and the edge and add / remove answers, give their facts first too (bands, every
-# object's place, the objects named).
-ANSWERS_VERSION = 5
+# object's place, the objects named); 6: the bands in the axis's own words ("at the far left",
+# "left of centre", "halfway across", ...), none a region's, and corner answers place every
+# object in its region's plain words, each object under one name.
+ANSWERS_VERSION = 6
 
 __all__ = [
     "ANSWERS_VERSION",

@@ -16,6 +16,7 @@ import numpy as np
 
 from specvlm.world.grammar import (
     CORNERS,
+    REGION_PHRASES,
     REGIONS,
     a,
     cap,
@@ -135,10 +136,18 @@ def plain_name(rng: np.random.Generator, o: SceneObject) -> str:
     return noun(rng, o, size=False)
 
 
-def _places(rng: np.random.Generator, objs: list[SceneObject]) -> str:
-    """'the red circle is in the top left, the blue square is ...' in a random order."""
+def _places(
+    rng: np.random.Generator, objs: list[SceneObject], names: list[str] | None = None
+) -> str:
+    """'the red circle is in the top left, the blue square is ...' in a random order. With
+    `names` (one per object): those names, and each region's first, plain phrase ("in the top
+    right corner", "at the top", "in the middle"), the words a corner question uses."""
     order = rng.permutation(len(objs))
-    return join([f"the {plain_name(rng, objs[i])} is {where(rng, objs[i])}" for i in order])
+    if names is None:
+        return join([f"the {plain_name(rng, objs[i])} is {where(rng, objs[i])}" for i in order])
+    return join(
+        [f"the {names[i]} is {REGION_PHRASES[region(objs[i].x, objs[i].y)][0]}" for i in order]
+    )
 
 
 def _listing(rng: np.random.Generator, objs: list[SceneObject]) -> str:
@@ -150,11 +159,15 @@ def _listing(rng: np.random.Generator, objs: list[SceneObject]) -> str:
 # Where an object lies along one axis, in five bands (the facts of the extreme, relation and
 # edge answers): coarse enough to read off the image; each question that uses them is asked only
 # when the bands decide its answer.
+# Its words are the axis's own and no region's (v6): v5 shared "near the left edge" and "in the
+# middle" with the 3 x 3 regions' phrases, so one object at x = 0.3 was "near the left edge" in a
+# corner answer and "left of the middle" in a relation answer, and world-smol v8 mixed region
+# phrases into its band lists.
 AXIS_BANDS = {
-    "x": ("near the left edge", "left of the middle", "in the middle", "right of the middle",
-          "near the right edge"),
-    "y": ("near the top edge", "above the middle", "in the middle", "below the middle",
-          "near the bottom edge"),
+    "x": ("at the far left", "left of centre", "halfway across", "right of centre",
+          "at the far right"),
+    "y": ("at the very top", "above centre", "halfway down", "below centre",
+          "at the very bottom"),
 }  # fmt: skip
 
 
@@ -359,12 +372,15 @@ def q_relation(f: Facts, rng: np.random.Generator) -> QA | None:
 
 
 def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
-    # (v5) where every object is first, then whether the corner holds one
+    # (v5) where every object is first, then whether the corner holds one; (v6) in the
+    # regions' plain words, each object under one name
     corner = pick(rng, CORNERS)
     inside = [o for o in f.objs if region(o.x, o.y) == corner]
     if any(not region_is_clear(o.x, o.y) for o in inside):
         return None
-    facts = cap(_places(rng, f.objs))
+    names = [plain_name(rng, o) for o in f.objs]
+    facts = cap(_places(rng, f.objs, names))
+    first = names[f.index(inside[0])] if inside else ""
     if rng.random() < 0.5:
         q = pick(
             rng,
@@ -373,21 +389,13 @@ def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
                 f"Is any object in the {corner} corner of the image?",
             ),
         )
-        verdict = (
-            f"yes, the {plain_name(rng, inside[0])} is there"
-            if inside
-            else f"no, the {corner} corner is empty"
-        )
+        verdict = f"yes, the {first} is there" if inside else f"no, the {corner} corner is empty"
         return QA(
             q, f"{facts}, so {verdict}.", closed("corner", "yes" if inside else "no", "yesno",
                                                  conclusion=True)
         )  # fmt: skip
     q = f"Is the {corner} corner of the image empty?"
-    verdict = (
-        f"no, the {plain_name(rng, inside[0])} is there"
-        if inside
-        else f"yes, nothing is in the {corner} corner"
-    )
+    verdict = f"no, the {first} is there" if inside else f"yes, nothing is in the {corner} corner"
     return QA(
         q, f"{facts}, so {verdict}.", closed("corner", "no" if inside else "yes", "yesno",
                                              conclusion=True)
@@ -516,11 +524,10 @@ def r_extreme(f: Facts, rng: np.random.Generator) -> QA | None:
         return None
     q = pick(rng, EXTREME_QUESTIONS[side])
     order = rng.permutation(len(f.objs))
-    facts = join(
-        [f"the {plain_name(rng, f.objs[i])} is {AXIS_BANDS[axis][bands[i]]}" for i in order]
-    )
+    names = [plain_name(rng, o) for o in f.objs]  # (v6) one name per object in the answer
+    facts = join([f"the {names[i]} is {AXIS_BANDS[axis][bands[i]]}" for i in order])
     ans = (
-        f"{cap(facts)}, so the {plain_name(rng, win)} is {EXTREME_VERDICTS[side]}: its centre "
+        f"{cap(facts)}, so the {names[f.index(win)]} is {EXTREME_VERDICTS[side]}: its centre "
         f"is nearer to the {side} edge than any other's."
     )
     return QA(q, ans, closed("extreme", win.name, "object", conclusion=True))
