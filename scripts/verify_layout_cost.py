@@ -1,10 +1,11 @@
-"""One target forward over N tree tokens, float32, with the Linear weights in the engine's CPU
-layout (`layers.fast_linear_layout`, transposed) and in PyTorch's plain one (issue 20's probe).
+"""One target forward over N tree tokens, float32, with the Linears run three ways: oneDNN's
+packed weights (`layers.PackedLinear`, the engine's choice), PyTorch's matmul on the transposed
+layout (`layers.fast_linear_layout`, the choice before it) and on the plain one (issue 20's probe).
 
     python scripts/verify_layout_cost.py [--delta src/specvlm/assets/world-smol] [--repeats 12]
 
 The world-smol target (assembled from the wheel and `--delta`, or the base with `--delta ''`) is
-loaded twice, once per layout; for each repeat both prefill the same image + question and verify
+loaded three times, once per kernel; for each repeat each prefills the same image + question and verify
 trees of N = 1, 4, 8, 12, 16 nodes (`bench.tune.cost_probe_tree`, never committed), interleaved.
 Prints the median ms per N. Run it alone: the box's other work moves these numbers.
 """
@@ -35,13 +36,18 @@ def main() -> None:
     folder = trained_world_smol_folder(args.delta) if args.delta else world_smol_folder()
     image = render(world_sample("test", 0), size=128)
     engines = {}
-    chosen = llava.wants_fast_layout
+    chosen = llava.inference_kernels
+    kernels = {
+        "onednn packed": {"packed": True, "fast_layout": False},
+        "mkl transposed": {"packed": False, "fast_layout": True},
+        "mkl plain": {"packed": False, "fast_layout": False},
+    }
     try:
-        for name, flag in (("transposed", True), ("plain", False)):
-            llava.wants_fast_layout = lambda *_, flag=flag: flag
+        for name, kw in kernels.items():
+            llava.inference_kernels = lambda *_, kw=kw: kw
             engines[name] = specvlm.load(target=folder, dtype=torch.float32)
     finally:
-        llava.wants_fast_layout = chosen
+        llava.inference_kernels = chosen
     trees = {n: cost_probe_tree(n) for n in SIZES}
     times: dict[str, dict[int, list[float]]] = {name: {n: [] for n in SIZES} for name in engines}
     for rep in range(args.repeats + 2):
@@ -58,7 +64,7 @@ def main() -> None:
     print(f"# {folder}, torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     for name, per_n in times.items():
         cells = " ".join(f"N={n}: {1e3 * statistics.median(t):.1f} ms" for n, t in per_n.items())
-        print(f"{name:>10}  {cells}")
+        print(f"{name:>14}  {cells}")
 
 
 if __name__ == "__main__":

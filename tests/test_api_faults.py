@@ -153,7 +153,7 @@ def test_truncated_target_weights(tiny_dir, tmp_path):
 
 def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch):
     """dtype="auto": bfloat16 where the CPU has native bf16, float32 where it has not; the
-    CPU's transposed weight layout only in float32."""
+    CPU's transposed weight layout only in float32 (the fallback of its packed linears)."""
     import torch
 
     from specvlm.layers import wants_fast_layout

@@ -4,17 +4,24 @@ bit, as the modules they replace)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specvlm.kv_cache import KVCache
 from specvlm.layers import (
+    CPU_LINEAR_ENV,
     AttentionShape,
     DecoderBlock,
     DefaultRope,
+    PackedLinear,
     decoder_block,
     fast_linear_layout,
+    inference_kernels,
+    packed_linear_available,
     prepare_for_inference,
+    wants_packed_linear,
 )
 
 
@@ -42,18 +49,85 @@ def test_fast_layout_keeps_values_and_transposes_storage():
     assert fast_linear_layout(m) == 0  # idempotent
 
 
-def test_target_loads_with_the_fast_layout_and_tied_head_kept(tiny_dirs):
+def test_target_loads_with_the_fast_layout_and_tied_head_kept(tiny_dirs, monkeypatch):
+    """SPECVLM_CPU_LINEAR=mkl: PyTorch's matmul on the transposed layout (the choice before the
+    packed linears, kept for A/B runs)."""
     from specvlm.target import load_target
 
+    monkeypatch.setenv(CPU_LINEAR_ENV, "mkl")
     for name, tied in (("llama-mha-untied-vfl1-32px", False), ("llama-gqa-tied-vfl2-48px", True)):
         target = load_target(tiny_dirs[name])
         attn = target.model.model.language_model.layers[0].self_attn
+        assert getattr(attn, "packed_qkv", None) is None, name
         fused, _ = attn.fused_qkv  # (H hd + 2 Hkv hd, d), the CPU's fast layout
         assert fused.stride() == (1, fused.shape[0]), name
         q = attn.q_proj.weight  # a view of the fused weight: no memory added
         assert q.data_ptr() == fused.data_ptr() and q.stride() == (1, fused.shape[0]), name
         head = target.model.lm_head.weight
         assert head.is_contiguous() == tied, name  # a tied head keeps the table's row layout
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
+def test_target_loads_with_packed_linears_by_default(tiny_dirs, monkeypatch):
+    """CPU float32: the fused matmuls and the other Linears (LM head, o/down projections, the
+    projector) run as PackedLinear; the dense weights stay as they were, the fused groups' own
+    Linears are not packed a second time; the engine's logits equal the model's own forward."""
+    from specvlm.target import load_target
+
+    monkeypatch.delenv(CPU_LINEAR_ENV, raising=False)
+    target = load_target(tiny_dirs["llama-gqa-tied-vfl2-48px"])
+    lm = target.model.model.language_model
+    attn, mlp = lm.layers[0].self_attn, lm.layers[0].mlp
+    assert isinstance(attn.packed_qkv, PackedLinear) and attn.packed_qkv.dense is attn.fused_qkv[0]
+    assert isinstance(mlp.packed_gate_up, PackedLinear)
+    assert isinstance(attn.o_proj.forward, PackedLinear)
+    assert isinstance(mlp.down_proj.forward, PackedLinear)
+    assert isinstance(target.model.lm_head.forward, PackedLinear)
+    assert "forward" not in vars(attn.q_proj) and "forward" not in vars(mlp.up_proj)
+    head = target.model.lm_head.weight
+    assert head.data_ptr() == lm.embed_tokens.weight.data_ptr()  # still tied, rows unchanged
+    assert target.model.lm_head.forward.dense is head
+
+
+def test_packed_linear_values_rows_and_fallbacks():
+    """oneDNN's product equals F.linear up to float32 rounding; each row's result is the same bits
+    whether computed alone or among others (what lets a tree verify compute its linears exactly
+    as plain decoding does); gradients, autocast and other dtypes take F.linear on the dense
+    weight (the oneDNN op has no backward)."""
+    if not packed_linear_available():
+        pytest.skip("this PyTorch has no oneDNN linear")
+    torch.manual_seed(0)
+    for out_f, in_f, bias in ((1536, 576, False), (576, 1536, False), (40, 24, True)):
+        w = torch.randn(out_f, in_f)
+        b = torch.randn(out_f) if bias else None
+        lin = PackedLinear(w, b)
+        x = torch.randn(16, in_f)
+        with torch.inference_mode():
+            full = lin(x)  # (16, out)
+            torch.testing.assert_close(full, F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+            for m in (1, 2, 3, 5, 8):
+                for i in range(0, 16 - m + 1, m):
+                    assert torch.equal(lin(x[i : i + m]), full[i : i + m]), (out_f, m, i)
+            assert lin(x[None]).shape == (1, 16, out_f)
+    lin = PackedLinear(torch.randn(8, 4), None)
+    x = torch.randn(3, 4, requires_grad=True)
+    lin(x).sum().backward()
+    torch.testing.assert_close(x.grad, lin.dense.sum(0).expand(3, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(torch.randn(3, 4)).dtype == torch.bfloat16
+
+
+def test_cpu_linear_choice_and_its_environment_variable(monkeypatch):
+    monkeypatch.delenv(CPU_LINEAR_ENV, raising=False)
+    packed = packed_linear_available()
+    assert inference_kernels("cpu", torch.float32) == {"packed": packed, "fast_layout": not packed}
+    assert inference_kernels("cpu", torch.bfloat16) == {"packed": False, "fast_layout": False}
+    assert inference_kernels("cuda", torch.float32) == {"packed": False, "fast_layout": False}
+    monkeypatch.setenv(CPU_LINEAR_ENV, "MKL")
+    assert inference_kernels("cpu", torch.float32) == {"packed": False, "fast_layout": True}
+    monkeypatch.setenv(CPU_LINEAR_ENV, "blas")
+    with pytest.raises(ValueError, match="'onednn' and 'mkl'"):
+        wants_packed_linear("cpu", torch.float32)
 
 
 def _run_block(block, shape, x, positions, mask):
@@ -77,6 +151,22 @@ def test_prepared_block_gives_bitwise_the_same_numbers():
         out, cache = _run_block(block, shape, x, positions, "causal")
     assert torch.equal(out, ref)
     assert torch.equal(cache.k, ref_cache.k) and torch.equal(cache.v, ref_cache.v)
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
+def test_packed_block_gives_the_same_numbers_up_to_rounding():
+    torch.manual_seed(0)
+    shape = AttentionShape(4, 2, 8)
+    block = DecoderBlock(32, shape, 48, 1e-6).eval()
+    for p in block.parameters():
+        p.data.normal_(0, 0.2)
+    x, positions = torch.randn(7, 32), torch.arange(7)
+    with torch.no_grad():
+        ref, _ = _run_block(block, shape, x, positions, "causal")
+        prepare_for_inference(block, fast_layout=False, packed=True)
+        assert isinstance(block.self_attn.packed_qkv, PackedLinear)
+        out, _ = _run_block(block, shape, x, positions, "causal")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_plain_rms_norm_matches_transformers_llama_norm_bitwise():

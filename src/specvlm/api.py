@@ -20,7 +20,7 @@ from specvlm.draft.eagle import EagleDrafter, EagleHead, check_pairing
 from specvlm.draft.separate import DrafterInput, SeparateDrafter, check_same_vocabulary
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import EngineBusyError, GenerationArgumentError, InputError
-from specvlm.layers import prepare_for_inference, wants_fast_layout
+from specvlm.layers import inference_kernels, prepare_for_inference
 from specvlm.target import Target, load_target, modalities
 from specvlm.target.base import Prompt
 
@@ -372,7 +372,7 @@ def load(
     head = None
     if draft is not None:
         head = EagleHead.load(draft, dtype=tgt.info.dtype).to(device)
-        prepare_for_inference(head, fast_layout=wants_fast_layout(device, tgt.info.dtype))
+        prepare_for_inference(head, **inference_kernels(device, tgt.info.dtype))
         check_pairing(head.config, tgt.info, draft_name=f"draft {draft}")
     cross = None
     if draft is not None and is_cross_folder(draft):

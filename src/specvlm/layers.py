@@ -9,6 +9,8 @@ Shapes: batch is always 1 and is left out; T = new tokens, S = attended slots, H
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +82,9 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _qkv(attn: _AttnLike, x: torch.Tensor) -> torch.Tensor:
     """x (T, d) -> the q, k and v projections side by side (T, (H + 2 Hkv) hd)."""
+    packed = getattr(attn, "packed_qkv", None)  # set by `prepare_for_inference(packed=True)`
+    if packed is not None:
+        return packed(x)
     fused = getattr(attn, "fused_qkv", None)  # set by `prepare_for_inference`
     if fused is not None:
         return F.linear(x, *fused)  # one matmul; the same numbers as three
@@ -135,10 +140,12 @@ def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    packed = getattr(mlp, "packed_gate_up", None)  # set by `prepare_for_inference(packed=True)`
     fused = getattr(mlp, "fused_gate_up", None)  # set by `prepare_for_inference`
     if fused is None:
         return mlp(x)
-    gate, up = F.linear(x, *fused).chunk(2, dim=-1)  # (T, I) each, strided views
+    gate_up = packed(x) if packed is not None else F.linear(x, *fused)  # (T, 2 I)
+    gate, up = gate_up.chunk(2, dim=-1)  # (T, I) each, strided views
     # the activation on a contiguous copy: its vectorized kernel rounds differently on strided
     # input, and the numbers must be those of the unfused module
     return mlp.down_proj(getattr(mlp, "act_fn", F.silu)(gate.contiguous()) * up)
@@ -179,6 +186,81 @@ def fast_linear_layout(module: nn.Module) -> int:
     return changed
 
 
+class PackedLinear:
+    """y = x @ W^T + b by oneDNN, from a copy of W packed once in its blocked layout (CPU).
+
+    Two properties over `F.linear` (MKL) in float32, measured at SmolLM2's shapes on a 2-core
+    AVX2 EPYC (docs/benchmarks.md, "Packed linears"): a product of 4-16 rows costs far less
+    (the 49,152-row LM head: 5.9 ms for 4 rows where MKL takes 23), and each row's result is
+    bit-identical whether computed alone or among other rows (MKL's is not), so a tree verify
+    computes every linear exactly as plain decoding does. The packed copy is extra memory (the
+    module's own weight is kept, so `transformers`' forward and the draft still read it).
+    The oneDNN op has no backward and ignores autocast, so where a gradient may be wanted, under
+    autocast, or for input that is not float32, the call is `F.linear` on the dense weight (what
+    the module did before). Inference only: a weight changed afterwards leaves the copy stale.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.dense, self.bias = weight, bias  # (out, in), (out,) or None
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out)."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.dense.requires_grad)
+        if grad or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, self.dense, self.bias)
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+
+def packed_linear_available() -> bool:
+    """Whether this PyTorch build has the oneDNN linear ops `PackedLinear` uses."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.ones(2, 3)
+        y = PackedLinear(w, None)(torch.ones(1, 3))
+    except (RuntimeError, AttributeError):
+        return False
+    return bool(torch.equal(y, torch.full((1, 2), 3.0)))
+
+
+CPU_LINEAR_ENV = "SPECVLM_CPU_LINEAR"
+
+
+def wants_packed_linear(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether frozen Linears run as `PackedLinear`: on the CPU in float32 where PyTorch has
+    oneDNN, unless the environment variable SPECVLM_CPU_LINEAR is "mkl" (PyTorch's own matmul,
+    in `fast_linear_layout`; for A/B runs). bfloat16 keeps PyTorch's matmul (not measured
+    packed: no box here with native bf16 has run it)."""
+    choice = os.environ.get(CPU_LINEAR_ENV, "onednn").strip().lower()
+    if choice not in ("onednn", "mkl"):
+        raise ValueError(f"{CPU_LINEAR_ENV}={choice!r}: accepted values are 'onednn' and 'mkl'")
+    if torch.device(device).type != "cpu" or dtype != torch.float32 or choice == "mkl":
+        return False
+    return _PACKED_OK()
+
+
+@functools.cache
+def _PACKED_OK() -> bool:
+    return packed_linear_available()
+
+
+def pack_linears(module: nn.Module, skip: set[int] = frozenset()) -> int:
+    """Run every float32 CPU Linear of `module` (but those whose id() is in `skip`) as a
+    `PackedLinear`: its `forward` replaced on the instance; tied LM heads included (their
+    embedding table keeps its own rows). Returns how many. Inference only."""
+    changed = 0
+    for m in module.modules():
+        if not isinstance(m, nn.Linear) or id(m) in skip:
+            continue
+        if m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
+            m.forward = PackedLinear(m.weight, m.bias)
+            changed += 1
+    return changed
+
+
 def wants_fast_layout(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether `fast_linear_layout` pays: on the CPU in float32. In bfloat16 the CPU's matmul
     reads the plain layout faster (the SmolLM2 target's plain decoding measured ~20% faster
@@ -186,8 +268,24 @@ def wants_fast_layout(device: torch.device | str, dtype: torch.dtype) -> bool:
     return torch.device(device).type == "cpu" and dtype == torch.float32
 
 
+def inference_kernels(device: torch.device | str, dtype: torch.dtype) -> dict[str, bool]:
+    """`prepare_for_inference`'s kernel choices for frozen modules on `device` in `dtype`:
+    oneDNN's packed linears where they are wanted, else PyTorch's matmul on the fast layout
+    where that pays."""
+    packed = wants_packed_linear(device, dtype)
+    return {"packed": packed, "fast_layout": wants_fast_layout(device, dtype) and not packed}
+
+
+_QKV = ("q_proj", "k_proj", "v_proj")
+_GATE_UP = ("gate_proj", "up_proj")
+
+
 def prepare_for_inference(
-    module: nn.Module, *, fast_layout: bool, plain_rms: tuple[type, ...] = ()
+    module: nn.Module,
+    *,
+    fast_layout: bool,
+    plain_rms: tuple[type, ...] = (),
+    packed: bool = False,
 ) -> None:
     """Ready frozen modules for `decoder_block` with fewer, larger ops; values never change.
 
@@ -199,13 +297,16 @@ def prepare_for_inference(
     3. Norms of the classes in `plain_rms` (w * x * rsqrt(mean(x^2) + eps), Hugging Face's
        `variance_epsilon`) are computed by the fused `F.rms_norm`, which gives the same float32
        numbers (checked bitwise in tests/test_layers.py).
+    4. `packed` (CPU float32, `wants_packed_linear`): the fused matmuls and every other Linear
+       run as `PackedLinear` (oneDNN), the dense weights kept beside them (the fused groups'
+       own Linears, which only `transformers`' forward calls, stay as they are).
     Inference only: a module trained afterwards would leave the fused copies stale.
     """
     for m in list(module.modules()):
-        qkv = _linears(m, ("q_proj", "k_proj", "v_proj"))
+        qkv = _linears(m, _QKV)
         if qkv is not None:
             m.fused_qkv = _fuse(qkv, fast_layout)
-        gate_up = _linears(m, ("gate_proj", "up_proj"))
+        gate_up = _linears(m, _GATE_UP)
         if gate_up is not None and isinstance(getattr(m, "down_proj", None), nn.Linear):
             m.fused_gate_up = _fuse(gate_up, fast_layout)
         eps = getattr(m, "variance_epsilon", None)
@@ -214,6 +315,15 @@ def prepare_for_inference(
             m.plain_rms = (m.weight, float(eps))
     if fast_layout:
         fast_linear_layout(module)  # the rest; views of the fused weights are left as they are
+    if packed:
+        in_groups: set[int] = set()
+        for m in list(module.modules()):
+            for name, names in (("qkv", _QKV), ("gate_up", _GATE_UP)):
+                fused = getattr(m, f"fused_{name}", None)
+                if fused is not None and fused[0].dtype == torch.float32:
+                    setattr(m, f"packed_{name}", PackedLinear(*fused))
+                    in_groups.update(id(getattr(m, n)) for n in names)
+        pack_linears(module, skip=in_groups)
 
 
 def _linears(m: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:

@@ -32,7 +32,7 @@ from specvlm.draft.separate import DRAFTER_FILE, DrafterInput, SeparateDrafter
 from specvlm.draft.vocab import lm_head_weight
 from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
-from specvlm.layers import prepare_for_inference
+from specvlm.layers import inference_kernels, prepare_for_inference
 from specvlm.target import load_target
 from specvlm.target.base import Prefill
 
@@ -449,7 +449,7 @@ def _load_draft(folder: Path, engine: Engine) -> EagleHead:
     target = engine.target
     device = torch.device(getattr(target, "device", "cpu"))
     head = EagleHead.load(folder, dtype=target.info.dtype).to(device)
-    prepare_for_inference(head, fast_layout=device.type == "cpu")
+    prepare_for_inference(head, **inference_kernels(device, target.info.dtype))
     check_pairing(head.config, target.info, draft_name=f"draft {folder}")
     return head
 

@@ -30,8 +30,8 @@ from specvlm.layers import (
     AttentionShape,
     additive_mask,
     decoder_block,
+    inference_kernels,
     prepare_for_inference,
-    wants_fast_layout,
 )
 from specvlm.media import load_images
 from specvlm.target.base import (
@@ -112,12 +112,11 @@ class LlavaTarget:
             )
         lm = self.model.model.language_model
         # fused q/k/v and gate/up matmuls, the fused RMSNorm op (every supported family's norm
-        # is the plain w * x * rsqrt(mean(x^2) + eps)), and on the CPU in float32 its fast layout;
-        # values unchanged, and `transformers`' own forward still runs on the same weights
+        # is the plain w * x * rsqrt(mean(x^2) + eps)), and on the CPU in float32 oneDNN's packed
+        # linears (or PyTorch's matmul on the fast layout); `transformers`' own forward still
+        # runs on the same weights
         prepare_for_inference(
-            self.model,
-            fast_layout=wants_fast_layout(self.device, dtype),
-            plain_rms=(type(lm.norm),),
+            self.model, plain_rms=(type(lm.norm),), **inference_kernels(self.device, dtype)
         )
         self._embed_tokens = lm.embed_tokens
         self._layers = list(lm.layers)
