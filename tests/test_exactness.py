@@ -139,3 +139,35 @@ def test_repetition_penalty_equals_transformers(tiny_dirs, tmp_path):
             PROMPT, [image], max_new_tokens=NEW_TOKENS, repetition_penalty=1.3
         )
         assert out.token_ids == expected
+
+
+def test_packed_linears_keep_greedy_output_equal_to_transformers(tiny_dirs, tmp_path, monkeypatch):
+    """Every Linear on oneDNN's packed weights (the engine's choice for large float32 weights
+    on the CPU; the threshold lowered so that the tiny target's qualify): plain and speculative
+    output still equal `transformers`' own greedy output."""
+    import specvlm.layers as layers
+
+    if not layers.packed_linear_available():
+        pytest.skip("this PyTorch has no oneDNN linear")
+    monkeypatch.delenv(layers.CPU_LINEAR_ENV, raising=False)
+    monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
+    name = "llama-gqa-tied-vfl2-48px"
+    folder = tiny_dirs[name]
+    target = load_target(folder)
+    lm = target.model.model.language_model
+    assert isinstance(lm.layers[0].self_attn.packed_qkv, layers.PackedLinear)
+    assert isinstance(target.model.lm_head.forward, layers.PackedLinear)
+    image = noise_image(CONFIGS[name]["seed"])
+    prompt = target.prepare(PROMPT, [image])
+    expected, min_gap = hf_greedy(folder, prompt)
+    assert min_gap > 1e-3, "the tiny target has a near-tie; exactness would be luck"
+    plain = Engine(target, None).generate(
+        PROMPT, [image], max_new_tokens=NEW_TOKENS, speculative=False
+    )
+    assert plain.token_ids == expected
+    fitted = fit_head_to_target(
+        folder, tmp_path / "draft", prompts=[(PROMPT, [image])], new_tokens=NEW_TOKENS, steps=200
+    )
+    spec = Engine(target, fitted, TreeConfig()).generate(PROMPT, [image], max_new_tokens=NEW_TOKENS)
+    assert spec.token_ids == expected
+    assert spec.stats.tau > 1.5, spec.stats.to_dict()

@@ -69,12 +69,19 @@ def test_target_loads_with_the_fast_layout_and_tied_head_kept(tiny_dirs, monkeyp
 
 @pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
 def test_target_loads_with_packed_linears_by_default(tiny_dirs, monkeypatch):
-    """CPU float32: the fused matmuls and the other Linears (LM head, o/down projections, the
-    projector) run as PackedLinear; the dense weights stay as they were, the fused groups' own
-    Linears are not packed a second time; the engine's logits equal the model's own forward."""
+    """CPU float32: Linears of PACK_MIN_ELEMENTS weights or more (lowered here: the tiny
+    models' are all smaller, and stay on PyTorch's matmul by default) run as PackedLinear: the
+    fused matmuls, the LM head, the o/down projections; the dense weights stay as they were,
+    the fused groups' own Linears are not packed a second time."""
+    import specvlm.layers as layers
     from specvlm.target import load_target
 
     monkeypatch.delenv(CPU_LINEAR_ENV, raising=False)
+    small = load_target(tiny_dirs["llama-gqa-tied-vfl2-48px"])
+    assert not any(
+        "forward" in vars(m) or hasattr(m, "packed_qkv") for m in small.model.modules()
+    )  # the tiny world pair decodes as before (measured faster on PyTorch's matmul)
+    monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
     target = load_target(tiny_dirs["llama-gqa-tied-vfl2-48px"])
     lm = target.model.model.language_model
     attn, mlp = lm.layers[0].self_attn, lm.layers[0].mlp
@@ -120,7 +127,7 @@ def test_packed_linear_values_rows_and_fallbacks():
 def test_cpu_linear_choice_and_its_environment_variable(monkeypatch):
     monkeypatch.delenv(CPU_LINEAR_ENV, raising=False)
     packed = packed_linear_available()
-    assert inference_kernels("cpu", torch.float32) == {"packed": packed, "fast_layout": not packed}
+    assert inference_kernels("cpu", torch.float32) == {"packed": packed, "fast_layout": True}
     assert inference_kernels("cpu", torch.bfloat16) == {"packed": False, "fast_layout": False}
     assert inference_kernels("cuda", torch.float32) == {"packed": False, "fast_layout": False}
     monkeypatch.setenv(CPU_LINEAR_ENV, "MKL")
@@ -154,7 +161,10 @@ def test_prepared_block_gives_bitwise_the_same_numbers():
 
 
 @pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
-def test_packed_block_gives_the_same_numbers_up_to_rounding():
+def test_packed_block_gives_the_same_numbers_up_to_rounding(monkeypatch):
+    import specvlm.layers as layers
+
+    monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
     torch.manual_seed(0)
     shape = AttentionShape(4, 2, 8)
     block = DecoderBlock(32, shape, 48, 1e-6).eval()

@@ -227,6 +227,12 @@ def packed_linear_available() -> bool:
 
 
 CPU_LINEAR_ENV = "SPECVLM_CPU_LINEAR"
+# Weights smaller than this (out * in) stay on PyTorch's matmul: oneDNN's call costs ~0.03 ms
+# more, which a small product does not win back (a 576 x 576 weight: 0.073 vs 0.044 ms for one
+# row; the tiny world pair, every weight <= 1,280 x 192, decoded plainly 21% slower packed),
+# while every Linear of SmolLM2-135M (576 x 576 and up) gains in a tree verify
+# (scripts/linear_kernels.py, scripts/ab_commits.py; docs/benchmarks.md, "Packed linears").
+PACK_MIN_ELEMENTS = 1 << 18
 
 
 def wants_packed_linear(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -248,17 +254,23 @@ def _PACKED_OK() -> bool:
 
 
 def pack_linears(module: nn.Module, skip: set[int] = frozenset()) -> int:
-    """Run every float32 CPU Linear of `module` (but those whose id() is in `skip`) as a
-    `PackedLinear`: its `forward` replaced on the instance; tied LM heads included (their
-    embedding table keeps its own rows). Returns how many. Inference only."""
+    """Run every float32 CPU Linear of `module` with at least PACK_MIN_ELEMENTS weights (but
+    those whose id() is in `skip`) as a `PackedLinear`: its `forward` replaced on the instance;
+    tied LM heads included (their embedding table keeps its own rows). Returns how many.
+    Inference only."""
     changed = 0
     for m in module.modules():
         if not isinstance(m, nn.Linear) or id(m) in skip:
             continue
-        if m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
+        if _packs(m.weight):
             m.forward = PackedLinear(m.weight, m.bias)
             changed += 1
     return changed
+
+
+def _packs(weight: torch.Tensor) -> bool:
+    cpu32 = weight.dtype == torch.float32 and weight.device.type == "cpu"
+    return cpu32 and weight.numel() >= PACK_MIN_ELEMENTS
 
 
 def wants_fast_layout(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -270,10 +282,12 @@ def wants_fast_layout(device: torch.device | str, dtype: torch.dtype) -> bool:
 
 def inference_kernels(device: torch.device | str, dtype: torch.dtype) -> dict[str, bool]:
     """`prepare_for_inference`'s kernel choices for frozen modules on `device` in `dtype`:
-    oneDNN's packed linears where they are wanted, else PyTorch's matmul on the fast layout
-    where that pays."""
-    packed = wants_packed_linear(device, dtype)
-    return {"packed": packed, "fast_layout": wants_fast_layout(device, dtype) and not packed}
+    oneDNN's packed linears where they are wanted (the large ones), PyTorch's matmul on the
+    fast layout for the rest where that pays."""
+    return {
+        "packed": wants_packed_linear(device, dtype),
+        "fast_layout": wants_fast_layout(device, dtype),
+    }
 
 
 _QKV = ("q_proj", "k_proj", "v_proj")
@@ -298,8 +312,9 @@ def prepare_for_inference(
        `variance_epsilon`) are computed by the fused `F.rms_norm`, which gives the same float32
        numbers (checked bitwise in tests/test_layers.py).
     4. `packed` (CPU float32, `wants_packed_linear`): the fused matmuls and every other Linear
-       run as `PackedLinear` (oneDNN), the dense weights kept beside them (the fused groups'
-       own Linears, which only `transformers`' forward calls, stay as they are).
+       of at least PACK_MIN_ELEMENTS weights run as `PackedLinear` (oneDNN), the dense weights
+       kept beside them (the fused groups' own Linears, which only `transformers`' forward
+       calls, stay as they are). `fast_layout` still applies to the dense weights.
     Inference only: a module trained afterwards would leave the fused copies stale.
     """
     for m in list(module.modules()):
@@ -320,7 +335,7 @@ def prepare_for_inference(
         for m in list(module.modules()):
             for name, names in (("qkv", _QKV), ("gate_up", _GATE_UP)):
                 fused = getattr(m, f"fused_{name}", None)
-                if fused is not None and fused[0].dtype == torch.float32:
+                if fused is not None and _packs(fused[0]):
                     setattr(m, f"packed_{name}", PackedLinear(*fused))
                     in_groups.update(id(getattr(m, n)) for n in names)
         pack_linears(module, skip=in_groups)
