@@ -143,13 +143,18 @@ def _run_block(block, shape, x, positions, mask):
     return decoder_block(block, x, rope, shape, cache, 0, mask), cache
 
 
-def test_prepared_block_gives_bitwise_the_same_numbers():
+def _random_block():
+    """A 32-wide block with weights of some size, and 7 input rows."""
     torch.manual_seed(0)
     shape = AttentionShape(4, 2, 8)
     block = DecoderBlock(32, shape, 48, 1e-6).eval()
     for p in block.parameters():
         p.data.normal_(0, 0.2)
-    x, positions = torch.randn(7, 32), torch.arange(7)
+    return shape, block, torch.randn(7, 32), torch.arange(7)
+
+
+def test_prepared_block_gives_bitwise_the_same_numbers():
+    shape, block, x, positions = _random_block()
     with torch.no_grad():
         ref, ref_cache = _run_block(block, shape, x, positions, "causal")
         prepare_for_inference(block, fast_layout=True)
@@ -165,12 +170,7 @@ def test_packed_block_gives_the_same_numbers_up_to_rounding(monkeypatch):
     import specvlm.layers as layers
 
     monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
-    torch.manual_seed(0)
-    shape = AttentionShape(4, 2, 8)
-    block = DecoderBlock(32, shape, 48, 1e-6).eval()
-    for p in block.parameters():
-        p.data.normal_(0, 0.2)
-    x, positions = torch.randn(7, 32), torch.arange(7)
+    shape, block, x, positions = _random_block()
     with torch.no_grad():
         ref, _ = _run_block(block, shape, x, positions, "causal")
         prepare_for_inference(block, fast_layout=False, packed=True)
