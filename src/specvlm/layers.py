@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specvlm.errors import InputError
 from specvlm.kv_cache import KVCache
 
 
@@ -201,21 +202,22 @@ class PackedLinear:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.dense, self.bias = weight, bias  # (out, in), (out,) or None
+        self.dense, self.bias = weight, bias  # (out, in), (out,) or None: the fallback's
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
+        self.packed_bias = None if bias is None else bias.detach()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
         grad = torch.is_grad_enabled() and (x.requires_grad or self.dense.requires_grad)
         if grad or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
             return F.linear(x, self.dense, self.bias)
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
 
 
+@functools.cache
 def packed_linear_available() -> bool:
-    """Whether this PyTorch build has the oneDNN linear ops `PackedLinear` uses."""
+    """Whether this PyTorch build has the oneDNN linear ops `PackedLinear` uses (asked once)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -242,14 +244,9 @@ def wants_packed_linear(device: torch.device | str, dtype: torch.dtype) -> bool:
     packed: no box here with native bf16 has run it)."""
     choice = os.environ.get(CPU_LINEAR_ENV, "onednn").strip().lower()
     if choice not in ("onednn", "mkl"):
-        raise ValueError(f"{CPU_LINEAR_ENV}={choice!r}: accepted values are 'onednn' and 'mkl'")
+        raise InputError(f"{CPU_LINEAR_ENV}={choice!r}: accepted values are 'onednn' and 'mkl'")
     if torch.device(device).type != "cpu" or dtype != torch.float32 or choice == "mkl":
         return False
-    return _PACKED_OK()
-
-
-@functools.cache
-def _PACKED_OK() -> bool:
     return packed_linear_available()
 
 
@@ -301,7 +298,8 @@ def prepare_for_inference(
     plain_rms: tuple[type, ...] = (),
     packed: bool = False,
 ) -> None:
-    """Ready frozen modules for `decoder_block` with fewer, larger ops; values never change.
+    """Ready frozen modules for `decoder_block` with fewer, larger ops; values never change,
+    but for `packed` (4.), whose products differ from PyTorch's by float32 rounding.
 
     1. Every attention's q/k/v weights (and biases) and every gated MLP's gate/up weights are
        concatenated into one tensor, which `decoder_block` multiplies once (`fused_qkv`,
