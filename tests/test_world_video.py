@@ -4,8 +4,11 @@ clip as 8 frames of 65 tokens."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from specvlm import api, embedded
 from specvlm.errors import InputError
@@ -125,6 +128,8 @@ def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
     r = train_video_target(out, "video-tiny", steps=4, resume=True, progress=False)
     assert r["steps"] == 4 and len(r["losses"]) == 4
     assert all(np.isfinite(r["losses"]))
+    start_video, _ = _towers(out / "init")  # the video tower is frozen by default
+    assert all(torch.equal(v, start_video[k].half()) for k, v in _towers(r["model"])[0].items())
     engine = api.load(target=r["model"])
     assert isinstance(engine.target, VideoLlavaTarget) and engine.target.num_frames == 2
     frames = render_clip(world_sample("test", 0, "video"), 128)
@@ -137,6 +142,55 @@ def test_train_video_target_runs_resumes_and_writes_a_video_llava(tmp_path):
     with pytest.raises(InputError, match="samples 2 frames a clip"):
         train_video_target(tmp_path / "x", "video-tiny", steps=2, init=r["model"], num_frames=4,
                            progress=False)  # fmt: skip
+
+
+def _towers(folder) -> tuple[dict, dict]:
+    """The video tower's and the image tower's weights in a Video-LLaVA folder."""
+    from safetensors.torch import load_file
+
+    weights = load_file(Path(folder) / "model.safetensors")
+    pick = lambda name: {k.split(".", 2)[2]: v for k, v in weights.items() if name in k}  # noqa: E731
+    return pick("video_tower."), pick("image_tower.")
+
+
+def test_a_trained_video_tower_gets_gradients_through_both_forwards(folder):
+    """With the video tower's parameters trainable, both training forwards carry the answer
+    loss's gradient into it (and none into the image tower); frozen, it keeps no activations."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    from specvlm.world.train_target.model import normalize
+    from specvlm.world.train_target.video import shared_prefix_forward, video_forward
+
+    model = VideoLlavaForConditionalGeneration.from_pretrained(folder).train()
+    model.requires_grad_(False)
+    frames = render_clip(world_sample("train", 1, "video"), 128)[:8]
+    pixels = normalize(torch.from_numpy(np.stack([np.asarray(f) for f in frames]))[None])
+    ids = api.load(target=folder).target.prepare("what moves?", None, video=frames).input_ids
+    ids = ids[None].repeat(2, 1)  # two rows of one clip: a shared-prefix group
+    pixels = pixels.repeat(2, 1, 1, 1, 1)
+    for forward in (video_forward, shared_prefix_forward):
+        assert not forward(model, ids, pixels)[1].requires_grad  # frozen: no graph kept
+    model.model.video_tower.requires_grad_(True)
+    for forward in (video_forward, shared_prefix_forward):
+        model.zero_grad()
+        logits, feats, _ = forward(model, ids, pixels)
+        assert feats.requires_grad
+        logits[:, -1].logsumexp(-1).sum().backward()
+        grads = [p.grad for p in model.model.video_tower.parameters()]
+        assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
+        assert all(p.grad is None for p in model.model.image_tower.parameters())
+
+
+def test_train_tower_writes_a_trained_video_tower_and_the_image_tower_unchanged(tmp_path):
+    from specvlm.world.train_target.video import train_video_target
+
+    out = tmp_path / "run"  # lr 1e-2: two steps of 3e-4 can hide under the fp16 rounding
+    r = train_video_target(out, "video-tiny", steps=2, progress=False, train_tower=True, lr=1e-2)
+    start_video, start_image = _towers(out / "init")
+    video, image = _towers(r["model"])
+    moved = [k for k in start_video if not torch.equal(video[k], start_video[k].half())]
+    assert len(moved) > len(start_video) // 2, moved
+    assert all(torch.equal(image[k], start_image[k].half()) for k in start_image)
 
 
 def test_eval_target_scores_clips_by_the_same_rules(folder):

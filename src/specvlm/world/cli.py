@@ -150,7 +150,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "loss (default 1)",
     )
     train.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate; default: the config's, 1e-3"
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate; default: the config's (small / default / baseline and cross "
+        "1e-3, smol 2e-4, smol-assistant 5e-4, video 3e-4, events 5e-4)",
     )
     train.add_argument(
         "--clips",
@@ -165,6 +169,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="--config video/events: the seed of the batch order (default 0); a continued run "
         "(--init) with another seed reads the clips in another order",
+    )
+    train.add_argument(
+        "--train-tower",
+        action="store_true",
+        help="--config video: train the video tower too (by default it stays frozen); the "
+        "image tower, which images go through, is never changed",
     )
     train.add_argument(
         "--init-head",
@@ -307,6 +317,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     for flag, value in (("--clips", args.clips), ("--seed", args.seed)):
         if value is not None and args.config not in ("video", "events", "cross"):
             raise InputError(f"{flag} applies to --config video, events and cross only")
+    if args.train_tower and args.config != "video":
+        raise InputError("--train-tower applies to --config video only")
     if args.reads is not None and args.config != "events":
         raise InputError("--reads applies to --config events only")
     if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
@@ -352,6 +364,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["seed"] = args.seed
     if args.reads is not None:
         extra["reads"] = args.reads
+    if args.train_tower:
+        extra["train_tower"] = True
     if args.config == "smol":
         return _train_smol(args, extra)
     if args.config == "smol-assistant":

@@ -6,8 +6,9 @@
 
 The model starts as `world.video_target.assemble_world_video(--init, default the shipped world
 target)`: a Video-LLaVA whose image and video towers are the world target's trained tower. The
-towers stay frozen (they already see the world's shapes and colours in each frame); the
-projector and the whole language model train on the answer loss over every record of the first
+towers stay frozen by default (they already see the world's shapes and colours in each frame;
+`train_tower=True`, `--train-tower`, trains the video tower too, the image tower staying as it
+is); the projector and the whole language model train on the answer loss over every record of the first
 `n_clips` train clips (all five clip families: `make_record(split, i, family, kind="video")`),
 each clip read as `num_frames` frames sampled uniformly (Video-LLaVA's 8; each frame 64 patch
 tokens plus its CLS: 520 visual tokens). Batches, schedule, checkpoints (`checkpoint.pt`,
@@ -62,6 +63,9 @@ class VideoTrainConfig(NoAuxLosses):
     seed: int = 0
     bf16: bool = True
     compile: bool = False
+    # also train the video tower (4 layers of width 128 on 65 tokens a frame: little next to
+    # the language model); the image tower, which images go through, stays as it is
+    train_tower: bool = False
 
 
 VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
@@ -73,14 +77,21 @@ VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
 }
 
 
+def _tower_trains(model) -> bool:
+    """Whether the video tower is being trained (some parameter of it wants gradients)."""
+    return torch.is_grad_enabled() and any(
+        p.requires_grad for p in model.model.video_tower.parameters()
+    )
+
+
 def video_forward(
     model, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor, pointer_layer=None
 ) -> tuple[torch.Tensor, ...]:
-    """The Video-LLaVA forward for a frozen video tower: (B, T) ids, (B, F, 3, H, W) frames ->
+    """The Video-LLaVA forward (the video tower keeps activations only when it trains): (B, T) ids, (B, F, 3, H, W) frames ->
     logits (B, T, V), the tower's features (B * F, 1 + P, Dv) and the projector's output
     (B * F, 1 + P, d). Same logits as `model(input_ids=..., pixel_values_videos=...)`."""
     B, F = pixel_values_videos.shape[:2]
-    with torch.no_grad():  # frozen tower: no activations kept
+    with torch.set_grad_enabled(_tower_trains(model)):  # a frozen tower keeps no activations
         out = model.model.video_tower(pixel_values_videos.flatten(0, 1), output_hidden_states=True)
         feats = out.hidden_states[model.config.vision_feature_layer]  # (B * F, 1 + P, Dv)
     projected = model.model.multi_modal_projector(feats)  # (B * F, 1 + P, d)
@@ -112,7 +123,7 @@ def shared_prefix_forward(
     P = int(video[0].nonzero().max()) + 1  # through the last video token
     if not bool((input_ids[:, :P] == input_ids[:1, :P]).all()):
         raise ValueError("rows of a shared-prefix batch differ before the end of their video")
-    with torch.no_grad():  # frozen tower: no activations kept
+    with torch.set_grad_enabled(_tower_trains(model)):  # a frozen tower keeps no activations
         out = model.model.video_tower(
             pixel_values_videos[firsts].flatten(0, 1), output_hidden_states=True
         )
@@ -266,6 +277,8 @@ def train_video_target(
         {"projector": model.model.multi_modal_projector, "lm": model.model.language_model,
          "lm_head": model.lm_head}
     )  # fmt: skip
+    if cfg.train_tower:
+        trained["video_tower"] = model.model.video_tower
     trained.requires_grad_(True)
     shared = cfg.clips_per_batch > 0
     return run_recipe(
