@@ -556,6 +556,9 @@ def test_tiny_run_learns_to_point(run):
         ),
         (["--config", "smol", "--letter-weight", "0"], "--letter-weight must be positive"),
         (["--config", "smol-assistant", "--letter-weight", "2"], "--letter-weight applies to"),
+        (["--config", "events", "--train-tower"], "--train-tower applies to --config video"),
+        (["--config", "smol", "--motion-weight", "1"], "--motion-weight applies to --config vid"),
+        (["--config", "video", "--motion-weight", "-1"], "--motion-weight must be 0 or more"),
     ],
 )
 def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):

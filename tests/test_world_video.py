@@ -193,6 +193,86 @@ def test_train_tower_writes_a_trained_video_tower_and_the_image_tower_unchanged(
     assert all(torch.equal(image[k], start_image[k].half()) for k in start_image)
 
 
+def test_motion_labels_say_how_each_covered_patch_moved_since_the_frame_before():
+    from specvlm.world.clips import Clip, Track
+    from specvlm.world.scenes import Background, SceneObject
+    from specvlm.world.train_target.patches import MOTION_CLASSES, motion_class, motion_labels
+
+    assert [motion_class(*d) for d in ((0.02, 0), (-0.01, 0.01), (0, 0))] == [
+        MOTION_CLASSES.index(c) for c in ("right", "down-left", "still")
+    ]
+    mover = SceneObject("circle", "red", "large", 0.2, 0.2, 1)  # right, 0.055 a frame
+    still = SceneObject("square", "blue", "large", 0.75, 0.75, 0)
+    late = SceneObject("star", "green", "large", 0.25, 0.75, 2)  # appears at clip frame 3
+    clip = Clip((Track(mover, "right", "fast"), Track(still), Track(late, "up", "slow", 3)),
+                Background(), n_frames=8)  # fmt: skip
+    labels = motion_labels(clip, [0, 2, 4, 6], 8).reshape(4, 8, 8)  # (frames, rows, columns)
+    assert (labels[0] == -1).all()  # nothing seen before the first frame
+    right, up = MOTION_CLASSES.index("right"), MOTION_CLASSES.index("up")
+    still_class = MOTION_CLASSES.index("still")
+    for k, x in ((1, 0.2 + 2 * 0.055), (2, 0.2 + 4 * 0.055)):
+        row, col = int(0.2 * 8), int(x * 8)  # the mover's centre patch in frame k
+        assert labels[k, row, col] == right
+        assert labels[k, 6, 6] == still_class  # the still square's centre patch
+        assert labels[k, 0, 7] == 0  # an empty corner
+    assert labels[2, 6, 2] == -1  # the star appeared after frame 2: no motion seen yet
+    assert labels[3, int((0.75 - 3 * 0.025) * 8), 2] == up  # seen in frames 4 and 6: up
+    assert set(np.unique(labels[1:])) <= {-1, 0, still_class, right, up}
+
+
+def test_the_forwards_return_a_layers_patch_states_for_the_motion_loss(folder):
+    """With `motion_layer`, both training forwards add that layer's states at every frame's
+    patch tokens (the CLS left out): the same in both, and the ones `transformers` computes."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    from specvlm.world.train_target.losses import MotionHead
+    from specvlm.world.train_target.model import normalize
+    from specvlm.world.train_target.video import shared_prefix_forward, video_forward
+
+    model = VideoLlavaForConditionalGeneration.from_pretrained(folder).eval()
+    frames = render_clip(world_sample("train", 1, "video"), 128)[:8]
+    pixels = normalize(torch.from_numpy(np.stack([np.asarray(f) for f in frames]))[None])
+    target = api.load(target=folder).target
+    rows = [target.prepare(q, None, video=frames).input_ids for q in ("what moves?", "why?")]
+    T = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, r.new_zeros(T - len(r))]) for r in rows])  # (2, T)
+    pixels = pixels.repeat(2, 1, 1, 1, 1)
+    with torch.no_grad():
+        a = video_forward(model, ids, pixels, motion_layer=3)
+        b = shared_prefix_forward(model, ids, pixels, motion_layer=3)
+        theirs = model(input_ids=ids, pixel_values_videos=pixels, output_hidden_states=True)
+    assert len(a) == len(b) == 5 and a[3] is None and b[3] is None
+    assert a[4].shape == (2, 8, 64, model.config.text_config.hidden_size)
+    video = ids == model.config.video_token_id  # (2, T)
+    want = theirs.hidden_states[3][video].reshape(2, 8, 65, -1)[:, :, 1:]
+    torch.testing.assert_close(a[4], want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b[4], want, rtol=1e-4, atol=1e-4)
+    labels = torch.full((2, 8, 64), -1)
+    labels[:, 1:, :3] = torch.tensor([0, 1, 5])
+    loss, acc = MotionHead(want.shape[-1])(a[4], labels)
+    assert loss.item() > 0 and 0 <= acc.item() <= 1
+
+
+def test_the_motion_loss_trains_a_head_and_the_language_model_and_resumes(tmp_path):
+    from specvlm.world.train_target.video import train_video_target
+
+    out = tmp_path / "run"
+    first = train_video_target(out, "video-tiny", steps=3, stop_at=2, progress=False,
+                               motion_weight=1.0, motion_layer=2)  # fmt: skip
+    assert len(first["motion_losses"]) == 2 and all(m > 0 for m in first["motion_losses"])
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert any(k.startswith("motion_head.") for k in state["model"])
+    r = train_video_target(out, "video-tiny", steps=3, resume=True, progress=False,
+                           motion_weight=1.0, motion_layer=2)  # fmt: skip
+    assert r["steps"] == 3 and len(r["motion_losses"]) == 3 and r["model"] is not None
+    from safetensors.torch import load_file
+
+    assert not any("motion" in k for k in load_file(Path(r["model"]) / "model.safetensors"))
+    with pytest.raises(InputError, match="motion_layer 99"):
+        train_video_target(tmp_path / "bad", "video-tiny", steps=2, progress=False,
+                           motion_weight=1.0, motion_layer=99)  # fmt: skip
+
+
 def test_eval_target_scores_clips_by_the_same_rules(folder):
     """Every family is asked about each clip and scored; the untrained video target's answers
     are whatever they are, but the report is complete and each item carries its verdict."""

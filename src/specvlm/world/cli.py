@@ -177,6 +177,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "image tower, which images go through, is never changed",
     )
     train.add_argument(
+        "--motion-weight",
+        type=float,
+        default=None,
+        help="--config video: add this times the motion loss (a language-model layer's states at "
+        "each frame's patches classified by how the object there moved since the frame "
+        "before; default 0: off)",
+    )
+    train.add_argument(
         "--init-head",
         default=None,
         help="--config cross: start the head from this EagleVLM draft head of the same video "
@@ -319,6 +327,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} applies to --config video, events and cross only")
     if args.train_tower and args.config != "video":
         raise InputError("--train-tower applies to --config video only")
+    if args.motion_weight is not None and args.config != "video":
+        raise InputError("--motion-weight applies to --config video only")
+    if args.motion_weight is not None and not args.motion_weight >= 0:
+        raise InputError(f"--motion-weight must be 0 or more, got {args.motion_weight}")
     if args.reads is not None and args.config != "events":
         raise InputError("--reads applies to --config events only")
     if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
@@ -366,6 +378,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["reads"] = args.reads
     if args.train_tower:
         extra["train_tower"] = True
+    if args.motion_weight is not None:
+        extra["motion_weight"] = args.motion_weight
     if args.config == "smol":
         return _train_smol(args, extra)
     if args.config == "smol-assistant":

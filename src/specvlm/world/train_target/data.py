@@ -245,7 +245,8 @@ def collate(
     give: a template that writes <s> and a tokenizer that adds one).
     "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without.
     "weights" (B, T), only when the data has "key_pos" (N,) and "key_weight": the answer loss's
-    weight per token, `key_weight` at each row's key position (-1: none), 1 elsewhere."""
+    weight per token, `key_weight` at each row's key position (-1: none), 1 elsewhere.
+    "motion" (B, F, P), only when the data has it (clips): each row's frames' motion labels."""
     seqs = [data["ids"][k].long() for k in idx]
     if extra_bos is not None:
         bos = torch.tensor([bos_id])
@@ -274,6 +275,8 @@ def collate(
     scenes = data["scene"][torch.as_tensor(idx)]
     img = data["images"][scenes]  # (B, H, W, 3) uint8
     extra = {} if weights is None else {"weights": weights}
+    if "motion" in data:
+        extra["motion"] = data["motion"][scenes].long()  # (B, F, P), -1 = unknown
     return extra | {
         "patch_labels": data["patches"][scenes].long(),  # (B, len(PATCH_LABELS), P)
         "patch_words": data["patch_words"][scenes].long(),  # (B, P, N_PATCH_SLOTS)

@@ -143,9 +143,10 @@ class Budget:
 
 def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int | None) -> dict:
     """One optimizer step of stage 2 on `batch`: answer loss plus the weighted auxiliary losses.
-    Returns the losses as floats ("pointer" and "align" None when not computed)."""
+    Returns the losses as floats ("pointer", "align", "motion" and "motion_acc" None when not
+    computed)."""
     cfg, model = run.cfg, run.model
-    point = align = None
+    point = align = motion = motion_acc = None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         # Right padding under a causal mask: real tokens never see the pads, so no padding
         # mask is passed (it would force a slow attention path); pads carry no loss.
@@ -171,6 +172,9 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
                 getattr(cfg, "region_words", False),  # the smol recipe's words for the region
             )
             loss = loss + cfg.align_weight * align
+        if getattr(cfg, "motion_weight", 0.0) > 0:  # the video recipe's (outs[4]: its states)
+            motion, motion_acc = run.trained["motion_head"](outs[4], batch["motion"])
+            loss = loss + cfg.motion_weight * motion
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.trained.parameters(), cfg.clip_norm)
@@ -179,6 +183,8 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
         "answer": answer.item(),
         "pointer": None if point is None else point.item(),
         "align": None if align is None else align.item(),
+        "motion": None if motion is None else motion.item(),
+        "motion_acc": None if motion_acc is None or motion_acc.isnan() else motion_acc.item(),
     }
 
 
@@ -203,6 +209,8 @@ class Meter:
         """The periodic stderr line; starts a new tokens-per-second window."""
         extra = "" if "align" not in self.ema else f" align {self.ema['align']:.4f}"
         extra += "" if "pointer" not in self.ema else f" pointer {self.ema['pointer']:.4f}"
+        if "motion" in self.ema:
+            extra += f" motion {self.ema['motion']:.4f} acc {self.ema.get('motion_acc', 0):.3f}"
         line = (
             f"step {state['step']} loss {self.ema['answer']:.4f}{extra} lr {lr:.2e} "
             f"tok/s {self.tokens_per_s():.0f} elapsed {state['elapsed'] / 60:.1f}m "
@@ -219,6 +227,8 @@ def _record_step(state: dict, losses: dict, n_tok: int, elapsed: float) -> None:
     state["losses"].append(losses["answer"])  # the answer-token loss alone
     if losses["pointer"] is not None:  # batches with a pointed answer only
         state["pointer_losses"].append(losses["pointer"])
+    if losses.get("motion") is not None:
+        state.setdefault("motion_losses", []).append(losses["motion"])
 
 
 def record_repeats(families: list[str], cfg) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""The training losses: answer tokens, patch labels (`PatchHeads`), alignment and pointer.
+"""The training losses: answer tokens, patch labels (`PatchHeads`), alignment, pointer, motion.
 
 Stage 1 trains the vision tower on `PatchHeads`' loss alone; stage 2 adds to `answer_loss` the
 patch loss, `align_loss` (the projector's output at an object's centre patch pulled towards the
 embeddings of the words naming it) and `pointer_loss` (one attention head pulled to the object
-an answer is about), each with its weight in `TargetTrainConfig`.
+an answer is about), each with its weight in `TargetTrainConfig`. The video recipe can add
+`MotionHead`'s loss (a language-model layer's states at each frame's patches classified by how
+the object there moved since the frame before).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from specvlm.world.train_target.patches import (
+    MOTION_CLASSES,
     N_PATCH_WORDS,
     NOTHING_WEIGHT,
     PATCH_LABELS,
@@ -73,6 +76,34 @@ class PatchHeads(torch.nn.Module):
             right += int((logits.argmax(-1) == y)[occupied].sum())
             count += int(occupied.sum())
         return torch.stack(losses).mean(), torch.tensor(right / max(count, 1))
+
+
+class MotionHead(torch.nn.Module):
+    """A linear classifier of a language-model layer's states at the frames' patch tokens into
+    MOTION_CLASSES (training only, never saved with the model). The states it reads can see
+    the earlier frames (causal attention), so they can learn where each object was before."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.linear = torch.nn.Linear(dim, len(MOTION_CLASSES))
+
+    def forward(
+        self, states: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """states (B, F, P, d), labels (B, F, P) (-1: ignored) -> (cross-entropy, with "nothing"
+        weighted NOTHING_WEIGHT; accuracy over the patches an object covers)."""
+        logits = self.linear(self.norm(states.float()))  # (B, F, P, n)
+        weight = torch.ones(len(MOTION_CLASSES), device=logits.device)
+        weight[0] = NOTHING_WEIGHT  # most patches show nothing
+        flat = logits.reshape(-1, logits.shape[-1])  # (B * F * P, n)
+        y = labels.reshape(-1)
+        if not bool((y >= 0).any()):
+            return flat.sum() * 0.0, torch.tensor(float("nan"))
+        loss = F.cross_entropy(flat, y, weight=weight, ignore_index=-1)
+        covered = y > 0
+        right = (flat.argmax(-1) == y)[covered].float()
+        return loss, right.mean() if len(right) else torch.tensor(float("nan"))
 
 
 def word_targets(

@@ -3,6 +3,8 @@
 `patch_labels`: per-patch classes for the patch heads (which colour and shape covers a patch,
 which object's centre lies in it and in which ninth of the canvas). `patch_words`: the words
 (and region codes) naming the object centred in each patch, for the alignment loss.
+`motion_labels`: per patch of each sampled clip frame, which way the object covering it moved
+since the frame before, for the video recipe's motion loss.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import numpy as np
 import torch
 
+from specvlm.world.clips import DIRECTIONS, Clip, timeline
 from specvlm.world.grammar import REGION_PHRASES, region
 from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, visible_masks
 
@@ -119,3 +122,48 @@ def region_codes(dim: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(2026)
     q, _ = torch.linalg.qr(torch.randn(dim, N_REGION_CODES, generator=g, dtype=torch.float64))
     return torch.cat([torch.zeros(1, dim), q.T.float()])
+
+
+# Motion classes of a clip frame's patch: class 0 "nothing" (no object covers it), 1 "still",
+# then the 8 directions in `clips.DIRECTIONS` order; -1 (ignored): not known from the frames
+# seen so far (the first frame; an object absent from the frame before).
+MOTION_CLASSES: tuple[str, ...] = ("nothing", "still", *DIRECTIONS)
+_SIGNS_TO_CLASS = {
+    (int(np.sign(round(dx, 6))), int(np.sign(round(dy, 6)))): 2 + k
+    for k, (dx, dy) in enumerate(DIRECTIONS.values())
+} | {(0, 0): 1}
+
+
+def motion_class(dx: float, dy: float) -> int:
+    """The MOTION_CLASSES index of a displacement (canvas units, y down): the signs of its two
+    components (1 "still" for none)."""
+    return _SIGNS_TO_CLASS[(int(np.sign(round(dx, 9))), int(np.sign(round(dy, 9))))]
+
+
+def motion_labels(clip: Clip, frames: list[int], grid: int) -> np.ndarray:
+    """(len(frames), grid * grid) int64: for sampled frame k >= 1 (clip frame `frames[k]`) and
+    each patch, the MOTION_CLASSES index of the object that covers the patch most (at least
+    MIN_COVER of it; else 0), by its displacement from sampled frame k - 1 to k: what a model
+    that has seen those two frames could tell. -1 for frame 0 and for objects absent from
+    frame k - 1."""
+    tl = timeline(clip)
+    res = grid * _PATCH_MASK_RES
+    out = np.full((len(frames), grid, grid), -1, dtype=np.int64)
+    for k in range(1, len(frames)):
+        now, before = tl.states[frames[k]], tl.states[frames[k - 1]]
+        tracks = [t for t, o in enumerate(now) if o is not None]  # scene(f)'s objects, in order
+        out[k] = 0
+        if not tracks:
+            continue
+        vis = visible_masks(tl.scene(frames[k]), res)
+        cover = (
+            np.stack([vis[i] for i in range(len(tracks))])
+            .reshape(len(tracks), grid, _PATCH_MASK_RES, grid, _PATCH_MASK_RES)
+            .mean(axis=(2, 4))
+        )  # (objects, grid, grid) visible fraction of each patch
+        best, filled = cover.argmax(0), cover.max(0) >= MIN_COVER
+        for i, t in enumerate(tracks):
+            prev = before[t]
+            label = -1 if prev is None else motion_class(now[t].x - prev.x, now[t].y - prev.y)
+            out[k][filled & (best == i)] = label
+    return out.reshape(len(frames), grid * grid)

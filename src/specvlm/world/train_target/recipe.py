@@ -71,7 +71,8 @@ def run_recipe(
     run = Run(cfg, model, None, trained, make_optimizer(cfg, trained), ckpt)
     run.state = {
         "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
-        "losses": [], "pointer_losses": [], "vision": {}, "init": str(init),
+        "losses": [], "pointer_losses": [], "motion_losses": [], "vision": {},
+        "init": str(init),
     }  # fmt: skip
     if resume:
         _load_checkpoint(run)
@@ -96,6 +97,8 @@ def run_recipe(
         "final_loss": float(np.mean(tail)) if tail else float("nan"),
         "model": None,
     }
+    if run.state.get("motion_losses"):  # the video recipe's motion loss, when on
+        result["motion_losses"] = run.state["motion_losses"]
     if done:
         folder = out / "model"
         with quiet_transformers():

@@ -19,6 +19,7 @@ recipe's (`loop.train_llava`). The run ends by writing `out/model/`, a plain
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,8 @@ from specvlm.world.clips import render_clip
 from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
+from specvlm.world.train_target.losses import MotionHead
+from specvlm.world.train_target.patches import motion_labels
 from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
 from specvlm.world.train_target.run import on_two_threads
 
@@ -66,6 +69,11 @@ class VideoTrainConfig(NoAuxLosses):
     # also train the video tower (4 layers of width 128 on 65 tokens a frame: little next to
     # the language model); the image tower, which images go through, stays as it is
     train_tower: bool = False
+    # > 0: add this times the motion loss (`losses.MotionHead` on the output of language-model
+    # layer `motion_layer` at every frame's patches: how the object there moved since the frame
+    # before; `patches.motion_labels`), a dense signal for the questions about motion
+    motion_weight: float = 0.0
+    motion_layer: int = 6
 
 
 VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
@@ -85,11 +93,17 @@ def _tower_trains(model) -> bool:
 
 
 def video_forward(
-    model, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor, pointer_layer=None
+    model,
+    input_ids: torch.Tensor,
+    pixel_values_videos: torch.Tensor,
+    pointer_layer=None,
+    motion_layer: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """The Video-LLaVA forward (the video tower keeps activations only when it trains): (B, T) ids, (B, F, 3, H, W) frames ->
-    logits (B, T, V), the tower's features (B * F, 1 + P, Dv) and the projector's output
-    (B * F, 1 + P, d). Same logits as `model(input_ids=..., pixel_values_videos=...)`."""
+    """The Video-LLaVA forward (the video tower keeps activations only when it trains): (B, T)
+    ids, (B, F, 3, H, W) frames -> logits (B, T, V), the tower's features (B * F, 1 + P, Dv)
+    and the projector's output (B * F, 1 + P, d); with `motion_layer`, two more: None (no
+    pointer) and that layer's output at each frame's patch tokens (B, F, P, d), the frame's CLS
+    left out. Same logits as `model(input_ids=..., pixel_values_videos=...)`."""
     B, F = pixel_values_videos.shape[:2]
     with torch.set_grad_enabled(_tower_trains(model)):  # a frozen tower keeps no activations
         out = model.model.video_tower(pixel_values_videos.flatten(0, 1), output_hidden_states=True)
@@ -100,11 +114,26 @@ def video_forward(
     embeds = embeds.masked_scatter(
         video, projected.to(embeds.dtype).reshape(B, -1, embeds.shape[-1])
     )
-    return model(inputs_embeds=embeds, use_cache=False).logits, feats, projected
+    want = motion_layer is not None
+    out = model(inputs_embeds=embeds, use_cache=False, output_hidden_states=want)
+    if not want:
+        return out.logits, feats, projected
+    states = _patch_states(out.hidden_states[motion_layer], video[..., 0], B, F)
+    return out.logits, feats, projected, None, states
+
+
+def _patch_states(hidden: torch.Tensor, video: torch.Tensor, B: int, F: int) -> torch.Tensor:
+    """hidden (B, T, d) and the video-token mask (B, T) -> the states at each frame's patch
+    tokens (B, F, P, d): every frame's tokens are its CLS, then its P patches."""
+    return hidden[video].reshape(B, F, -1, hidden.shape[-1])[:, :, 1:]
 
 
 def shared_prefix_forward(
-    model, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor, pointer_layer=None
+    model,
+    input_ids: torch.Tensor,
+    pixel_values_videos: torch.Tensor,
+    pointer_layer=None,
+    motion_layer: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`video_forward` for batches made of whole clips: consecutive rows with the same frames
     form a group whose rows share every token up to the last video token. Each group's prefix
@@ -112,7 +141,8 @@ def shared_prefix_forward(
     continuations run on it. Logits from position P - 1 on (every position an answer token is
     predicted from) equal `video_forward`'s; earlier ones are returned as zeros. Gradients flow
     through the shared prefix as through the separate rows it replaces, at a fraction of the
-    cost (a clip's 520 visual tokens are read once for its five records, not five times)."""
+    cost (a clip's 520 visual tokens are read once for its five records, not five times).
+    `motion_layer`: as in `video_forward` (each row gets its group's patch states)."""
     from transformers import DynamicCache
 
     B, T = input_ids.shape
@@ -137,15 +167,22 @@ def shared_prefix_forward(
     )
     lm = model.model.language_model
     cache = DynamicCache(config=model.config.text_config)
+    want = motion_layer is not None
     with warnings.catch_warnings():  # later 5.x rename `past_key_values`; 5.0 knows only it
         warnings.simplefilter("ignore", FutureWarning)
-        last = lm(inputs_embeds=prefix, past_key_values=cache, use_cache=True).last_hidden_state
+        head = lm(inputs_embeds=prefix, past_key_values=cache, use_cache=True,
+                  output_hidden_states=want)  # fmt: skip
+        last = head.last_hidden_state  # (G, P, d)
         cache.batch_select_indices(group)  # (G, ...) -> (B, ...): each row reads its clip's
         rest = lm(inputs_embeds=embed(input_ids[:, P:]), past_key_values=cache, use_cache=True)
     hidden = torch.cat([last[group, -1:], rest.last_hidden_state], dim=1)  # (B, T - P + 1, d)
     logits = model.lm_head(hidden)  # (B, T - P + 1, V)
     full = logits.new_zeros(B, P - 1, logits.shape[-1])
-    return torch.cat([full, logits], dim=1), feats, projected
+    if not want:
+        return torch.cat([full, logits], dim=1), feats, projected
+    F = pixel_values_videos.shape[1]
+    states = _patch_states(head.hidden_states[motion_layer], video[firsts, :P], len(firsts), F)
+    return torch.cat([full, logits], dim=1), feats, projected, None, states[group]
 
 
 def clip_batches(clip: torch.Tensor, clips_per_batch: int, seed: int, epoch: int) -> list:
@@ -164,17 +201,22 @@ def clip_batches(clip: torch.Tensor, clips_per_batch: int, seed: int, epoch: int
 
 def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) -> dict:
     """Frames and (ids, mask, clip, family) rows, as `loop.train_llava` reads them: every record
-    of the first `n_clips` train clips. "images" holds each clip's sampled frames."""
+    of the first `n_clips` train clips. "images" holds each clip's sampled frames, "motion"
+    their patches' motion labels (`patches.motion_labels`)."""
     F, size = cfg.num_frames, cfg.image_size
     frames = np.zeros((cfg.n_clips, F, size, size, 3), dtype=np.uint8)
     per_frame = (size // 16) ** 2 + 1  # the world tower's patches, plus the CLS a video keeps
+    grid = size // 16
+    motion = np.zeros((cfg.n_clips, F, grid * grid), dtype=np.int8)
     ids, masks, clip, family = [], [], [], []
     for i in tqdm(range(cfg.n_clips), desc="world clips", disable=not progress, mininterval=5):
-        rendered = render_clip(world_sample("train", i, "video"), size)
+        sample = world_sample("train", i, "video")
+        rendered = render_clip(sample, size)
         picked = sample_frame_indices(len(rendered), F)
         if len(picked) != F:
             raise InputError(f"train clip {i} has {len(rendered)} frames, fewer than {F}")
         frames[i] = np.stack([np.asarray(rendered[k]) for k in picked])
+        motion[i] = motion_labels(sample, picked, grid)
         for f in FAMILIES:
             record = make_record("train", i, f, kind="video")
             a, m = encode_record(record, tokenizer, F * per_frame, kind="video")
@@ -187,6 +229,7 @@ def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) ->
         "images": torch.from_numpy(frames),  # (N, F, H, W, 3) uint8
         "patches": torch.zeros((n, 1, 1), dtype=torch.int8),  # no patch-label loss here
         "patch_words": torch.zeros((n, 1, 1), dtype=torch.int8),  # no alignment loss here
+        "motion": torch.from_numpy(motion),  # (N, F, P) int8, -1 = unknown
         "family": family,
         "ids": ids,
         "masks": masks,
@@ -198,6 +241,7 @@ def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: boo
     """`build_video_data`, kept in `out/data-video-*.pt` under a name that changes with its
     settings."""
     what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
+    what["motion"] = 1  # files written before the motion labels lack them
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     path = out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
     if path.is_file():
@@ -279,13 +323,24 @@ def train_video_target(
     )  # fmt: skip
     if cfg.train_tower:
         trained["video_tower"] = model.model.video_tower
+    forward = shared_prefix_forward if cfg.clips_per_batch > 0 else video_forward
+    if cfg.motion_weight > 0:
+        layers = model.config.text_config.num_hidden_layers
+        if not 1 <= cfg.motion_layer <= layers:
+            raise InputError(
+                f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
+            )
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            trained["motion_head"] = MotionHead(model.config.text_config.hidden_size)
+        forward = functools.partial(forward, motion_layer=cfg.motion_layer)
     trained.requires_grad_(True)
     shared = cfg.clips_per_batch > 0
     return run_recipe(
         cfg, model, trained, data, tokenizer, name="video target", out=out, ckpt=ckpt,
         init=init, files_from=start, steps=steps, minutes=minutes, resume=resume,
         stop_at=stop_at, ckpt_minutes=ckpt_minutes, log_every=log_every, progress=progress,
-        forward_fn=shared_prefix_forward if shared else video_forward,
+        forward_fn=forward,
         order_fn=(lambda e: clip_batches(data["scene"], cfg.clips_per_batch, cfg.seed, e))
         if shared else None,
     )  # fmt: skip
