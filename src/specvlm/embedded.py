@@ -11,8 +11,8 @@ model that `specvlm bench` gives `transformers` assisted generation (hf-assisted
 Together they are the "tiny" pair (a 12-layer, width-192 LM trained from scratch).
 
 For video (issue 23): `assets/world-video-target/` is the world video target, a Video-LLaVA
-trained by `specvlm world train-target --config video` from the world target (fp16; v4, 175
-minutes of training so far: 54.4% of closed clip questions right, below issue 23's 80% bar,
+trained by `specvlm world train-target --config video` from the world target (fp16; v6, 255
+minutes of training so far: 59.1% of closed clip questions right, below issue 23's 80% bar,
 shipped so that training continues from it, `--init`, and so that the video drafters have a
 target);
 `assets/world-events-drafter/` is its event drafter, a 2-layer LLaVA that reads a clip's event

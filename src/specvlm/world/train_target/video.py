@@ -205,8 +205,8 @@ def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) ->
     their patches' motion labels (`patches.motion_labels`)."""
     F, size = cfg.num_frames, cfg.image_size
     frames = np.zeros((cfg.n_clips, F, size, size, 3), dtype=np.uint8)
-    per_frame = (size // 16) ** 2 + 1  # the world tower's patches, plus the CLS a video keeps
-    grid = size // 16
+    grid = size // 16  # the world tower's 16 px patches
+    per_frame = grid * grid + 1  # a frame's patches, plus the CLS a video keeps
     motion = np.zeros((cfg.n_clips, F, grid * grid), dtype=np.int8)
     ids, masks, clip, family = [], [], [], []
     for i in tqdm(range(cfg.n_clips), desc="world clips", disable=not progress, mininterval=5):
