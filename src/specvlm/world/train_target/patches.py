@@ -53,19 +53,10 @@ def centre_patches(scene: Scene, grid: int) -> list[tuple[int, int, SceneObject]
 
 def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     """(len(PATCH_LABELS), grid * grid) int64 class ids, patches in row-major order."""
-    res = grid * _PATCH_MASK_RES
-    vis = visible_masks(scene, res)
     colors, shapes, sizes = list(COLORS), list(SHAPES), list(SIZES)
     out = np.zeros((len(PATCH_LABELS), grid, grid), dtype=np.int64)
-    if vis:
-        # (n_objects, grid, grid) visible pixel fraction of each patch
-        cover = (
-            np.stack([vis[i] for i in range(len(scene.objects))])
-            .reshape(len(scene.objects), grid, _PATCH_MASK_RES, grid, _PATCH_MASK_RES)
-            .mean(axis=(2, 4))
-        )
-        best = cover.argmax(0)  # (grid, grid)
-        filled = cover.max(0) >= MIN_COVER
+    if scene.objects:
+        best, filled = _covering(scene, grid)
         for i, o in enumerate(scene.objects):
             here = filled & (best == i)
             out[0][here] = colors.index(o.color) + 1
@@ -76,6 +67,18 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
         out[4, r, c] = sizes.index(o.size) + 1
         out[5, r, c] = REGIONS.index(region(o.x, o.y)) + 1
     return out.reshape(len(PATCH_LABELS), grid * grid)
+
+
+def _covering(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a scene with objects: (grid, grid) the index of the object with the most visible
+    pixels in each patch, and whether it fills at least MIN_COVER of the patch."""
+    vis = visible_masks(scene, grid * _PATCH_MASK_RES)
+    cover = (
+        np.stack([vis[i] for i in range(len(scene.objects))])
+        .reshape(len(scene.objects), grid, _PATCH_MASK_RES, grid, _PATCH_MASK_RES)
+        .mean(axis=(2, 4))
+    )  # (n_objects, grid, grid) visible pixel fraction of each patch
+    return cover.argmax(0), cover.max(0) >= MIN_COVER
 
 
 def region_thirds(x: float, y: float) -> tuple[int, int]:
@@ -129,8 +132,7 @@ def region_codes(dim: int) -> torch.Tensor:
 # seen so far (the first frame; an object absent from the frame before).
 MOTION_CLASSES: tuple[str, ...] = ("nothing", "still", *DIRECTIONS)
 _SIGNS_TO_CLASS = {
-    (int(np.sign(round(dx, 6))), int(np.sign(round(dy, 6)))): 2 + k
-    for k, (dx, dy) in enumerate(DIRECTIONS.values())
+    (int(np.sign(dx)), int(np.sign(dy))): 2 + k for k, (dx, dy) in enumerate(DIRECTIONS.values())
 } | {(0, 0): 1}
 
 
@@ -147,7 +149,6 @@ def motion_labels(clip: Clip, frames: list[int], grid: int) -> np.ndarray:
     that has seen those two frames could tell. -1 for frame 0 and for objects absent from
     frame k - 1."""
     tl = timeline(clip)
-    res = grid * _PATCH_MASK_RES
     out = np.full((len(frames), grid, grid), -1, dtype=np.int64)
     for k in range(1, len(frames)):
         now, before = tl.states[frames[k]], tl.states[frames[k - 1]]
@@ -155,13 +156,7 @@ def motion_labels(clip: Clip, frames: list[int], grid: int) -> np.ndarray:
         out[k] = 0
         if not tracks:
             continue
-        vis = visible_masks(tl.scene(frames[k]), res)
-        cover = (
-            np.stack([vis[i] for i in range(len(tracks))])
-            .reshape(len(tracks), grid, _PATCH_MASK_RES, grid, _PATCH_MASK_RES)
-            .mean(axis=(2, 4))
-        )  # (objects, grid, grid) visible fraction of each patch
-        best, filled = cover.argmax(0), cover.max(0) >= MIN_COVER
+        best, filled = _covering(tl.scene(frames[k]), grid)
         for i, t in enumerate(tracks):
             prev = before[t]
             label = -1 if prev is None else motion_class(now[t].x - prev.x, now[t].y - prev.y)

@@ -314,6 +314,11 @@ def train_video_target(
     start = _starting_folder(Path(init), out / "init", cfg.num_frames)
     with quiet_transformers():
         model = VideoLlavaForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
+    layers = model.config.text_config.num_hidden_layers
+    if cfg.motion_weight > 0 and not 1 <= cfg.motion_layer <= layers:
+        raise InputError(
+            f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(start)
     data = cached_video_data(cfg, tokenizer, out, progress)
     model.requires_grad_(False)
@@ -323,19 +328,14 @@ def train_video_target(
     )  # fmt: skip
     if cfg.train_tower:
         trained["video_tower"] = model.model.video_tower
-    forward = shared_prefix_forward if cfg.clips_per_batch > 0 else video_forward
+    shared = cfg.clips_per_batch > 0
+    forward = shared_prefix_forward if shared else video_forward
     if cfg.motion_weight > 0:
-        layers = model.config.text_config.num_hidden_layers
-        if not 1 <= cfg.motion_layer <= layers:
-            raise InputError(
-                f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
-            )
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             trained["motion_head"] = MotionHead(model.config.text_config.hidden_size)
         forward = functools.partial(forward, motion_layer=cfg.motion_layer)
     trained.requires_grad_(True)
-    shared = cfg.clips_per_batch > 0
     return run_recipe(
         cfg, model, trained, data, tokenizer, name="video target", out=out, ckpt=ckpt,
         init=init, files_from=start, steps=steps, minutes=minutes, resume=resume,
