@@ -559,6 +559,7 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "events", "--train-tower"], "--train-tower applies to --config video"),
         (["--config", "smol", "--motion-weight", "1"], "--motion-weight applies to --config vid"),
         (["--config", "video", "--motion-weight", "-1"], "--motion-weight must be 0 or more"),
+        (["--config", "video", "--motion-span", "clip"], "--motion-span needs --motion-weight"),
     ],
 )
 def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):

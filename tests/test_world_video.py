@@ -219,6 +219,25 @@ def test_motion_labels_say_how_each_covered_patch_moved_since_the_frame_before()
     assert labels[3, int((0.75 - 3 * 0.025) * 8), 2] == up  # seen in frames 4 and 6: up
     assert set(np.unique(labels[1:])) <= {-1, 0, still_class, right, up}
 
+    # since the first sampled frame each object is in: the same classes here (the tracks keep
+    # their directions), but the star is labelled from frame 4 on against its place there
+    since = motion_labels(clip, [0, 2, 4, 6], 8, span="clip").reshape(4, 8, 8)
+    assert (since[0] == -1).all() and since[2, 6, 2] == -1
+    assert since[3, int((0.75 - 3 * 0.025) * 8), 2] == up
+    assert since[2, int(0.2 * 8), int((0.2 + 4 * 0.055) * 8)] == right
+    assert since[1, 6, 6] == since[3, 6, 6] == still_class
+
+    # a bounce (x 0.70, 0.81, 0.85, 0.74, 0.685 in the sampled frames): a step label follows
+    # the new heading at once, a clip label only once the object is back behind where it began
+    bouncer = Clip((Track(SceneObject("circle", "red", "large", 0.7, 0.2, 1), "right", "fast"),),
+                   Background(), n_frames=8)  # fmt: skip
+    left = MOTION_CLASSES.index("left")
+    for span, want in (("step", [right, right, left, left]), ("clip", [right, right, right, left])):
+        got = motion_labels(bouncer, [0, 2, 4, 6, 7], 8, span=span)[1:]
+        assert [set(row[row > 0].tolist()) for row in got] == [{c} for c in want], span
+    with pytest.raises(InputError, match="motion span 'frame'"):
+        motion_labels(clip, [0, 2], 8, span="frame")
+
 
 def test_the_forwards_return_a_layers_patch_states_for_the_motion_loss(folder):
     """With `motion_layer`, both training forwards add that layer's states at every frame's

@@ -185,6 +185,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "before; default 0: off)",
     )
     train.add_argument(
+        "--motion-span",
+        choices=("step", "clip"),
+        default=None,
+        help="--config video with --motion-weight: measure each patch's motion since the "
+        "sampled frame before (step, the default) or since the first sampled frame its object "
+        "is in (clip: larger motions, closer to what the questions ask)",
+    )
+    train.add_argument(
         "--init-head",
         default=None,
         help="--config cross: start the head from this EagleVLM draft head of the same video "
@@ -329,6 +337,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--train-tower applies to --config video only")
     if args.motion_weight is not None and args.config != "video":
         raise InputError("--motion-weight applies to --config video only")
+    if args.motion_span is not None and not args.motion_weight:
+        raise InputError("--motion-span needs --motion-weight above 0 (with --config video)")
     if args.motion_weight is not None and not args.motion_weight >= 0:
         raise InputError(f"--motion-weight must be 0 or more, got {args.motion_weight}")
     if args.reads is not None and args.config != "events":
@@ -380,6 +390,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["train_tower"] = True
     if args.motion_weight is not None:
         extra["motion_weight"] = args.motion_weight
+    if args.motion_span is not None:
+        extra["motion_span"] = args.motion_span
     if args.config == "smol":
         return _train_smol(args, extra)
     if args.config == "smol-assistant":

@@ -14,6 +14,7 @@ import functools
 import numpy as np
 import torch
 
+from specvlm.errors import InputError
 from specvlm.world.clips import DIRECTIONS, Clip, timeline
 from specvlm.world.grammar import REGION_PHRASES, region
 from specvlm.world.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, visible_masks
@@ -136,29 +137,40 @@ _SIGNS_TO_CLASS = {
 } | {(0, 0): 1}
 
 
+MOTION_SPANS: tuple[str, ...] = ("step", "clip")  # what `motion_labels` measures from
+
+
 def motion_class(dx: float, dy: float) -> int:
     """The MOTION_CLASSES index of a displacement (canvas units, y down): the signs of its two
     components (1 "still" for none)."""
     return _SIGNS_TO_CLASS[(int(np.sign(round(dx, 9))), int(np.sign(round(dy, 9))))]
 
 
-def motion_labels(clip: Clip, frames: list[int], grid: int) -> np.ndarray:
+def motion_labels(clip: Clip, frames: list[int], grid: int, span: str = "step") -> np.ndarray:
     """(len(frames), grid * grid) int64: for sampled frame k >= 1 (clip frame `frames[k]`) and
     each patch, the MOTION_CLASSES index of the object that covers the patch most (at least
-    MIN_COVER of it; else 0), by its displacement from sampled frame k - 1 to k: what a model
-    that has seen those two frames could tell. -1 for frame 0 and for objects absent from
-    frame k - 1."""
+    MIN_COVER of it; else 0), by its displacement up to frame k from sampled frame k - 1
+    (`span` "step": what a model that has seen those two frames could tell) or from the first
+    sampled frame the object is in (`span` "clip": the clip's motion so far, larger and closer
+    to what the questions ask). -1 for frame 0 and where the object was not in the reference
+    frame (for "clip": where frame k is its first)."""
+    if span not in MOTION_SPANS:
+        raise InputError(f"motion span {span!r}: expected one of {', '.join(MOTION_SPANS)}")
     tl = timeline(clip)
     out = np.full((len(frames), grid, grid), -1, dtype=np.int64)
     for k in range(1, len(frames)):
-        now, before = tl.states[frames[k]], tl.states[frames[k - 1]]
+        now = tl.states[frames[k]]
         tracks = [t for t, o in enumerate(now) if o is not None]  # scene(f)'s objects, in order
         out[k] = 0
         if not tracks:
             continue
         best, filled = _covering(tl.scene(frames[k]), grid)
         for i, t in enumerate(tracks):
-            prev = before[t]
-            label = -1 if prev is None else motion_class(now[t].x - prev.x, now[t].y - prev.y)
+            if span == "step":
+                ref = tl.states[frames[k - 1]][t]
+            else:  # its state in the first sampled frame that has it
+                seen = (tl.states[f][t] for f in frames[:k])
+                ref = next((s for s in seen if s is not None), None)
+            label = -1 if ref is None else motion_class(now[t].x - ref.x, now[t].y - ref.y)
             out[k][filled & (best == i)] = label
     return out.reshape(len(frames), grid * grid)

@@ -41,7 +41,7 @@ from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.losses import MotionHead
-from specvlm.world.train_target.patches import motion_labels
+from specvlm.world.train_target.patches import MOTION_SPANS, motion_labels
 from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
 from specvlm.world.train_target.run import on_two_threads
 
@@ -74,6 +74,9 @@ class VideoTrainConfig(NoAuxLosses):
     # before; `patches.motion_labels`), a dense signal for the questions about motion
     motion_weight: float = 0.0
     motion_layer: int = 6
+    # what the motion labels measure a patch's motion from: "step", the sampled frame before;
+    # "clip", the first sampled frame its object is in (`patches.MOTION_SPANS`)
+    motion_span: str = "step"
 
 
 VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
@@ -216,7 +219,7 @@ def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) ->
         if len(picked) != F:
             raise InputError(f"train clip {i} has {len(rendered)} frames, fewer than {F}")
         frames[i] = np.stack([np.asarray(rendered[k]) for k in picked])
-        motion[i] = motion_labels(sample, picked, grid)
+        motion[i] = motion_labels(sample, picked, grid, cfg.motion_span)
         for f in FAMILIES:
             record = make_record("train", i, f, kind="video")
             a, m = encode_record(record, tokenizer, F * per_frame, kind="video")
@@ -241,7 +244,8 @@ def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: boo
     """`build_video_data`, kept in `out/data-video-*.pt` under a name that changes with its
     settings."""
     what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
-    what["motion"] = 1  # files written before the motion labels lack them
+    # files written before the motion labels lack them; "step" labels keep their files' names
+    what["motion"] = 1 if cfg.motion_span == "step" else cfg.motion_span
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     path = out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
     if path.is_file():
@@ -319,6 +323,8 @@ def train_video_target(
         raise InputError(
             f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
         )
+    if cfg.motion_span not in MOTION_SPANS:
+        raise InputError(f"motion_span {cfg.motion_span!r}: expected one of {MOTION_SPANS}")
     tokenizer = AutoTokenizer.from_pretrained(start)
     data = cached_video_data(cfg, tokenizer, out, progress)
     model.requires_grad_(False)
