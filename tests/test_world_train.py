@@ -348,6 +348,35 @@ def test_drills_ask_where_things_are_in_about_half_the_turns():
     assert total == 360 and where / total > 0.45  # the conversation family alone: ~1 in 3
 
 
+def test_clip_drills_ask_about_motion_every_third_turn_and_are_right():
+    from specvlm.errors import InputError
+    from specvlm.world import grammar
+    from specvlm.world.language import make_drill, make_record
+
+    motion, total = 0, 0
+    for i in range(40):
+        rec = make_drill("train", i, n_turns=6, kind="video")
+        assert rec == make_drill("train", i, n_turns=6, kind="video")  # deterministic
+        assert rec["id"].endswith("-video-drill") and rec["meta"]["family"] == "drill"
+        human = [c["value"] for c in rec["conversations"][::2]]
+        assert human[0].startswith("<video>\n") and len(set(human)) == len(human)
+        metas = rec["meta"]["turns"]
+        for meta, c in zip(metas, rec["conversations"][1::2], strict=True):
+            assert grammar.check_answer(meta, c["value"]), (i, meta, c["value"])
+        kinds = [m["qtype"] for m in metas]  # types other than motion's: asked once each
+        others = [k for k in kinds if k not in ("direction", "moving")]
+        assert len(others) == len(set(others)), kinds
+        motion += sum(k in ("direction", "moving", "count_moving") for k in kinds)
+        total += len(metas)
+        assert (
+            make_record("train", i, "multiturn", kind="video")["conversations"][:2]
+            != (rec["conversations"][:2])
+        )
+    assert total >= 200 and motion / total > 0.4  # the conversation family alone: ~3 in 8
+    with pytest.raises(InputError, match="not 'events'"):
+        make_drill("train", 0, kind="events")
+
+
 def test_tiny_run_trains_on_drills(run):
     out, _ = run
     data = torch.load(next(out.glob("data-v8-*drill3*.pt")))
@@ -560,6 +589,8 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "smol", "--motion-weight", "1"], "--motion-weight applies to --config vid"),
         (["--config", "video", "--motion-weight", "-1"], "--motion-weight must be 0 or more"),
         (["--config", "video", "--motion-span", "clip"], "--motion-span needs --motion-weight"),
+        (["--config", "smol", "--drill-turns", "4"], "--drill-turns applies to --config video"),
+        (["--config", "video", "--drill-turns", "-1"], "--drill-turns must be 0 or more"),
     ],
 )
 def test_train_target_refuses_flags_its_recipe_does_not_take(tmp_path, capsys, extra, message):

@@ -340,3 +340,25 @@ def test_world_video_suites_bench_a_video_target(folder, tmp_path):
     records = runner.run_bench(methods, items[:2], max_new_tokens=12, progress=False)
     assert all(r["identical"] for r in records), [(r["method"], r.get("error")) for r in records]
     assert {r["method"] for r in records} == {"plain", "eaglevlm", "hf-plain", "hf-lookup"}
+
+
+def test_video_data_with_drills_adds_one_drill_per_clip_next_to_its_records():
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from specvlm.world.train_target.video import VIDEO_CONFIGS, build_video_data
+
+    tok = AutoTokenizer.from_pretrained(embedded.embedded_target())
+    cfg = VIDEO_CONFIGS["video-tiny"]
+    plain = build_video_data(cfg, tok, progress=False)
+    drilled = build_video_data(replace(cfg, drill_turns=4), tok, progress=False)
+    assert drilled["family"].count("drill") == cfg.n_clips
+    assert len(drilled["ids"]) == len(plain["ids"]) + cfg.n_clips
+    assert drilled["scene"].tolist() == [c for c in range(cfg.n_clips) for _ in range(6)]
+    kept = [k for k, f in enumerate(drilled["family"]) if f != "drill"]  # the records unchanged
+    assert all(torch.equal(drilled["ids"][k], a) for k, a in zip(kept, plain["ids"], strict=True))
+    for k, f in enumerate(drilled["family"]):
+        if f == "drill":  # four answers to learn: four spans of the answer mask
+            m = drilled["masks"][k].numpy()
+            assert int((m[1:] & ~m[:-1]).sum()) + int(m[0]) == 4

@@ -185,6 +185,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "before; default 0: off)",
     )
     train.add_argument(
+        "--drill-turns",
+        type=int,
+        default=None,
+        help="--config video: add one training-only drill per clip, this many short questions "
+        "about it in one conversation, every third about motion (default 0: none)",
+    )
+    train.add_argument(
         "--motion-span",
         choices=("step", "clip"),
         default=None,
@@ -337,6 +344,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--train-tower applies to --config video only")
     if args.motion_weight is not None and args.config != "video":
         raise InputError("--motion-weight applies to --config video only")
+    if args.drill_turns is not None and args.config != "video":
+        raise InputError("--drill-turns applies to --config video only")
+    if args.drill_turns is not None and args.drill_turns < 0:
+        raise InputError(f"--drill-turns must be 0 or more, got {args.drill_turns}")
     if args.motion_span is not None and not args.motion_weight:
         raise InputError("--motion-span needs --motion-weight above 0 (with --config video)")
     if args.motion_weight is not None and not args.motion_weight >= 0:
@@ -392,6 +403,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["motion_weight"] = args.motion_weight
     if args.motion_span is not None:
         extra["motion_span"] = args.motion_span
+    if args.drill_turns is not None:
+        extra["drill_turns"] = args.drill_turns
     if args.config == "smol":
         return _train_smol(args, extra)
     if args.config == "smol-assistant":

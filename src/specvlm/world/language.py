@@ -186,38 +186,57 @@ def make_record(
     return record
 
 
-def make_drill(split: str, index: int, n_turns: int = 8) -> dict:
-    """A training-only record for image sample `index`: `n_turns` short conversation questions
-    about the same image (distinct questions; the question types as the conversation family
-    draws them), in one multi-turn LLaVA conversation of family "drill".
+def make_drill(split: str, index: int, n_turns: int = 8, kind: str = "image") -> dict:
+    """A training-only record for sample `index` (an image, or a clip with `kind` "video"):
+    `n_turns` short conversation questions about the same sample (distinct questions; the
+    question types as the conversation family draws them), in one multi-turn LLaVA conversation
+    of family "drill".
 
-    Each turn is a closed-form question whose answer depends on the image, so a drill gives a
-    model many grounded answers per image read; it uses its own random stream, so adding drills
-    to a training set changes none of the `make_record` records.
+    Each turn is a closed-form question whose answer depends on the sample, so a drill gives a
+    model many grounded answers per image (clip) read; it uses its own random stream, so adding
+    drills to a training set changes none of the `make_record` records. Every third turn asks
+    what is hardest to learn, if a new such question fits: where something is (images), which
+    way something moves or whether it moves (clips).
     """
     if n_turns < 1:
         raise InputError(f"n_turns must be at least 1, got {n_turns}")
+    if kind not in ("image", "video"):
+        raise InputError(f"drills are made for images and video, not {kind!r}")
     seed = split_seed(split, index)
-    scene = world_sample(split, index, "image")
-    g = rng(seed, STREAM_LANGUAGE, DRILL_STREAM, KINDS.index("image"))
-    facts = qa_image.Facts(scene, split_spec(split).pairs)
+    world = world_sample(split, index, kind)
+    g = rng(seed, STREAM_LANGUAGE, DRILL_STREAM, KINDS.index(kind))
+    if kind == "image":
+        facts: object = qa_image.Facts(world, split_spec(split).pairs)
+        hard, usual = qa_image.WHERE, qa_image.CONVERSATION
+    else:
+        facts = qa_clip.ClipFacts(world, split_spec(split).pairs)
+        hard, usual = qa_clip.MOTION, qa_clip.CONVERSATION
     turns: list[QA] = []
-    new = lambda qa: qa is not None and all(qa.question != t.question for t in turns)  # noqa: E731
+
+    def new(qa: QA | None) -> bool:  # a question not asked yet (in a clip: of a new type, or
+        # about motion: "which way does the red circle move?" for each mover)
+        if qa is None or any(qa.question == t.question for t in turns):
+            return False
+        asked = {t.meta["qtype"] for t in turns}
+        return (
+            kind == "image"
+            or qa.meta["qtype"] in ("direction", "moving")
+            or qa.meta["qtype"] not in asked
+        )
+
     for _ in range(20 * n_turns):
-        # every third turn asks where something is (if a new such question fits the image): in
-        # the conversation family they are one question in nine, and the hardest to learn
-        qa = _fits(qa_image.WHERE, facts, g) if len(turns) % 3 == 1 else None
+        qa = _fits(hard, facts, g) if len(turns) % 3 == 1 else None
         if not new(qa):
-            qa = _first(qa_image.CONVERSATION, facts, g)
+            qa = _first(usual, facts, g)
         if new(qa):
             turns.append(qa)
         if len(turns) == n_turns:
             break
-    meta: dict = {"family": "drill", "kind": "image", "split": split, "index": index, "seed": seed}
+    meta: dict = {"family": "drill", "kind": kind, "split": split, "index": index, "seed": seed}
     meta["turns"] = [t.meta for t in turns]
-    meta["scene"] = scene.to_dict()
+    meta["scene" if kind == "image" else "clip"] = world.to_dict()
     return {
-        "id": f"{split}-{index:09d}-image-drill",
-        "conversations": conversations(turns, PLACEHOLDERS["image"]),
+        "id": f"{split}-{index:09d}-{kind}-drill",
+        "conversations": conversations(turns, PLACEHOLDERS[kind]),
         "meta": meta,
     }

@@ -323,6 +323,9 @@ def v_bounces(f: ClipFacts, rng: np.random.Generator) -> QA | None:
     return QA(q, ans, closed("bounces", len(walls), "number", conclusion=True))
 
 
+# the questions about motion, which a drill asks every third turn (`language.make_drill`)
+MOTION = (v_direction, v_moving, v_count_moving)
+
 CONVERSATION = (
     v_count_start,
     v_count_moving,

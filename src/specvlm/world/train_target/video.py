@@ -9,7 +9,8 @@ target)`: a Video-LLaVA whose image and video towers are the world target's trai
 towers stay frozen by default (they already see the world's shapes and colours in each frame;
 `train_tower=True`, `--train-tower`, trains the video tower too, the image tower staying as it
 is); the projector and the whole language model train on the answer loss over every record of the first
-`n_clips` train clips (all five clip families: `make_record(split, i, family, kind="video")`),
+`n_clips` train clips (all five clip families: `make_record(split, i, family, kind="video")`;
+with `drill_turns`, one drill of short questions per clip too),
 each clip read as `num_frames` frames sampled uniformly (Video-LLaVA's 8; each frame 64 patch
 tokens plus its CLS: 520 visual tokens). Batches, schedule, checkpoints (`checkpoint.pt`,
 atomic, every `ckpt_minutes` and at the end; `resume=True` continues) and the log are the world
@@ -37,7 +38,7 @@ from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.media import sample_frame_indices
 from specvlm.world.clips import render_clip
-from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_record
+from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_drill, make_record
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
 from specvlm.world.train_target.losses import MotionHead
@@ -63,6 +64,10 @@ class VideoTrainConfig(NoAuxLosses):
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     qa_repeats: int = 1
+    # > 0: one training-only drill per clip besides its five records: this many short questions
+    # about it in one conversation, every third about motion (`language.make_drill`): many
+    # grounded answers per clip read, the hardest questions most often
+    drill_turns: int = 0
     seed: int = 0
     bf16: bool = True
     compile: bool = False
@@ -220,13 +225,15 @@ def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) ->
             raise InputError(f"train clip {i} has {len(rendered)} frames, fewer than {F}")
         frames[i] = np.stack([np.asarray(rendered[k]) for k in picked])
         motion[i] = motion_labels(sample, picked, grid, cfg.motion_span)
-        for f in FAMILIES:
-            record = make_record("train", i, f, kind="video")
+        records = [make_record("train", i, f, kind="video") for f in FAMILIES]
+        if cfg.drill_turns > 0:
+            records.append(make_drill("train", i, cfg.drill_turns, kind="video"))
+        for record in records:
             a, m = encode_record(record, tokenizer, F * per_frame, kind="video")
             ids.append(torch.from_numpy(a.astype(np.int16)))
             masks.append(torch.from_numpy(m))
             clip.append(i)
-            family.append(f)
+            family.append(record["meta"]["family"])
     n = cfg.n_clips
     return {
         "images": torch.from_numpy(frames),  # (N, F, H, W, 3) uint8
@@ -246,6 +253,8 @@ def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: boo
     what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
     # files written before the motion labels lack them; "step" labels keep their files' names
     what["motion"] = 1 if cfg.motion_span == "step" else cfg.motion_span
+    if cfg.drill_turns:  # (files without drills keep their names)
+        what["drill_turns"] = cfg.drill_turns
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     path = out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
     if path.is_file():
@@ -323,6 +332,8 @@ def train_video_target(
         raise InputError(
             f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
         )
+    if cfg.drill_turns < 0:
+        raise InputError(f"drill_turns must be 0 or more, got {cfg.drill_turns}")
     if cfg.motion_span not in MOTION_SPANS:
         raise InputError(f"motion_span {cfg.motion_span!r}: expected one of {MOTION_SPANS}")
     tokenizer = AutoTokenizer.from_pretrained(start)
