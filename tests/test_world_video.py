@@ -362,3 +362,29 @@ def test_video_data_with_drills_adds_one_drill_per_clip_next_to_its_records():
         if f == "drill":  # four answers to learn: four spans of the answer mask
             m = drilled["masks"][k].numpy()
             assert int((m[1:] & ~m[:-1]).sum()) + int(m[0]) == 4
+
+
+def test_video_data_names_change_with_the_data_and_old_checkpoints_still_resume(tmp_path):
+    """Step labels without drills keep the data file name they had before spans and drills
+    existed; either setting gives another. A checkpoint written before a setting existed
+    resumes when the run asks for its default, and refuses another value."""
+    import hashlib
+    import json
+    from dataclasses import asdict, replace
+
+    from specvlm.world.language import ANSWERS_VERSION
+    from specvlm.world.train_target.run import check_resume_config
+    from specvlm.world.train_target.video import VIDEO_CONFIGS, video_data_path
+
+    cfg = VIDEO_CONFIGS["video"]
+    before = {"n_clips": 2000, "num_frames": 8, "image_size": 128, "motion": 1}
+    key = hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+    assert video_data_path(cfg, tmp_path).name == f"data-video-a{ANSWERS_VERSION}-2000-{key}.pt"
+    names = {video_data_path(c, tmp_path) for c in (cfg, replace(cfg, motion_span="clip"),
+             replace(cfg, drill_turns=6), replace(cfg, drill_turns=4))}  # fmt: skip
+    assert len(names) == 4
+
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("motion_span", "drill_turns")}
+    check_resume_config(old, cfg, tmp_path / "checkpoint.pt")  # the defaults: resumes
+    with pytest.raises(InputError, match="drill_turns"):
+        check_resume_config(old, replace(cfg, drill_turns=6), tmp_path / "checkpoint.pt")

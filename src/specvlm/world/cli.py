@@ -182,14 +182,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="--config video: add this times the motion loss (a language-model layer's states at "
         "each frame's patches classified by how the object there moved since the frame "
-        "before; default 0: off)",
+        "before, or with --motion-span clip since its first sampled frame; default 0: off)",
     )
     train.add_argument(
         "--drill-turns",
         type=int,
         default=None,
-        help="--config video: add one training-only drill per clip, this many short questions "
-        "about it in one conversation, every third about motion (default 0: none)",
+        help="--config video: add one training-only drill per clip, up to this many short "
+        "questions about it in one conversation, every third about motion (default 0: none)",
     )
     train.add_argument(
         "--motion-span",

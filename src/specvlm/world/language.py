@@ -213,16 +213,15 @@ def make_drill(split: str, index: int, n_turns: int = 8, kind: str = "image") ->
         hard, usual = qa_clip.MOTION, qa_clip.CONVERSATION
     turns: list[QA] = []
 
-    def new(qa: QA | None) -> bool:  # a question not asked yet (in a clip: of a new type, or
-        # about motion: "which way does the red circle move?" for each mover)
+    def new(qa: QA | None) -> bool:
+        """A question not asked yet; in a clip, also a fact not asked yet: each type once,
+        except "which way does it move" and "does it move", once per object (`track`)."""
         if qa is None or any(qa.question == t.question for t in turns):
             return False
-        asked = {t.meta["qtype"] for t in turns}
-        return (
-            kind == "image"
-            or qa.meta["qtype"] in ("direction", "moving")
-            or qa.meta["qtype"] not in asked
-        )
+        if kind == "image":
+            return True
+        fact = lambda m: (m["qtype"], m.get("track"))  # noqa: E731
+        return fact(qa.meta) not in {fact(t.meta) for t in turns}
 
     for _ in range(20 * n_turns):
         qa = _fits(hard, facts, g) if len(turns) % 3 == 1 else None

@@ -222,7 +222,8 @@ def v_direction(f: ClipFacts, rng: np.random.Generator) -> QA | None:
             f"Which way is the {name} moving when it first appears?",
         ),
     )
-    return QA(q, f"It moves {direction_phrase(rng, d)}.", closed("direction", d, "direction"))
+    said = f"It moves {direction_phrase(rng, d)}."
+    return QA(q, said, closed("direction", d, "direction", track=i))
 
 
 def v_moving(f: ClipFacts, rng: np.random.Generator) -> QA | None:
@@ -238,10 +239,10 @@ def v_moving(f: ClipFacts, rng: np.random.Generator) -> QA | None:
             if moving
             else "No, it stays in the same place."
         )
-        return QA(q, ans, closed("moving", "yes" if moving else "no", "yesno"))
+        return QA(q, ans, closed("moving", "yes" if moving else "no", "yesno", track=i))
     q = f"Does the {name} stay still?"
     ans = "No, it moves." if moving else "Yes, it does not move at all."
-    return QA(q, ans, closed("moving", "no" if moving else "yes", "yesno"))
+    return QA(q, ans, closed("moving", "no" if moving else "yes", "yesno", track=i))
 
 
 def v_leaves(f: ClipFacts, rng: np.random.Generator) -> QA | None:

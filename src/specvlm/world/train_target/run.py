@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -105,8 +105,11 @@ def check_arguments(
 
 def check_resume_config(saved: dict, cfg: TargetTrainConfig, path: Path) -> None:
     """InputError naming every setting in which the checkpoint's config (`saved`) differs from
-    this run's; bf16 may differ (it is the machine's choice, not the recipe's)."""
+    this run's; bf16 may differ (it is the machine's choice, not the recipe's). A setting the
+    checkpoint lacks (one added to the recipe after it was written) counts as its default."""
     now = asdict(cfg)
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
+    saved = {**defaults, **saved}
     differ = [k for k in {**saved, **now} if k != "bf16" and saved.get(k) != now.get(k)]
     if differ:
         was = ", ".join(f"{k} {saved.get(k, '(unset)')}" for k in differ)

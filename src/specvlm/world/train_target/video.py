@@ -64,8 +64,8 @@ class VideoTrainConfig(NoAuxLosses):
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     qa_repeats: int = 1
-    # > 0: one training-only drill per clip besides its five records: this many short questions
-    # about it in one conversation, every third about motion (`language.make_drill`): many
+    # > 0: one training-only drill per clip besides its five records: up to this many short
+    # questions about it in one conversation (fewer where the clip has no more to ask), every third about motion (`language.make_drill`): many
     # grounded answers per clip read, the hardest questions most often
     drill_turns: int = 0
     seed: int = 0
@@ -76,7 +76,8 @@ class VideoTrainConfig(NoAuxLosses):
     train_tower: bool = False
     # > 0: add this times the motion loss (`losses.MotionHead` on the output of language-model
     # layer `motion_layer` at every frame's patches: how the object there moved since the frame
-    # before; `patches.motion_labels`), a dense signal for the questions about motion
+    # before, or since its first sampled frame with `motion_span` "clip";
+    # `patches.motion_labels`), a dense signal for the questions about motion
     motion_weight: float = 0.0
     motion_layer: int = 6
     # what the motion labels measure a patch's motion from: "step", the sampled frame before;
@@ -247,16 +248,21 @@ def build_video_data(cfg: VideoTrainConfig, tokenizer, progress: bool = True) ->
     }
 
 
-def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
-    """`build_video_data`, kept in `out/data-video-*.pt` under a name that changes with its
-    settings."""
+def video_data_path(cfg: VideoTrainConfig, out: Path) -> Path:
+    """Where `cached_video_data` keeps `cfg`'s data: `out/data-video-*.pt`, under a name that
+    changes with every setting that changes the data."""
     what = {k: getattr(cfg, k) for k in ("n_clips", "num_frames", "image_size")}
     # files written before the motion labels lack them; "step" labels keep their files' names
     what["motion"] = 1 if cfg.motion_span == "step" else cfg.motion_span
     if cfg.drill_turns:  # (files without drills keep their names)
         what["drill_turns"] = cfg.drill_turns
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
-    path = out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
+    return out / f"data-video-a{ANSWERS_VERSION}-{cfg.n_clips}-{key}.pt"
+
+
+def cached_video_data(cfg: VideoTrainConfig, tokenizer, out: Path, progress: bool = True) -> dict:
+    """`build_video_data`, kept at `video_data_path(cfg, out)`."""
+    path = video_data_path(cfg, out)
     if path.is_file():
         return torch.load(path)
     start = time.perf_counter()
@@ -322,6 +328,11 @@ def train_video_target(
         init = embedded_target()
         if init is None:
             raise InputError("no world image target to start from: give --init FOLDER")
+    if cfg.drill_turns < 0:
+        raise InputError(f"drill_turns must be 0 or more, got {cfg.drill_turns}")
+    if cfg.motion_span not in MOTION_SPANS:
+        spans = ", ".join(MOTION_SPANS)
+        raise InputError(f"motion_span {cfg.motion_span!r}: expected one of {spans}")
     out.mkdir(parents=True, exist_ok=True)
 
     start = _starting_folder(Path(init), out / "init", cfg.num_frames)
@@ -332,10 +343,6 @@ def train_video_target(
         raise InputError(
             f"motion_layer {cfg.motion_layer}: the language model has layers 1-{layers}"
         )
-    if cfg.drill_turns < 0:
-        raise InputError(f"drill_turns must be 0 or more, got {cfg.drill_turns}")
-    if cfg.motion_span not in MOTION_SPANS:
-        raise InputError(f"motion_span {cfg.motion_span!r}: expected one of {MOTION_SPANS}")
     tokenizer = AutoTokenizer.from_pretrained(start)
     data = cached_video_data(cfg, tokenizer, out, progress)
     model.requires_grad_(False)
