@@ -116,6 +116,16 @@ def test_packed_linear_values_rows_and_fallbacks():
                 for i in range(0, 16 - m + 1, m):
                     assert torch.equal(lin(x[i : i + m]), full[i : i + m]), (out_f, m, i)
             assert lin(x[None]).shape == (1, 16, out_f)
+    # one row computed as the first of two (what a machine whose oneDNN computes single rows
+    # by another kernel gets): the same bits and shapes as among others
+    lin = PackedLinear(torch.randn(576, 1536), None)
+    lin.pad_single = True
+    x = torch.randn(4, 1536)
+    with torch.inference_mode():
+        full = lin(x)
+        for i in range(4):
+            assert torch.equal(lin(x[i : i + 1]), full[i : i + 1])
+            assert torch.equal(lin(x[None, None, i]), full[None, i : i + 1])
     lin = PackedLinear(torch.randn(8, 4), None)
     x = torch.randn(3, 4, requires_grad=True)
     lin(x).sum().backward()

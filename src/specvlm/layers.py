@@ -194,7 +194,9 @@ class PackedLinear:
     AVX2 EPYC (docs/benchmarks.md, "Packed linears"): a product of 4-16 rows costs far less
     (the 49,152-row LM head: 5.9 ms for 4 rows where MKL takes 23), and each row's result is
     bit-identical whether computed alone or among other rows (MKL's is not), so a tree verify
-    computes every linear exactly as plain decoding does. The packed copy is extra memory (the
+    computes every linear exactly as plain decoding does (where oneDNN computes a single row
+    by another kernel, seen for one shape on an AVX-512 Xeon, a single row is computed as the
+    first of two, which a probe at construction decides). The packed copy is extra memory (the
     module's own weight is kept, so `transformers`' forward and the draft still read it).
     The oneDNN op has no backward and ignores autocast, so where a gradient may be wanted, under
     autocast, or for input that is not float32, the call is `F.linear` on the dense weight (what
@@ -206,13 +208,26 @@ class PackedLinear:
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
         self.packed_bias = None if bias is None else bias.detach()
+        # oneDNN may take another kernel for a single row: on a 2-core AVX-512 Xeon (Emerald
+        # Rapids) a 576 x 1536 weight's one-row product differed from the same row among others
+        # in the last bits. Where a probe shows that, one row is computed as two.
+        probe = torch.randn(2, weight.shape[1], generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            both = self._product(probe)
+            self.pad_single = not torch.equal(self._product(probe[:1]), both[:1])
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
         grad = torch.is_grad_enabled() and (x.requires_grad or self.dense.requires_grad)
         if grad or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
             return F.linear(x, self.dense, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
+        if self.pad_single and x.numel() == x.shape[-1]:  # one row: as the first of two
+            row = x.reshape(1, -1)
+            return self._product(torch.cat([row, row]))[:1].reshape(*x.shape[:-1], -1)
+        return self._product(x)
 
 
 @functools.cache
