@@ -65,8 +65,9 @@ class VideoTrainConfig(NoAuxLosses):
     clip_norm: float = 1.0
     qa_repeats: int = 1
     # > 0: one training-only drill per clip besides its five records: up to this many short
-    # questions about it in one conversation (fewer where the clip has no more to ask), every third about motion (`language.make_drill`): many
-    # grounded answers per clip read, the hardest questions most often
+    # questions about it in one conversation (fewer where the clip has no more to ask), every
+    # third about motion (`language.make_drill`): many grounded answers per clip read, the
+    # hardest questions most often
     drill_turns: int = 0
     seed: int = 0
     bf16: bool = True
