@@ -151,20 +151,86 @@ def test_truncated_target_weights(tiny_dir, tmp_path):
         api.load(target=folder)
 
 
-def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch):
-    """dtype="auto": bfloat16 where the CPU has native bf16, float32 where it has not; the
-    CPU's transposed weight layout only in float32 (the fallback of its packed linears)."""
+def _probe_record(share: float) -> dict:
+    """A dtype-probe record whose bfloat16 times are `share` of float32's."""
+    return {"seconds_per_layer": {"float32": {"1": 2.0, "16": 4.0},
+                                  "bfloat16": {"1": 2.0 * share, "16": 4.0 * share}}}  # fmt: skip
+
+
+def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch, tmp_path):
+    """dtype="auto": float32 where the CPU has no native bf16 (nothing measured); where it has,
+    what the speed probe chose (measured once per machine, then read back); the CPU's
+    transposed weight layout only in float32 (the fallback of its packed linears)."""
     import torch
 
+    from specvlm import dtype_probe
     from specvlm.layers import wants_fast_layout
 
-    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(api, "native_bf16", lambda native=native: native)
-        assert api.auto_dtype("cpu") is want
-        assert api.load(target=tiny_dir, dtype="auto").target.info.dtype is want
+    monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path))
+    probes = []
+
+    def fake_measure(share):
+        def measure():
+            probes.append(share)
+            return _probe_record(share)
+
+        return measure
+
+    monkeypatch.setattr(dtype_probe, "measure", fake_measure(0.5))
+    monkeypatch.setattr(api, "native_bf16", lambda: False)
+    assert api.auto_dtype("cpu") is torch.float32
+    assert probes == []  # no native bf16: nothing to measure
+    monkeypatch.setattr(api, "native_bf16", lambda: True)
+    assert api.auto_dtype("cpu") is torch.bfloat16
+    assert api.load(target=tiny_dir, dtype="auto").target.info.dtype is torch.bfloat16
+    assert probes == [0.5]  # measured once, then remembered
+    # another machine (here: another cache) where bfloat16 is not faster
+    monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path / "other"))
+    monkeypatch.setattr(dtype_probe, "measure", fake_measure(0.95))
+    assert api.load(target=tiny_dir, dtype="auto").target.info.dtype is torch.float32
+    assert probes == [0.5, 0.95]
     assert wants_fast_layout("cpu", torch.float32)
     assert not wants_fast_layout("cpu", torch.bfloat16)
     assert not wants_fast_layout("cuda", torch.float32)
+
+
+def test_dtype_probe_times_both_dtypes_and_keeps_the_times(tmp_path, monkeypatch):
+    """The real probe on small layers: both dtypes timed at both row counts; the choice follows
+    MARGIN either side of it; the times land in the cache, the choice is made from them when
+    read (a changed rule reaches old records), and an unreadable record is measured again."""
+    import json
+
+    import torch
+
+    from specvlm import dtype_probe
+
+    assert dtype_probe.choose(_probe_record(0.89)) == "bfloat16"
+    assert dtype_probe.choose(_probe_record(0.91)) == "float32"
+    monkeypatch.setattr(dtype_probe, "SHAPES", ((96, 64), (64, 64), (256, 64), (64, 128)))
+    measured = []
+    real = dtype_probe.measure
+    monkeypatch.setattr(dtype_probe, "measure", lambda: measured.append(1) or real(repeats=2))
+    record = dtype_probe.cpu_decoding_record(tmp_path)
+    assert measured == [1]
+    times = record["seconds_per_layer"]
+    assert set(times) == {"float32", "bfloat16"}
+    assert all(set(t) == {"1", "16"} and min(t.values()) > 0 for t in times.values())
+    assert record["dtype"] == dtype_probe.choose(record)
+    assert 2 <= record["layers"] <= dtype_probe.MAX_LAYERS
+    path = dtype_probe.probe_path(tmp_path)
+    assert json.loads(path.read_text())["seconds_per_layer"] == times
+    path.write_text(json.dumps(_probe_record(0.5)))  # as if measured so on this machine
+    dtype_probe._record.cache_clear()
+    assert dtype_probe.cpu_decoding_dtype(tmp_path) is torch.bfloat16
+    path.write_text(json.dumps(_probe_record(0.95)))
+    dtype_probe._record.cache_clear()
+    assert dtype_probe.cpu_decoding_dtype(tmp_path) is torch.float32
+    assert measured == [1]  # read, not measured
+    path.write_text("not json")
+    dtype_probe._record.cache_clear()
+    assert dtype_probe.cpu_decoding_record(tmp_path)["cpu"] == dtype_probe.cpu_model()
+    assert measured == [1, 1]
+    assert json.loads(path.read_text())["version"] == dtype_probe.PROBE_VERSION
 
 
 def test_embedded_models_by_name(tiny_dir, tmp_path, monkeypatch):

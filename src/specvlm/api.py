@@ -329,8 +329,8 @@ def load(
     warning.
     draft None with a target folder: no draft head; generate(speculative=True) then decodes plainly.
     dtype: a torch dtype or its name ("float32", "bfloat16", "float16"); "auto" picks by the
-    device's capability (`auto_dtype`: bfloat16 on a CPU with native bf16, else float32);
-    None: float32.
+    device (`auto_dtype`: on a CPU bfloat16 where it is native and measured faster, else
+    float32); None: float32.
     assistant: instead of a draft head, a separate small model folder with the target's
     tokenizer (e.g. the embedded pair's `world-baseline`), drafting chains of `tree.depth`
     tokens re-synchronized every round (`specvlm.draft.separate`); concurrent_prefill: it reads
@@ -445,11 +445,17 @@ def native_bf16() -> bool:
 
 
 def auto_dtype(device: str = "cpu") -> torch.dtype:
-    """The dtype by capability: on the CPU bfloat16 where it is native, else float32; on a GPU
-    bfloat16 where supported, else float16."""
+    """The dtype by capability and speed: on a CPU without native bf16 float32; with it,
+    bfloat16 only where a probe measured it at least 10% faster than float32 for decoding
+    (`specvlm.dtype_probe`: once per machine, cached); on a GPU bfloat16 where supported, else
+    float16."""
     kind = torch.device(device).type
     if kind == "cpu":
-        return torch.bfloat16 if native_bf16() else torch.float32
+        if not native_bf16():
+            return torch.float32
+        from specvlm.dtype_probe import cpu_decoding_dtype
+
+        return cpu_decoding_dtype()
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32

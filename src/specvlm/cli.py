@@ -142,8 +142,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        help="float32 | bfloat16 | float16 | auto (bfloat16 on a CPU with native bf16, else "
-        "float32); default: float32",
+        help="float32 | bfloat16 | float16 | auto (on a CPU: bfloat16 where it is native and "
+        "a one-off probe measured it faster, else float32); default: float32",
     )
     p.add_argument(
         "--tree",

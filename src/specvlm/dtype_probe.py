@@ -1,0 +1,198 @@
+"""Which dtype decodes faster on this CPU, bfloat16 or float32: measured once, remembered.
+
+    from specvlm.dtype_probe import cpu_decoding_dtype
+    cpu_decoding_dtype()             # torch.float32 or torch.bfloat16 (cached per machine)
+
+`dtype="auto"` asks this on a CPU with native bf16 (AVX-512 BF16 or AMX). The capability alone
+does not decide the speed: on a 2-core AMD Zen 5 box the world-smol pair decoded faster in
+bfloat16 (2.59x over plain), on a 2-core Emerald Rapids Xeon (avx512_bf16, no AMX exposed) plain
+decoding ran at the same speed in both and tree verification and prefill were dearer in
+bfloat16 (docs/benchmarks.md, "The shipped pair: v9"). So a probe times what a decoding step
+spends most of its time on, the linears of the decoder layers, in both dtypes and with the
+kernels the engine uses for each (`layers.PackedLinear` for float32 where it packs, else
+PyTorch's matmul on the transposed layout; PyTorch's matmul for bfloat16): one row (a plain
+step) and 16 rows (a tree), through layers of width 1024 and MLP 2816 (51 MB of float32 weights
+each), as many distinct layers as make 1.5 times the CPU's last-level cache (at most
+`MAX_LAYERS`), so that the weights are read from memory, as a real target's are. The two
+dtypes take turns, pass by pass, and each keeps its fastest pass (other work on a shared
+machine only ever adds time). bfloat16 is chosen only where it takes at most `MARGIN` of
+float32's time: float32 is also the dtype whose speculative output is the plain path's bit for
+bit.
+
+The times are kept in `$SPECVLM_CACHE/dtype-probe/<key>.json` (default under ~/.cache/specvlm),
+the key a hash of the CPU's model name, its architecture, torch's version, the thread count and
+the float32 kernel (`SPECVLM_CPU_LINEAR`), and of `PROBE_VERSION`; the choice is made from the
+times when read, so the probe (a few seconds, ~1 GB of memory for a moment) runs once per
+machine. Delete the file to measure again. The thread count is the one when the probe runs: an
+engine loaded before `torch.set_num_threads` changes it keeps its dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from specvlm.layers import PackedLinear, wants_packed_linear
+
+PROBE_VERSION = 1  # bump when what is timed changes: older records are then measured again
+MARGIN = 0.9  # bfloat16 must take at most this share of float32's time
+WIDTH, MLP = 1024, 2816
+ROWS = (1, 16)  # a plain step, a tree of 16 tokens
+MAX_LAYERS = 10
+REPEATS = 8
+_lock = threading.Lock()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache's size (Linux sysfs: "266240K"), else 32 MiB."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best = 0
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip().upper()
+            best = max(best, int(text.rstrip("KMG")) * units.get(text[-1], 1))
+        except (OSError, ValueError, IndexError):
+            continue
+    return best or 32 << 20
+
+
+def probe_path(cache: str | Path | None = None) -> Path:
+    from specvlm.smol import cache_root
+
+    kernel = "packed" if wants_packed_linear("cpu", torch.float32) else "matmul"
+    what = f"v{PROBE_VERSION}|{cpu_model()}|{platform.machine()}|torch {torch.__version__}"
+    what += f"|{torch.get_num_threads()} threads|float32 {kernel}"
+    name = hashlib.sha256(what.encode()).hexdigest()[:16]
+    return cache_root(cache) / "dtype-probe" / f"{name}.json"
+
+
+# (out, in) of a layer's four matmuls: fused q/k/v, o, fused gate/up, down
+SHAPES = ((3 * WIDTH, WIDTH), (WIDTH, WIDTH), (2 * MLP, WIDTH), (WIDTH, MLP))
+
+
+def n_layers() -> int:
+    """How many distinct layers the probe cycles through: 1.5x the last-level cache in float32."""
+    layer = 4 * sum(o * i for o, i in SHAPES)
+    return max(2, min(MAX_LAYERS, math.ceil(1.5 * last_level_cache_bytes() / layer)))
+
+
+def _layers(dtype: torch.dtype, n: int) -> list[list]:
+    """n layers' four matmuls (fused q/k/v, o, fused gate/up, down) as callables on (M, in)
+    inputs, with the kernels the engine picks for `dtype`."""
+    g = torch.Generator().manual_seed(0)
+    packed = wants_packed_linear("cpu", dtype)
+    layers = []
+    for _ in range(n):
+        fns = []
+        for o, i in SHAPES:
+            w = (torch.rand(o, i, generator=g) * 2 - 1).mul_(i**-0.5).to(dtype)  # (out, in)
+            if packed:
+                fns.append(PackedLinear(w, None))
+            else:
+                if dtype == torch.float32:  # the engine's fast layout: W^T contiguous
+                    w = w.t().contiguous().t()
+                fns.append(functools.partial(torch.nn.functional.linear, weight=w))
+        layers.append(fns)
+    return layers
+
+
+def _pass(layers: list[list], inputs: dict[int, torch.Tensor]) -> float:
+    """Seconds of one pass through every layer's matmuls."""
+    t0 = time.perf_counter()
+    for fns in layers:
+        for f, (_, i) in zip(fns, SHAPES, strict=True):
+            f(inputs[i])
+    return time.perf_counter() - t0
+
+
+def measure(repeats: int = REPEATS) -> dict:
+    """Seconds per layer, per dtype and row count: the fastest of `repeats` passes after one
+    warm-up pass, the dtypes taking turns."""
+    n = n_layers()
+    dtypes = (torch.float32, torch.bfloat16)
+    layers = {d: _layers(d, n) for d in dtypes}
+    g = torch.Generator().manual_seed(1)
+    best: dict[tuple, float] = {}
+    with torch.inference_mode():
+        for rows in ROWS:
+            inputs = {i: torch.randn(rows, i, generator=g) for _, i in SHAPES}
+            typed = {d: {i: x.to(d) for i, x in inputs.items()} for d in dtypes}
+            for k in range(repeats + 1):
+                for d in dtypes:
+                    t = _pass(layers[d], typed[d]) / n
+                    if k > 0:
+                        best[d, rows] = min(best.get((d, rows), float("inf")), t)
+    return {
+        "seconds_per_layer": {
+            str(d).removeprefix("torch."): {str(r): best[d, r] for r in ROWS} for d in dtypes
+        },
+        "layers": n,
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "version": PROBE_VERSION,
+    }
+
+
+def choose(record: dict) -> str:
+    """ "bfloat16" where its times (summed over the row counts) are at most MARGIN of float32's."""
+    total = {d: sum(t.values()) for d, t in record["seconds_per_layer"].items()}
+    return "bfloat16" if total["bfloat16"] <= MARGIN * total["float32"] else "float32"
+
+
+@functools.cache
+def _record(path: Path) -> dict:
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            choose(record)
+            return record
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again and overwrite it
+    print("specvlm: timing float32 and bfloat16 on this CPU once (dtype='auto')", file=sys.stderr)
+    record = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the times hold for this process only
+    return record
+
+
+def cpu_decoding_record(cache: str | Path | None = None) -> dict:
+    """The probe's record (seconds per layer, per dtype and row count), with "dtype": the
+    choice its times make and "bf16_share": bfloat16's time over float32's."""
+    with _lock:  # one measurement per process, whichever thread asks first
+        record = dict(_record(probe_path(cache)))
+    total = {d: sum(t.values()) for d, t in record["seconds_per_layer"].items()}
+    return record | {"dtype": choose(record), "bf16_share": total["bfloat16"] / total["float32"]}
+
+
+def cpu_decoding_dtype(cache: str | Path | None = None) -> torch.dtype:
+    """bfloat16 if it runs decoding's linears at least 10% faster than float32 on this CPU
+    (measured once per machine, then read from the cache), else float32."""
+    dtype = cpu_decoding_record(cache)["dtype"]
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
