@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from specvlm import smol
+from specvlm.errors import InputError
 from specvlm.world.grammar import option_letter
 from specvlm.world.language import ANSWERS_VERSION
 from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_delta
@@ -196,6 +198,91 @@ def test_multiple_choice_weighting_is_recorded_and_kept_on_resume(trained, tiny)
         train_smol_target(out, "smol-tiny", steps=3, resume=True, letter_weight=2.0, **args)
 
 
+def test_band_words_continue_a_delta_trained_without_them(trained, tiny, capsys):
+    """--band-words from a delta whose recipe predates the setting: the run says the setting
+    differs (the old delta had the default, off), its data's alignment targets carry the band
+    slots (N_PATCH_SLOTS + BAND_SLOTS), it trains and records the setting."""
+    from specvlm.world.train_target.patches import N_PATCH_SLOTS
+    from specvlm.world.train_target.smol import BAND_SLOTS
+
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    old = tiny["root"] / "old-delta"
+    shutil.copytree(trained["out"] / "delta", old)
+    config = json.loads((old / smol.DELTA_CONFIG).read_text())
+    del config["recipe"]["band_words"]  # as a delta written before band_words existed
+    (old / smol.DELTA_CONFIG).write_text(json.dumps(config))
+    out = tiny["root"] / "bands"
+    capsys.readouterr()
+    r = train_smol_target(out, "smol-tiny", steps=2, init=old, band_words=True, **args)
+    assert "other settings of band_words ({'band_words': False})" in capsys.readouterr().err
+    assert r["steps"] == 2 and np.isfinite(r["losses"]).all()
+    data = torch.load(next(out.glob("data-smol-*.pt")))
+    assert data["patch_words"].shape[-1] == N_PATCH_SLOTS + BAND_SLOTS
+    assert (data["patch_words"][..., N_PATCH_SLOTS:] > 0).any()
+    recipe = json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())["recipe"]
+    assert recipe["band_words"] is True
+
+
+def test_text_kl_trains_the_text_rows_towards_the_base(trained, tiny):
+    """--text-kl: the KL term is computed on the batches with a text-only row (logged in the
+    state), finite and positive once the adapters have moved the model off the base."""
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    out = tiny["root"] / "text-kl"
+    r = train_smol_target(
+        out, "smol-tiny", steps=6, init=trained["out"] / "delta", text_kl=1.0, **args
+    )
+    state = torch.load(out / "stage2.pt", weights_only=False)  # its state at the top level
+    kls = state.get("text_kl_losses", [])
+    assert r["steps"] == 6 and kls and all(np.isfinite(kls)) and max(kls) > 0
+    recipe = json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())["recipe"]
+    assert recipe["text_kl"] == 1.0
+
+
+def test_answer_kl_and_adapters_off():
+    """answer_kl: 0 where the model is the teacher, positive elsewhere, only labelled positions
+    count; adapters_off: a LoRA-wrapped model computes the base model inside the block."""
+    from specvlm.world.train_target.lora import adapters_off
+    from specvlm.world.train_target.losses import IGNORE, answer_kl
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    labels = torch.full((2, 5), IGNORE)
+    assert answer_kl(a, b, labels).item() == 0.0  # nothing labelled
+    labels[0, 3] = 1  # scored at position 2 (it predicts token 3)
+    assert answer_kl(a, a, labels).abs().item() < 1e-6
+    kl = answer_kl(a, b, labels)
+    b2 = b.clone()
+    b2[1] = 0.0  # an unlabelled row changes nothing
+    b2[0, 4] = 0.0  # nor does an unscored position
+    assert kl.item() > 0 and torch.equal(answer_kl(a, b2, labels), kl)
+    p, q = b[0, 2].softmax(-1), a[0, 2].softmax(-1)
+    torch.testing.assert_close(kl, (p * (p.log() - q.log())).sum())
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.tensor([[1, 5, 9, 3]])
+    base = model(input_ids=ids).logits
+
+    class Wrapper(torch.nn.Module):  # add_lora reads model.model.language_model.layers
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.language_model = model.model
+
+    adapters = add_lora(Wrapper(), rank=2, alpha=4.0, seed=0)
+    with torch.no_grad():
+        for p_ in adapters.parameters():
+            p_.add_(0.5)  # B is zero at first: move it so the adapters change the output
+    assert not torch.allclose(model(input_ids=ids).logits, base)
+    with adapters_off(model):
+        torch.testing.assert_close(model(input_ids=ids).logits, base)
+    assert not torch.allclose(model(input_ids=ids).logits, base)  # scales back
+
+
 def test_the_assistant_is_the_targets_first_layers_fine_tuned(trained, tiny):
     """--config smol-assistant: the target cut to its first layer; that layer, the final norm
     and the projector are trained (the loss goes down), the embeddings / LM head and the vision
@@ -301,6 +388,20 @@ def test_patch_words_name_objects_by_smollm2_tokens(tiny):
     assert smol_patch_words(middle, 8, tok, True)[4 * 8 + 4, 3:].tolist() == [first("center"), 0]
     edge = Scene(objects=(SceneObject("star", "blue", "small", 0.1, 0.5, 0),))  # "left"
     assert smol_patch_words(edge, 8, tok, True)[4 * 8 + 0, 3:].tolist() == [0, first("left")]
+    # v10: the bands along x and y in the band answers' words, after the region
+    words = smol_patch_words(scene, 8, tok, region_words=True, band_words=True)  # (64, 9)
+    assert words.shape == (64, 9)
+    assert words[1 * 8 + 1, 3:5].tolist() == [first("top"), first("left")]  # x = y = 0.2
+    assert words[1 * 8 + 1, 5:].tolist() == [
+        first(w) for w in ("left", "centre", "above", "centre")
+    ]
+    assert words[7 * 8 + 7, 5:].tolist() == [first(w) for w in ("far", "right", "very", "bottom")]
+    assert smol_patch_words(middle, 8, tok, True, True)[4 * 8 + 4, 5:].tolist() == [
+        first(w) for w in ("halfway", "across", "halfway", "down")
+    ]
+    assert int((words.sum(1) > 0).sum()) == 2
+    with pytest.raises(InputError, match="band_words needs region_words"):
+        smol_patch_words(scene, 8, tok, region_words=False, band_words=True)
 
 
 def test_region_words_add_their_embeddings_to_the_alignment_target():

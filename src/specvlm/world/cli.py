@@ -12,6 +12,7 @@
                                [--clips N] [--seed S] [--reads events|frame|text]
                                [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
                                [--mc-repeats N] [--letter-weight W] [--reasoning-repeats N]
+                               [--band-words] [--text-kl W]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -141,6 +142,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="--config smol: reasoning records this many times per epoch (default 1)",
+    )
+    train.add_argument(
+        "--band-words",
+        action="store_true",
+        help="--config smol: the alignment target also names each object's band along each "
+        "axis in the band answers' words (' far left', ' above centre', ...)",
+    )
+    train.add_argument(
+        "--text-kl",
+        type=float,
+        default=None,
+        help="--config smol: on the text-only rows, add this times the KL divergence from "
+        "SmolLM2 itself (the model with its adapters off) over their answers (default 0: off)",
     )
     train.add_argument(
         "--letter-weight",
@@ -360,6 +374,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         ("--mc-repeats", args.mc_repeats),
         ("--reasoning-repeats", args.reasoning_repeats),
         ("--letter-weight", args.letter_weight),
+        ("--band-words", args.band_words or None),
+        ("--text-kl", args.text_kl),
     )
     for flag, value in smol_only:
         if value is not None and args.config != "smol":
@@ -367,6 +383,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     for flag, value in smol_only[:2]:
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
+    if args.text_kl is not None and not args.text_kl >= 0:
+        raise InputError(f"--text-kl must be 0 or more, got {args.text_kl}")
     if args.letter_weight is not None and not args.letter_weight > 0:
         raise InputError(f"--letter-weight must be positive, got {args.letter_weight}")
     if args.layers is not None and args.config != "smol-assistant":
@@ -393,6 +411,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["reasoning_repeats"] = args.reasoning_repeats
     if args.letter_weight is not None:
         extra["letter_weight"] = args.letter_weight
+    if args.band_words:
+        extra["band_words"] = True
+    if args.text_kl is not None:
+        extra["text_kl"] = args.text_kl
     if args.seed is not None:
         extra["seed"] = args.seed
     if args.reads is not None:

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from specvlm.world.train_target.config import TargetTrainConfig
 from specvlm.world.train_target.data import batch_order, cached_data, collate
+from specvlm.world.train_target.lora import adapters_off
 from specvlm.world.train_target.losses import (
     PatchHeads,
     align_loss,
+    answer_kl,
     pointer_loss,
     weighted_answer_loss,
 )
@@ -143,10 +145,10 @@ class Budget:
 
 def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int | None) -> dict:
     """One optimizer step of stage 2 on `batch`: answer loss plus the weighted auxiliary losses.
-    Returns the losses as floats ("pointer", "align", "motion" and "motion_acc" None when not
-    computed)."""
+    Returns the losses as floats ("pointer", "align", "text_kl", "motion" and "motion_acc" None
+    when not computed)."""
     cfg, model = run.cfg, run.model
-    point = align = motion = motion_acc = None
+    point = align = motion = motion_acc = kl = None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         # Right padding under a causal mask: real tokens never see the pads, so no padding
         # mask is passed (it would force a slow attention path); pads carry no loss.
@@ -172,6 +174,13 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
                 getattr(cfg, "region_words", False),  # the smol recipe's words for the region
             )
             loss = loss + cfg.align_weight * align
+        if getattr(cfg, "text_kl", 0.0) > 0:  # the smol recipe's: text rows stay the base's
+            text = ~(batch["input_ids"] == blank_id).any(1)  # (B,) rows without an image
+            if bool(text.any()):
+                with torch.no_grad(), adapters_off(model):
+                    base = model(input_ids=batch["input_ids"][text], use_cache=False).logits
+                kl = answer_kl(logits[text], base, batch["labels"][text])
+                loss = loss + cfg.text_kl * kl
         if getattr(cfg, "motion_weight", 0.0) > 0:  # the video recipe's (outs[4]: its states)
             motion, motion_acc = run.trained["motion_head"](outs[4], batch["motion"])
             loss = loss + cfg.motion_weight * motion
@@ -184,6 +193,7 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
         "pointer": None if point is None else point.item(),
         "align": None if align is None else align.item(),
         "motion": None if motion is None else motion.item(),
+        "text_kl": None if kl is None else kl.item(),
         "motion_acc": None if motion_acc is None or motion_acc.isnan() else motion_acc.item(),
     }
 
@@ -209,6 +219,7 @@ class Meter:
         """The periodic stderr line; starts a new tokens-per-second window."""
         extra = "" if "align" not in self.ema else f" align {self.ema['align']:.4f}"
         extra += "" if "pointer" not in self.ema else f" pointer {self.ema['pointer']:.4f}"
+        extra += "" if "text_kl" not in self.ema else f" text_kl {self.ema['text_kl']:.4f}"
         if "motion" in self.ema:
             extra += f" motion {self.ema['motion']:.4f} acc {self.ema.get('motion_acc', 0):.3f}"
         line = (
@@ -229,6 +240,8 @@ def _record_step(state: dict, losses: dict, n_tok: int, elapsed: float) -> None:
         state["pointer_losses"].append(losses["pointer"])
     if losses.get("motion") is not None:
         state.setdefault("motion_losses", []).append(losses["motion"])
+    if losses.get("text_kl") is not None:  # batches with a text-only row only
+        state.setdefault("text_kl_losses", []).append(losses["text_kl"])
 
 
 def record_repeats(families: list[str], cfg) -> np.ndarray:

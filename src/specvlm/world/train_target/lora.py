@@ -13,7 +13,9 @@ starts at zero, so a fresh adapter leaves the model unchanged. `apply_delta` mer
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -99,6 +101,21 @@ def apply_delta(model, tensors: dict[str, torch.Tensor], scale: float) -> None:
     unknown = [k for k in tensors if not k.startswith((PROJECTOR, LORA))]
     if unknown:
         raise ValueError(f"unknown delta tensors, e.g. {unknown[0]!r}")
+
+
+@contextlib.contextmanager
+def adapters_off(model) -> Iterator[None]:
+    """Within the block every LoRALinear of `model` computes its frozen linear alone: the base
+    model (e.g. the teacher of the text rows' KL term); the scales come back afterwards."""
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    scales = [m.scale for m in wrapped]
+    for m in wrapped:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(wrapped, scales, strict=True):
+            m.scale = s
 
 
 def round_to_fp16(module: torch.nn.Module) -> None:

@@ -48,6 +48,18 @@ def weighted_answer_loss(
     return (ce * weights[:, 1:].reshape(-1)).sum() / n, plain
 
 
+def answer_kl(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || model) at the labelled positions, averaged over them: logits and teacher
+    (B, T, V), labels (B, T) with IGNORE where no token is scored (position t predicts t+1,
+    as in `weighted_answer_loss`); 0 (with a graph) where none is."""
+    scored = labels[:, 1:] != IGNORE  # (B, T-1)
+    if not bool(scored.any()):
+        return logits.sum() * 0.0
+    log_q = F.log_softmax(logits[:, :-1][scored].float(), -1)  # (n, V) the model
+    log_p = F.log_softmax(teacher[:, :-1][scored].float(), -1)  # (n, V) the teacher
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
 class PatchHeads(torch.nn.Module):
     """Linear classifiers over the vision features the projector reads (training only)."""
 
@@ -116,10 +128,12 @@ def word_targets(
     """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
     token ids only; W = N_PATCH_SLOTS: the region too; 0 = none) -> (targets (B, P, d): the
     summed (detached) embeddings of each patch's words, plus the region: `region_scale` times
-    their mean norm along each of its region codes, or with `region_words` (the slots then hold
-    the token ids of words like " top" / " left") `region_scale` times those words' summed
-    embeddings; or, where a patch has no words and `blank_id` is given, that token's embedding
-    row (else zeros); named (B, P) bool: the patch has words)."""
+    their mean norm along each of its region codes, or with `region_words` (every slot after
+    the N_PATCH_WORDS then holds the token id of a place word: the region's " top" / " left",
+    and with the smol recipe's band words four more, " far" " left" " above" " centre")
+    `region_scale` times those words' summed embeddings (a word in both, such as " left",
+    counts twice); or, where a patch has no words and `blank_id` is given, that token's
+    embedding row (else zeros); named (B, P) bool: the patch has words)."""
     E = embed.weight.detach()
     ids = words[..., :N_PATCH_WORDS]  # (B, P, w)
     has = ids > 0
@@ -127,7 +141,7 @@ def word_targets(
     target = vecs.sum(2)  # (B, P, d)
     named = has.any(-1)  # (B, P)
     if words.shape[-1] > N_PATCH_WORDS and region_words:
-        rid = words[..., N_PATCH_WORDS:]  # (B, P, 2) token ids, 0 = none
+        rid = words[..., N_PATCH_WORDS:]  # (B, P, 2 or 2 + 4) token ids, 0 = none
         target = target + region_scale * (E[rid] * (rid > 0)[..., None]).sum(2)
     elif words.shape[-1] > N_PATCH_WORDS:
         table = region_codes(E.shape[-1]).to(E.device, E.dtype)  # (1 + N_REGION_CODES, d)

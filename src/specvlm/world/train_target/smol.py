@@ -13,7 +13,9 @@ part of the budget): the projector alone, on the alignment loss only (`losses.al
 the world recipe's): its output at the patch holding an object's centre is pulled towards the
 sum of SmolLM2's embeddings of the words naming it (" red", " star", " small"; a word of two
 tokens by its first) plus its region in SmolLM2's words (" top", " left"; `region_words`, v3: v2
-used two fixed codes, which the frozen LM never learned to read), and at every other patch towards the
+used two fixed codes, which the frozen LM never learned to read) and, with `band_words` (v10),
+its band along each axis in the band answers' words (" far" + " left", " above" + " centre"),
+and at every other patch towards the
 `<image>` embedding. No LM forward is needed: the frozen tower's features are computed once.
 Without it the LM barely read the image: a run on the answer loss alone (v1: stage 1 the
 projector on the answer loss, 1,200 steps in 104 minutes) answered 47.6% of closed test
@@ -57,6 +59,7 @@ from specvlm.errors import InputError
 from specvlm.hf_quiet import quiet_transformers
 from specvlm.world.grammar import option_letter_at
 from specvlm.world.language import ANSWERS_VERSION, FAMILIES, make_drill, make_record
+from specvlm.world.qa_image import AXIS_BANDS, band
 from specvlm.world.scenes import Scene, render
 from specvlm.world.splits import world_sample
 from specvlm.world.train_target.data import encode_record
@@ -104,6 +107,15 @@ class SmolTrainConfig:
     # the region as SmolLM2's own words (" top", " left", " center", ...) instead of fixed codes
     # that mean nothing to the frozen LM (v2 read position at 24%)
     region_words: bool = True
+    # (v10) the object's band along each axis too, in the band answers' own words (" far" +
+    # " left", " above" + " centre", ...: `qa_image.AXIS_BANDS`), at `region_scale`: the
+    # comparisons of places ("furthest to the left", "to the right of") read fifths, not thirds
+    band_words: bool = False
+    # > 0: on the text-only rows, add this times KL(SmolLM2 || the model) over their answer
+    # tokens, SmolLM2 being the same model with its adapters off: the whole distribution of
+    # the base kept, not only its greedy answer (v2-v10 kept only the latter, and lost some of
+    # SmolLM2's held-out answers)
+    text_kl: float = 0.0
     lr: float = 2e-4  # stage 2
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
@@ -278,16 +290,47 @@ ROW_WORDS = ("top", None, "bottom")  # the grammar's regions: "top left", "left"
 COLUMN_WORDS = ("left", None, "right")
 
 
-def smol_patch_words(scene: Scene, grid: int, tokenizer, region_words: bool = False) -> np.ndarray:
+BAND_SLOTS = 4  # two words for the column's band, two for the row's
+
+
+def band_word_ids(tokenizer) -> dict[str, list[list[int]]]:
+    """axis -> per band (0-4) the SmolLM2 ids of the content words of its phrase in
+    `qa_image.AXIS_BANDS` ("at the far left" -> " far", " left"; "left of centre" -> " left",
+    " centre"), each word by its first token."""
+    skip = {"at", "the", "of"}
+    out = {
+        axis: [
+            [tokenizer.encode(" " + w, add_special_tokens=False)[0]
+             for w in phrase.split() if w not in skip]
+            for phrase in phrases
+        ]
+        for axis, phrases in AXIS_BANDS.items()
+    }  # fmt: skip
+    if any(len(ids) != BAND_SLOTS // 2 for bands in out.values() for ids in bands):
+        raise ValueError(
+            f"each band phrase must have {BAND_SLOTS // 2} content words: {AXIS_BANDS}"
+        )
+    return out
+
+
+def smol_patch_words(
+    scene: Scene, grid: int, tokenizer, region_words: bool = False, band_words: bool = False
+) -> np.ndarray:
     """(grid * grid, N_PATCH_SLOTS) `patches.patch_words` in SmolLM2's ids: a word of several
     tokens (" hexagon" is " hex" + "agon") is named by its first token. `region_words`: the last
     two slots hold the ids of the region's words as the grammar says them (row " top" / " bottom",
-    column " left" / " right", the middle " center"; 0 for none) instead of region codes."""
+    column " left" / " right", the middle " center"; 0 for none) instead of region codes.
+    `band_words` (needs `region_words`): BAND_SLOTS more slots (N_PATCH_SLOTS + BAND_SLOTS in
+    all) hold the words of the object's column band and row band (`band_word_ids`)."""
+    if band_words and not region_words:
+        raise InputError("band_words needs region_words (both name places by SmolLM2's words)")
 
     def tid(word: str) -> int:
         return tokenizer.encode(" " + word, add_special_tokens=False)[0]
 
-    out = np.zeros((grid, grid, N_PATCH_SLOTS), dtype=np.int32)
+    bands = band_word_ids(tokenizer) if band_words else {}
+    width = N_PATCH_SLOTS + BAND_SLOTS * band_words
+    out = np.zeros((grid, grid, width), dtype=np.int32)
     for r, c, o in centre_patches(scene, grid):
         slots = object_slots(o, tid)
         if region_words:
@@ -296,8 +339,10 @@ def smol_patch_words(scene: Scene, grid: int, tokenizer, region_words: bool = Fa
             if names == [None, None]:
                 names = ["center", None]
             slots[-2:] = [0 if w is None else tid(w) for w in names]
+        if band_words:
+            slots += bands["x"][band(o.x)] + bands["y"][band(o.y)]
         out[r, c] = slots
-    return out.reshape(grid * grid, N_PATCH_SLOTS)
+    return out.reshape(grid * grid, width)
 
 
 def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = True) -> dict:
@@ -310,13 +355,14 @@ def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = Tru
         raise InputError(
             f"{cfg.image_size} px makes {grid * grid} patches, not {cfg.n_image_tokens}"
         )
-    words = np.zeros((cfg.n_scenes, grid * grid, N_PATCH_SLOTS), dtype=np.int32)
+    width = N_PATCH_SLOTS + BAND_SLOTS * cfg.band_words
+    words = np.zeros((cfg.n_scenes, grid * grid, width), dtype=np.int32)
     ids, masks, scene, family = [], [], [], []
     for i in tqdm(range(cfg.n_scenes), desc="world data", disable=not progress, mininterval=5):
         sample = world_sample("train", i, "image")
         assert isinstance(sample, Scene)
         images[i] = np.asarray(render(sample, cfg.image_size))
-        words[i] = smol_patch_words(sample, grid, tokenizer, cfg.region_words)
+        words[i] = smol_patch_words(sample, grid, tokenizer, cfg.region_words, cfg.band_words)
         records = [make_record("train", i, f) for f in FAMILIES]
         if cfg.drill_turns > 0:
             records.append(make_drill("train", i, cfg.drill_turns))
@@ -344,7 +390,7 @@ def build_smol_data(cfg: SmolTrainConfig, model, tokenizer, progress: bool = Tru
     return {
         "images": torch.from_numpy(images),  # (N, H, W, 3) uint8
         "patches": torch.zeros((n, 1, 1), dtype=torch.int8),  # no patch-label loss here
-        "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_SLOTS) int32
+        "patch_words": torch.from_numpy(words),  # (N, P, N_PATCH_SLOTS [+ BAND_SLOTS]) int32
         "family": family,
         "ids": ids,
         "masks": masks,
@@ -381,7 +427,7 @@ def cached_smol_data(
     """`build_smol_data`, kept in `out/data-smol-*.pt` under a name that changes with the data's
     settings and the base model folder (its name holds its source's hash)."""
     keys = ("n_scenes", "drill_turns", "text_share", "text_prompts", "text_tokens", "image_size")
-    keys += ("region_words",)
+    keys += ("region_words",) + ("band_words",) * cfg.band_words  # old runs' names unchanged
     what = {k: getattr(cfg, k) for k in keys} | {"base": base.name, "prompts": TEXT_PROMPTS}
     key = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     path = out / f"data-smol-v3-a{ANSWERS_VERSION}-{cfg.n_scenes}-{key}.pt"
@@ -563,6 +609,10 @@ def train_smol_target(
     return result
 
 
+ALIGN_SETTINGS = ("region_words", "band_words", "region_scale", "align_weight")
+BEFORE_IT_EXISTED = {"band_words": False}  # what a recipe without the setting was trained with
+
+
 def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
     """A trained delta to start from (`--init`): its tensors (float32) and how it was trained;
     InputError unless it fits this run's adapters and base model."""
@@ -582,11 +632,13 @@ def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
             f"seed is part of the base: it has seed {config.get('seed')}, this run {cfg.seed})"
         )
     recipe = config.get("recipe", {})  # deltas before 2026-12-03 did not record it
-    keys = [k for k in ("region_words", "region_scale", "align_weight") if k in recipe]
-    differ = [k for k in keys if recipe[k] != getattr(cfg, k)]
+    # a setting added after the delta was trained was off then
+    theirs = {k: recipe.get(k, BEFORE_IT_EXISTED.get(k)) for k in ALIGN_SETTINGS} if recipe else {}
+    theirs = {k: v for k, v in theirs.items() if v is not None}
+    differ = [k for k in theirs if theirs[k] != getattr(cfg, k)]
     if differ:
         print(f"--init {folder}: trained with other settings of {', '.join(differ)} "
-              f"({ {k: recipe.get(k) for k in differ} }) than this run", file=sys.stderr)  # fmt: skip
+              f"({ {k: theirs[k] for k in differ} }) than this run", file=sys.stderr)  # fmt: skip
     tensors = {k: v.float() for k, v in load_file(str(folder / DELTA_WEIGHTS)).items()}
     lineage = config.get("trained", {}) | {
         "folder": str(folder.resolve()), "sha256": sha256_file(folder / DELTA_WEIGHTS),
