@@ -27,6 +27,7 @@ from specvlm.world.train_target.smol import (
     mc_letter_positions,
     smol_patch_words,
     train_smol_target,
+    verdict_weights,
 )
 from tests.test_smol import write_tiny_gguf
 
@@ -184,6 +185,45 @@ def test_the_letter_weight_finds_each_multiple_choice_letter(trained, tiny):
         assert option_letter(answer) == letter
 
 
+def test_the_verdict_weight_covers_each_answers_words_after_its_last_so(trained, tiny):
+    """The run's cached data: in every answer that says ", so ", exactly the tokens from the
+    word after its last ", so " to the answer's end are weighted (a multiturn row's answers each
+    on their own); answers without one, and the text rows, are not."""
+    from transformers import AutoTokenizer
+
+    data = torch.load(next(trained["out"].glob("data-smol-*.pt")))
+    tokenizer = AutoTokenizer.from_pretrained(smol.world_smol_folder(tiny["gguf"], tiny["cache"]))
+    weights = verdict_weights(data, tokenizer, 3.0)
+    assert len(weights) == len(data["ids"])
+    seen = {"weighted": 0, "plain": 0, "multi": 0}
+    for k, w in enumerate(weights):
+        mask = data["masks"][k].numpy().astype(bool)
+        ids = data["ids"][k].tolist()
+        if data["family"][k] == "text":
+            assert w is None
+            continue
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+        runs = list(zip(edges[0::2], edges[1::2], strict=True))
+        seen["multi"] += len(runs) > 1 and w is not None
+        want = torch.ones(len(ids))
+        for start, end in runs:
+            answer = tokenizer.decode(ids[start:end])
+            if ", so " not in answer:
+                seen["plain"] += 1
+                continue
+            verdict = answer[answer.rindex(", so ") + len(", so ") :]
+            j = next(j for j in range(start, end) if verdict in tokenizer.decode(ids[j:end]) and
+                     verdict not in tokenizer.decode(ids[j + 1 : end]))  # fmt: skip
+            assert tokenizer.decode(ids[j:end]).strip() == verdict.strip()
+            want[j:end] = 3.0
+            seen["weighted"] += 1
+        if w is None:
+            assert torch.equal(want, torch.ones(len(ids)))
+        else:
+            assert torch.equal(w, want), k
+    assert seen["weighted"] and seen["plain"] and seen["multi"], seen
+
+
 def test_multiple_choice_weighting_is_recorded_and_kept_on_resume(trained, tiny):
     from specvlm.errors import InputError
 
@@ -196,6 +236,16 @@ def test_multiple_choice_weighting_is_recorded_and_kept_on_resume(trained, tiny)
     assert recipe["mc_repeats"] == 3 and recipe["letter_weight"] == 4.0
     with pytest.raises(InputError):  # another weighting than the checkpoint's
         train_smol_target(out, "smol-tiny", steps=3, resume=True, letter_weight=2.0, **args)
+    with pytest.raises(InputError):
+        train_smol_target(out, "smol-tiny", steps=3, resume=True, verdict_weight=2.0, **args)
+    out = tiny["root"] / "verdicts"
+    r = train_smol_target(out, "smol-tiny", steps=2, init=trained["out"] / "delta",
+                          verdict_weight=3.0, **args)  # fmt: skip
+    assert r["steps"] == 2 and np.isfinite(r["losses"]).all()
+    assert (
+        json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())["recipe"]["verdict_weight"]
+        == 3.0
+    )
 
 
 def test_band_words_continue_a_delta_trained_without_them(trained, tiny, capsys):

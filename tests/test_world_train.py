@@ -525,6 +525,32 @@ def test_collate_puts_the_key_weight_at_the_key_token():
         assert int(b["labels"][0, 4 + int(extra)]) == 8
 
 
+def test_collate_multiplies_in_each_rows_token_weights():
+    ids = torch.tensor([1, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x2 q a a </s>
+    mask = torch.tensor([0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    data = {
+        "ids": [ids, ids],
+        "masks": [mask, mask],
+        "scene": torch.tensor([0, 0]),
+        "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+        "patches": torch.zeros(1, 6, 4, dtype=torch.int8),
+        "patch_words": torch.zeros(1, 4, 5, dtype=torch.int16),
+        "token_weights": [None, torch.tensor([1, 1, 1, 1, 1, 3.0, 3.0])],
+        "key_pos": torch.tensor([-1, 4]),
+        "key_weight": 2.0,
+    }
+    for extra in (False, True):
+        b = tt.collate(data, np.array([0, 1]), 0, 1, np.array([extra, extra]))
+        want = torch.ones_like(b["weights"])
+        want[1, 4 + int(extra)] = 2.0  # the key token
+        want[1, 5 + int(extra) : 7 + int(extra)] = 3.0  # the row's weighted tokens
+        assert torch.equal(b["weights"], want)
+    b = tt.collate(data, np.array([1, 0]), 0, 1, None)  # weights follow the row, not the slot
+    assert b["weights"][0, 5] == 3.0 and torch.equal(
+        b["weights"][1], torch.ones(b["weights"].shape[1])
+    )
+
+
 def test_record_repeats_by_family():
     from specvlm.world.train_target.smol import SMOL_CONFIGS
 
@@ -582,6 +608,8 @@ def test_tiny_run_learns_to_point(run):
         ),
         (["--config", "smol", "--letter-weight", "0"], "--letter-weight must be positive"),
         (["--config", "smol-assistant", "--letter-weight", "2"], "--letter-weight applies to"),
+        (["--config", "smol", "--verdict-weight", "-2"], "--verdict-weight must be positive"),
+        (["--config", "video", "--verdict-weight", "2"], "--verdict-weight applies to"),
         (["--config", "video", "--band-words"], "--band-words applies to --config smol"),
         (["--config", "smol-assistant", "--text-kl", "1"], "--text-kl applies to --config smol"),
         (["--config", "smol", "--text-kl", "-1"], "--text-kl must be 0 or more"),

@@ -164,6 +164,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "loss (default 1)",
     )
     train.add_argument(
+        "--verdict-weight",
+        type=float,
+        default=None,
+        help="--config smol: weight of each answer's verdict (its words after the last ', so ') "
+        "in the answer loss (default 1)",
+    )
+    train.add_argument(
         "--lr",
         type=float,
         default=None,
@@ -374,6 +381,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         ("--mc-repeats", args.mc_repeats),
         ("--reasoning-repeats", args.reasoning_repeats),
         ("--letter-weight", args.letter_weight),
+        ("--verdict-weight", args.verdict_weight),
         ("--band-words", args.band_words or None),
         ("--text-kl", args.text_kl),
     )
@@ -385,8 +393,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} must be at least 1, got {value}")
     if args.text_kl is not None and not args.text_kl >= 0:
         raise InputError(f"--text-kl must be 0 or more, got {args.text_kl}")
-    if args.letter_weight is not None and not args.letter_weight > 0:
-        raise InputError(f"--letter-weight must be positive, got {args.letter_weight}")
+    weights = (("--letter-weight", args.letter_weight), ("--verdict-weight", args.verdict_weight))
+    for flag, value in weights:
+        if value is not None and not value > 0:
+            raise InputError(f"{flag} must be positive, got {value}")
     if args.layers is not None and args.config != "smol-assistant":
         raise InputError("--layers applies to --config smol-assistant only")
     if args.layers is not None and args.layers < 1:
@@ -411,6 +421,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["reasoning_repeats"] = args.reasoning_repeats
     if args.letter_weight is not None:
         extra["letter_weight"] = args.letter_weight
+    if args.verdict_weight is not None:
+        extra["verdict_weight"] = args.verdict_weight
     if args.band_words:
         extra["band_words"] = True
     if args.text_kl is not None:

@@ -25,7 +25,8 @@ the projector, on the answer loss plus `align_weight` times the alignment loss, 
 record of the first `n_scenes` train scenes (all five
 families, plus one `drill_turns`-question drill per scene; multiple-choice records `mc_repeats`
 times, their option letter's loss weighted `letter_weight`; reasoning records
-`reasoning_repeats` times), mixed with `text_share` text-only
+`reasoning_repeats` times; every answer's verdict, after its last ", so ", weighted
+`verdict_weight`), mixed with `text_share` text-only
 rows: `text_prompts` general prompts (`TEXT_PROMPTS`) answered by SmolLM2 itself, greedily,
 in at most `text_tokens` tokens, once at data-build time; training on its own answers keeps
 its text-only behaviour. Batches, schedule, checkpoints and the log are the world recipe's
@@ -130,6 +131,10 @@ class SmolTrainConfig:
     mc_repeats: int = 1
     letter_weight: float = 1.0
     reasoning_repeats: int = 1  # reasoning records this many times per epoch (v7)
+    # every answer's verdict (its tokens after the last ", so ": "the pink star is closest to
+    # ...") weighted this much in the answer loss: v9 stated the right facts and then drew the
+    # wrong conclusion in 5 of its 14 wrong reasoning answers
+    verdict_weight: float = 1.0
     seed: int = 0  # the projector's initialisation (the base folder) and the adapters'
     bf16: bool = True
     compile: bool = False
@@ -421,6 +426,42 @@ def mc_letter_positions(data: dict, tokenizer) -> torch.Tensor:
     return out
 
 
+VERDICT_MARK = ", so "  # what comes before an answer's verdict (`qa_image`: facts first)
+
+
+def _char_ends(ids: list[int], tokenizer) -> list[int]:
+    """Per token of `ids`, the length of the text of `ids[: j + 1]` (each token decoded alone and
+    the lengths summed, checked against the whole decode; prefix decodes where they differ)."""
+    parts = [len(tokenizer.decode([t])) for t in ids]
+    ends = np.cumsum(parts).tolist()
+    if ids and ends[-1] != len(tokenizer.decode(ids)):
+        ends = [len(tokenizer.decode(ids[: j + 1])) for j in range(len(ids))]
+    return ends
+
+
+def verdict_weights(data: dict, tokenizer, weight: float) -> list[torch.Tensor | None]:
+    """Per row of `data`: (L,) answer-loss weights, `weight` on each answer's verdict (from the
+    token that holds the first character after the answer's last ", so " to the answer's end)
+    and 1 elsewhere; None where no answer of the row has a verdict, and for the text rows. A
+    row's answers are its runs of answer tokens (`masks`): a multiturn row has one per turn."""
+    out: list[torch.Tensor | None] = []
+    for k, family in enumerate(data["family"]):
+        mask = data["masks"][k].numpy().astype(np.int8)  # (L,)
+        w = torch.ones(len(mask))  # (L,)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))  # runs' [start, end)
+        for start, end in zip(edges[0::2], edges[1::2], strict=True):
+            ids = [int(t) for t in data["ids"][k][start:end]]
+            at = tokenizer.decode(ids).rfind(VERDICT_MARK)
+            if family == "text" or at < 0:
+                continue
+            first = at + len(VERDICT_MARK)  # the verdict's first character (its token may hold
+            # the space before it too: SmolLM2's " the")
+            j = next(j for j, e in enumerate(_char_ends(ids, tokenizer)) if e > first)
+            w[start + j : end] = weight
+        out.append(w if bool((w != 1).any()) else None)
+    return out
+
+
 def cached_smol_data(
     cfg: SmolTrainConfig, model, tokenizer, base: Path, out: Path, progress: bool = True
 ) -> dict:
@@ -546,6 +587,11 @@ def train_smol_target(
         n_mc = sum(f == "multiple_choice" for f in data["family"])
         print(f"smol: {found} of {n_mc} multiple-choice answers' letters weighted "
               f"{cfg.letter_weight:g}x", file=sys.stderr)  # fmt: skip
+    if cfg.verdict_weight != 1.0:
+        data["token_weights"] = verdict_weights(data, tokenizer, cfg.verdict_weight)
+        found = sum(w is not None for w in data["token_weights"])
+        print(f"smol: {found} of {len(data['ids'])} rows' verdicts weighted "
+              f"{cfg.verdict_weight:g}x", file=sys.stderr)  # fmt: skip
     model.requires_grad_(False)
     projector = model.model.multi_modal_projector
     projector.requires_grad_(True)
