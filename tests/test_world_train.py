@@ -504,10 +504,11 @@ def test_weighted_answer_loss_adds_the_key_tokens_extra_share():
     assert torch.allclose(tt.weighted_answer_loss(logits, labels, w)[0], plain)
 
 
-def test_collate_puts_the_key_weight_at_the_key_token():
-    ids = torch.tensor([1, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x2 q a a </s>
+def _two_rows() -> dict:
+    """Two identical rows for `collate`: <s> <image>x2 q a a </s>, the last three answer tokens."""
+    ids = torch.tensor([1, 3, 3, 7, 8, 9, 2], dtype=torch.int16)
     mask = torch.tensor([0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
-    data = {
+    return {
         "ids": [ids, ids],
         "masks": [mask, mask],
         "scene": torch.tensor([0, 0]),
@@ -515,6 +516,10 @@ def test_collate_puts_the_key_weight_at_the_key_token():
         "patches": torch.zeros(1, 6, 4, dtype=torch.int8),
         "patch_words": torch.zeros(1, 4, 5, dtype=torch.int16),
     }
+
+
+def test_collate_puts_the_key_weight_at_the_key_token():
+    data = _two_rows()
     assert "weights" not in tt.collate(data, np.array([0, 1]), 0, 1, None)
     data |= {"key_pos": torch.tensor([4, -1]), "key_weight": 6.0}
     for extra in (False, True):
@@ -526,15 +531,7 @@ def test_collate_puts_the_key_weight_at_the_key_token():
 
 
 def test_collate_multiplies_in_each_rows_token_weights():
-    ids = torch.tensor([1, 3, 3, 7, 8, 9, 2], dtype=torch.int16)  # <s> <image>x2 q a a </s>
-    mask = torch.tensor([0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
-    data = {
-        "ids": [ids, ids],
-        "masks": [mask, mask],
-        "scene": torch.tensor([0, 0]),
-        "images": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
-        "patches": torch.zeros(1, 6, 4, dtype=torch.int8),
-        "patch_words": torch.zeros(1, 4, 5, dtype=torch.int16),
+    data = _two_rows() | {
         "token_weights": [None, torch.tensor([1, 1, 1, 1, 1, 3.0, 3.0])],
         "key_pos": torch.tensor([-1, 4]),
         "key_weight": 2.0,
