@@ -24,6 +24,8 @@ from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_del
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
     TEXT_PROMPTS,
+    combine_weights,
+    letter_weights,
     mc_letter_positions,
     smol_patch_words,
     train_smol_target,
@@ -183,6 +185,22 @@ def test_the_letter_weight_finds_each_multiple_choice_letter(trained, tiny):
         end = int(np.flatnonzero(data["masks"][k].numpy())[-1]) + 1
         answer = tokenizer.decode(data["ids"][k][start:end].tolist())
         assert option_letter(answer) == letter
+    # as the run weights them: `weight` at the letter, 1 elsewhere; no weights for other rows
+    weights = letter_weights(data, tokenizer, 5.0)
+    for k, w in enumerate(weights):
+        if k not in mc or int(pos[k]) < 0:
+            assert w is None
+        else:
+            want = torch.ones(len(data["ids"][k]))
+            want[int(pos[k])] = 5.0
+            assert torch.equal(w, want)
+
+
+def test_combine_weights_multiplies_the_rows_weights():
+    a, b = torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 3.0, 3.0])
+    got = combine_weights([None, a, None, a], [None, None, b, b])
+    assert got[0] is None and torch.equal(got[1], a) and torch.equal(got[2], b)
+    assert torch.equal(got[3], torch.tensor([1.0, 6.0, 3.0]))
 
 
 def test_the_verdict_weight_covers_each_answers_words_after_its_last_so(trained, tiny):

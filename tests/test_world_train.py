@@ -518,28 +518,23 @@ def _two_rows() -> dict:
     }
 
 
-def test_collate_puts_the_key_weight_at_the_key_token():
+def test_collate_puts_each_rows_token_weights_on_its_tokens():
     data = _two_rows()
     assert "weights" not in tt.collate(data, np.array([0, 1]), 0, 1, None)
-    data |= {"key_pos": torch.tensor([4, -1]), "key_weight": 6.0}
+    key = torch.ones(7)
+    key[4] = 6.0  # the first answer token
+    data["token_weights"] = [key, None]
     for extra in (False, True):
         b = tt.collate(data, np.array([0, 1]), 0, 1, np.array([extra, extra]))
         want = torch.ones_like(b["weights"])
         want[0, 4 + int(extra)] = 6.0  # the first answer token, after a second <s> if any
         assert torch.equal(b["weights"], want)
         assert int(b["labels"][0, 4 + int(extra)]) == 8
-
-
-def test_collate_multiplies_in_each_rows_token_weights():
-    data = _two_rows() | {
-        "token_weights": [None, torch.tensor([1, 1, 1, 1, 1, 3.0, 3.0])],
-        "key_pos": torch.tensor([-1, 4]),
-        "key_weight": 2.0,
-    }
+    data["token_weights"] = [None, torch.tensor([1, 1, 1, 1, 2.0, 3.0, 3.0])]
     for extra in (False, True):
         b = tt.collate(data, np.array([0, 1]), 0, 1, np.array([extra, extra]))
         want = torch.ones_like(b["weights"])
-        want[1, 4 + int(extra)] = 2.0  # the key token
+        want[1, 4 + int(extra)] = 2.0
         want[1, 5 + int(extra) : 7 + int(extra)] = 3.0  # the row's weighted tokens
         assert torch.equal(b["weights"], want)
     b = tt.collate(data, np.array([1, 0]), 0, 1, None)  # weights follow the row, not the slot

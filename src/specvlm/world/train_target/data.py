@@ -244,9 +244,8 @@ def collate(
     model is trained on both forms of its prompt (one <s>, or two as some hand-written pipelines
     give: a template that writes <s> and a tokenizer that adds one).
     "pointer" (with `image_id`, the <image> token id): see `answer_pointers`; all -1 without.
-    "weights" (B, T), only when the data has "key_pos" (N,) and "key_weight": the answer loss's
-    weight per token, `key_weight` at each row's key position (-1: none), 1 elsewhere; and
-    when the data has "token_weights" (N rows: (L,) float or None), times the row's weights.
+    "weights" (B, T), only when the data has "token_weights" (per row: (L,) float, or None for
+    all 1): the answer loss's weight per token, 1 in the padding.
     "motion" (B, F, P), only when the data has it (clips): each row's frames' motion labels."""
     seqs = [data["ids"][k].long() for k in idx]
     if extra_bos is not None:
@@ -259,8 +258,7 @@ def collate(
     # (B, T) the key position query t must attend to (-1: none): token t + 1's pointer, shifted
     # to the image tokens' place in the sequence, since query t predicts token t + 1
     pointer = torch.full((len(seqs), T), -1, dtype=torch.long)
-    weighted = "key_pos" in data or "token_weights" in data
-    weights = torch.ones((len(seqs), T)) if weighted else None  # (B, T)
+    weights = torch.ones((len(seqs), T)) if "token_weights" in data else None  # (B, T)
     for b, k in enumerate(idx):
         n = len(seqs[b])
         input_ids[b, :n] = seqs[b]
@@ -272,10 +270,8 @@ def collate(
             first = int((seqs[b] == image_id).nonzero()[0])
             keys = torch.where(p >= 0, p + first, p)
             pointer[b, shift : n - 1] = keys[1:]
-        if "key_pos" in data and int(data["key_pos"][k]) >= 0:
-            weights[b, shift + int(data["key_pos"][k])] = data["key_weight"]
-        if "token_weights" in data and data["token_weights"][k] is not None:
-            weights[b, shift:n] *= data["token_weights"][k]
+        if weights is not None and data["token_weights"][k] is not None:
+            weights[b, shift:n] = data["token_weights"][k]
     scenes = data["scene"][torch.as_tensor(idx)]
     img = data["images"][scenes]  # (B, H, W, 3) uint8
     extra = {} if weights is None else {"weights": weights}

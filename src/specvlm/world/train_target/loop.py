@@ -276,7 +276,7 @@ def train_llava(
     is used or the step is `stop_at`; conversation and multiturn records come `qa_repeats`
     times per epoch, multiple-choice and reasoning ones `mc_repeats` / `reasoning_repeats`
     times (recipes that have them: `smol`); a
-    batch's "weights" (from the data's "key_pos", see `data.collate`) weight the answer loss.
+    batch's "weights" (from the data's "token_weights", see `data.collate`) weight the answer loss.
     Other recipes (`smol`) pass their own `forward_fn` (same signature as
     `llava_forward`), `double_bos=False` (no second <s> in front of every other record) and
     `show_eta` (the log line ends with the time left). `order_fn(epoch)` -> the epoch's batches

@@ -418,25 +418,36 @@ def mc_letter_positions(data: dict, tokenizer) -> torch.Tensor:
         if found is None:
             continue
         letter, at = found
-        for j in range(len(ids)):
-            if len(tokenizer.decode(ids[: j + 1])) > at:  # token j holds character `at`
-                if letter in tokenizer.decode([ids[j]]):
-                    out[k] = int(answer[0]) + j
-                break
+        j = _token_at(ids, tokenizer, at)
+        if letter in tokenizer.decode([ids[j]]):
+            out[k] = int(answer[0]) + j
+    return out
+
+
+def letter_weights(data: dict, tokenizer, weight: float) -> list[torch.Tensor | None]:
+    """Per row of `data`: (L,) answer-loss weights, `weight` at the multiple-choice answer's
+    option letter (`mc_letter_positions`) and 1 elsewhere; None for the other rows."""
+    out: list[torch.Tensor | None] = []
+    for k, pos in enumerate(mc_letter_positions(data, tokenizer).tolist()):
+        w = None
+        if pos >= 0:
+            w = torch.ones(len(data["ids"][k]))  # (L,)
+            w[pos] = weight
+        out.append(w)
     return out
 
 
 VERDICT_MARK = ", so "  # what comes before an answer's verdict (`qa_image`: facts first)
 
 
-def _char_ends(ids: list[int], tokenizer) -> list[int]:
-    """Per token of `ids`, the length of the text of `ids[: j + 1]` (each token decoded alone and
-    the lengths summed, checked against the whole decode; prefix decodes where they differ)."""
-    parts = [len(tokenizer.decode([t])) for t in ids]
-    ends = np.cumsum(parts).tolist()
-    if ids and ends[-1] != len(tokenizer.decode(ids)):
+def _token_at(ids: list[int], tokenizer, char: int) -> int:
+    """The index of the token of `ids` whose text holds character `char` of their decoded text
+    (each token decoded alone and the lengths summed where that gives the whole text's length;
+    prefix decodes otherwise)."""
+    ends = np.cumsum([len(tokenizer.decode([t])) for t in ids]).tolist()
+    if ends[-1] != len(tokenizer.decode(ids)):
         ends = [len(tokenizer.decode(ids[: j + 1])) for j in range(len(ids))]
-    return ends
+    return next(j for j, e in enumerate(ends) if e > char)
 
 
 def verdict_weights(data: dict, tokenizer, weight: float) -> list[torch.Tensor | None]:
@@ -450,15 +461,23 @@ def verdict_weights(data: dict, tokenizer, weight: float) -> list[torch.Tensor |
         w = torch.ones(len(mask))  # (L,)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))  # runs' [start, end)
         for start, end in zip(edges[0::2], edges[1::2], strict=True):
+            if family == "text":
+                break
             ids = [int(t) for t in data["ids"][k][start:end]]
             at = tokenizer.decode(ids).rfind(VERDICT_MARK)
-            if family == "text" or at < 0:
-                continue
-            first = at + len(VERDICT_MARK)  # the verdict's first character (its token may hold
-            # the space before it too: SmolLM2's " the")
-            j = next(j for j, e in enumerate(_char_ends(ids, tokenizer)) if e > first)
-            w[start + j : end] = weight
+            if at >= 0:  # from the verdict's first character's token (SmolLM2's " the" holds
+                # the space before it too) to the answer's end
+                w[start + _token_at(ids, tokenizer, at + len(VERDICT_MARK)) : end] = weight
         out.append(w if bool((w != 1).any()) else None)
+    return out
+
+
+def combine_weights(*rows: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Per row, the product of the given per-row weights (None: all 1), None where all are."""
+    out = []
+    for ws in zip(*rows, strict=True):
+        given = [w for w in ws if w is not None]
+        out.append(None if not given else torch.stack(given).prod(0))
     return out
 
 
@@ -580,18 +599,20 @@ def train_smol_target(
     base, model, tokenizer = load_base(gguf, cache, cfg.seed)
     delta = None if init is None else read_init_delta(Path(init), cfg, base)
     data = cached_smol_data(cfg, model, tokenizer, base, out, progress)
+    weighted = []  # per-row answer-loss weights (`data.collate` reads their product)
     if cfg.letter_weight != 1.0:
-        data["key_pos"] = mc_letter_positions(data, tokenizer)  # (N,)
-        data["key_weight"] = cfg.letter_weight
-        found = int((data["key_pos"] >= 0).sum())
+        weighted.append(letter_weights(data, tokenizer, cfg.letter_weight))
+        found = sum(w is not None for w in weighted[-1])
         n_mc = sum(f == "multiple_choice" for f in data["family"])
         print(f"smol: {found} of {n_mc} multiple-choice answers' letters weighted "
               f"{cfg.letter_weight:g}x", file=sys.stderr)  # fmt: skip
     if cfg.verdict_weight != 1.0:
-        data["token_weights"] = verdict_weights(data, tokenizer, cfg.verdict_weight)
-        found = sum(w is not None for w in data["token_weights"])
+        weighted.append(verdict_weights(data, tokenizer, cfg.verdict_weight))
+        found = sum(w is not None for w in weighted[-1])
         print(f"smol: {found} of {len(data['ids'])} rows' verdicts weighted "
               f"{cfg.verdict_weight:g}x", file=sys.stderr)  # fmt: skip
+    if weighted:
+        data["token_weights"] = combine_weights(*weighted)
     model.requires_grad_(False)
     projector = model.model.multi_modal_projector
     projector.requires_grad_(True)
