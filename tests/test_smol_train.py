@@ -484,6 +484,84 @@ def test_region_words_add_their_embeddings_to_the_alignment_target():
     assert named.tolist() == [[True, False]]
 
 
+def test_band_words_take_their_own_scale_in_the_alignment_target():
+    from specvlm.world.train_target.losses import word_targets
+
+    embed = torch.nn.Embedding(12, 4)
+    words = torch.tensor([[[3, 4, 5, 7, 8, 9, 10, 11, 2]]])  # (1, 1 patch, 5 + 4 band slots)
+    E = embed.weight.detach()
+    target, _ = word_targets(words, embed, region_scale=0.5, region_words=True, band_scale=0.25)
+    want = E[3] + E[4] + E[5] + 0.5 * (E[7] + E[8]) + 0.25 * (E[9] + E[10] + E[11] + E[2])
+    torch.testing.assert_close(target[0, 0], want)
+    same, _ = word_targets(words, embed, region_scale=0.5, region_words=True)  # None: region's
+    torch.testing.assert_close(
+        same[0, 0], E[3] + E[4] + E[5] + 0.5 * E[[7, 8, 9, 10, 11, 2]].sum(0)
+    )
+
+
+def test_an_optimizer_group_follows_the_schedule_times_its_lr_scale():
+    from specvlm.world.train_target.loop import _set_lr
+
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [a]}, {"params": [b], "lr_scale": 0.25}], lr=1.0)
+    _set_lr(opt, 2e-4)
+    assert [g["lr"] for g in opt.param_groups] == [2e-4, 2e-4 * 0.25]
+
+
+def test_a_trained_tower_is_carried_by_the_delta(trained, tiny):
+    """--train-tower with --init and --refresh-steps: stage 1 runs the refresh steps from the
+    delta (projector and tower on the alignment loss), stage 2 trains the tower too in its own
+    optimizer group (lr tower_lr at the peak); the delta carries the changed tower, the
+    assembled folder is the trained model, a stopped run resumes to the same delta, and a run
+    continued from it with the tower frozen keeps that tower."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from specvlm.world.scenes import render
+    from specvlm.world.splits import world_sample
+    from specvlm.world.train_target.lora import TOWER
+
+    args = {"progress": False, "gguf": tiny["gguf"], "cache": tiny["cache"]}
+    init = trained["out"] / "delta"
+    tower_args = {"train_tower": True, "tower_lr": 1e-3, "refresh_steps": 2, "init": init}
+    out = tiny["root"] / "tower"
+    r = train_smol_target(out, "smol-tiny", steps=3, **tower_args, **args)
+    assert r["align_steps"] == 2 and len(r["stage1_losses"]) == 2 and r["steps"] == 3
+    ckpt = torch.load(out / "stage2.pt", weights_only=False)
+    assert ckpt["optimizer"]["param_groups"][-1]["lr_scale"] == pytest.approx(1e-3 / 3e-3)
+    assert any(k.startswith("tower.") for k in ckpt["model"])
+    tensors = load_file(str(out / "delta" / smol.DELTA_WEIGHTS))
+    tower = {k[len(TOWER) :]: v for k, v in tensors.items() if k.startswith(TOWER)}
+    base = trained["result"]["trained_model"].model.vision_tower.state_dict()
+    assert tower.keys() == base.keys()
+    assert any(not torch.equal(tower[k], base[k].half()) for k in base)  # it trained
+    assert json.loads((out / "delta" / smol.DELTA_CONFIG).read_text())["recipe"]["train_tower"]
+
+    folder = smol.trained_world_smol_folder(out / "delta", tiny["gguf"], tiny["cache"])
+    plain = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    ours = r["trained_model"].eval()
+    image = render(world_sample("test", 1), size=128)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=text, return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(plain(**inputs).logits, ours(**inputs).logits,
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+
+    stopped = tiny["root"] / "tower-stopped"
+    train_smol_target(stopped, "smol-tiny", steps=3, stop_at=1, **tower_args, **args)
+    train_smol_target(stopped, "smol-tiny", steps=3, resume=True, train_tower=True,
+                      tower_lr=1e-3, refresh_steps=2, **args)  # fmt: skip
+    weights = (out / "delta" / smol.DELTA_WEIGHTS).read_bytes()
+    assert (stopped / "delta" / smol.DELTA_WEIGHTS).read_bytes() == weights
+
+    frozen = tiny["root"] / "tower-frozen"
+    train_smol_target(frozen, "smol-tiny", steps=2, init=out / "delta", **args)
+    kept = load_file(str(frozen / "delta" / smol.DELTA_WEIGHTS))
+    assert all(torch.equal(kept[TOWER + k], v) for k, v in tower.items())
+
+
 def test_the_alignment_loss_reads_the_image_rows_of_a_mixed_batch():
     """Stage 2 batches mix image and text-only rows; the projector's output exists for the image
     rows only, and the alignment loss must pair it with those rows' patch words."""

@@ -606,6 +606,21 @@ def test_tiny_run_learns_to_point(run):
         (["--config", "smol-assistant", "--text-kl", "1"], "--text-kl applies to --config smol"),
         (["--config", "smol", "--text-kl", "-1"], "--text-kl must be 0 or more"),
         (["--config", "events", "--train-tower"], "--train-tower applies to --config video"),
+        (["--config", "smol", "--tower-lr", "1e-4"], "--tower-lr needs --train-tower"),
+        (
+            ["--config", "smol", "--train-tower", "--tower-lr", "0"],
+            "--tower-lr must be positive",
+        ),
+        (["--config", "smol", "--band-scale", "0.3"], "--band-scale needs --band-words"),
+        (
+            ["--config", "smol", "--band-words", "--band-scale", "-1"],
+            "--band-scale must be positive",
+        ),
+        (["--config", "smol", "--refresh-steps", "5"], "--refresh-steps applies to --config smol"),
+        (
+            ["--config", "video", "--init", "x", "--refresh-steps", "5"],
+            "--refresh-steps applies to --config smol",
+        ),
         (["--config", "smol", "--motion-weight", "1"], "--motion-weight applies to --config vid"),
         (["--config", "video", "--motion-weight", "-1"], "--motion-weight must be 0 or more"),
         (["--config", "video", "--motion-span", "clip"], "--motion-span needs --motion-weight"),

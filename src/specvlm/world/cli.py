@@ -12,7 +12,9 @@
                                [--clips N] [--seed S] [--reads events|frame|text]
                                [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
                                [--mc-repeats N] [--letter-weight W] [--reasoning-repeats N]
-                               [--band-words] [--text-kl W]
+                               [--band-words] [--band-scale S] [--text-kl W]
+                               [--verdict-weight W] [--train-tower] [--tower-lr LR]
+                               [--refresh-steps N]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
                               [--kind image|video] [--out eval.json] [--threads 2]
 
@@ -150,6 +152,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "axis in the band answers' words (' far left', ' above centre', ...)",
     )
     train.add_argument(
+        "--band-scale",
+        type=float,
+        default=None,
+        help="--config smol with --band-words: the band words' share of the alignment target "
+        "(default: the region's, 0.6)",
+    )
+    train.add_argument(
+        "--tower-lr",
+        type=float,
+        default=None,
+        help="--config smol with --train-tower: the vision tower's peak learning rate "
+        "(default 1e-4; it follows the schedule of the stage it trains in)",
+    )
+    train.add_argument(
+        "--refresh-steps",
+        type=int,
+        default=None,
+        help="--config smol with --init: first this many stage-1 steps (the projector, and "
+        "with --train-tower the tower, on the alignment loss alone) from the delta (default 0)",
+    )
+    train.add_argument(
         "--text-kl",
         type=float,
         default=None,
@@ -195,7 +218,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--train-tower",
         action="store_true",
         help="--config video: train the video tower too (by default it stays frozen); the "
-        "image tower, which images go through, is never changed",
+        "image tower, which images go through, is never changed. --config smol: train the "
+        "vision tower too (the delta then carries it, ~2 MB)",
     )
     train.add_argument(
         "--motion-weight",
@@ -361,8 +385,20 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     for flag, value in (("--clips", args.clips), ("--seed", args.seed)):
         if value is not None and args.config not in ("video", "events", "cross"):
             raise InputError(f"{flag} applies to --config video, events and cross only")
-    if args.train_tower and args.config != "video":
-        raise InputError("--train-tower applies to --config video only")
+    if args.train_tower and args.config not in ("video", "smol"):
+        raise InputError("--train-tower applies to --config video and smol only")
+    if args.tower_lr is not None and not (args.train_tower and args.config == "smol"):
+        raise InputError("--tower-lr needs --train-tower (with --config smol)")
+    if args.tower_lr is not None and not args.tower_lr > 0:
+        raise InputError(f"--tower-lr must be positive, got {args.tower_lr}")
+    if args.band_scale is not None and not args.band_words:
+        raise InputError("--band-scale needs --band-words")
+    if args.band_scale is not None and not args.band_scale > 0:
+        raise InputError(f"--band-scale must be positive, got {args.band_scale}")
+    if args.refresh_steps is not None and (args.config != "smol" or args.init is None):
+        raise InputError("--refresh-steps applies to --config smol with --init only")
+    if args.refresh_steps is not None and args.refresh_steps < 0:
+        raise InputError(f"--refresh-steps must be 0 or more, got {args.refresh_steps}")
     if args.motion_weight is not None and args.config != "video":
         raise InputError("--motion-weight applies to --config video only")
     if args.drill_turns is not None and args.config != "video":
@@ -425,6 +461,12 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["verdict_weight"] = args.verdict_weight
     if args.band_words:
         extra["band_words"] = True
+    if args.band_scale is not None:
+        extra["band_scale"] = args.band_scale
+    if args.tower_lr is not None:
+        extra["tower_lr"] = args.tower_lr
+    if args.refresh_steps is not None:
+        extra["refresh_steps"] = args.refresh_steps
     if args.text_kl is not None:
         extra["text_kl"] = args.text_kl
     if args.seed is not None:

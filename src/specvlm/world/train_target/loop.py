@@ -54,8 +54,9 @@ def lr_at(cfg: TargetTrainConfig, step: int, progress: float) -> float:
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every group follows the schedule's `lr`, times its own `lr_scale` where it has one."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +173,7 @@ def train_step(run: Run, batch: dict, forward, blank_id: int, pointer_layer: int
                 cfg.align_blank_weight,
                 cfg.region_scale,
                 getattr(cfg, "region_words", False),  # the smol recipe's words for the region
+                getattr(cfg, "band_scale", None),
             )
             loss = loss + cfg.align_weight * align
         if getattr(cfg, "text_kl", 0.0) > 0:  # the smol recipe's: text rows stay the base's

@@ -22,6 +22,7 @@ import torch
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROJECTOR = "projector."  # delta key prefix of the projector's weights
 LORA = "lora."  # delta key prefix of the adapters: lora.{layer}.{target}.A / .B
+TOWER = "tower."  # delta key prefix of the vision tower's weights (only when it was trained)
 
 
 class LoRA(torch.nn.Module):
@@ -73,21 +74,32 @@ def add_lora(
     return adapters
 
 
-def delta_tensors(model, adapters: torch.nn.ModuleList) -> dict[str, torch.Tensor]:
-    """The trained delta, fp16: the projector (`projector.*`) and every adapter (`lora.*`)."""
+def delta_tensors(
+    model, adapters: torch.nn.ModuleList, tower: bool = False
+) -> dict[str, torch.Tensor]:
+    """The trained delta, fp16: the projector (`projector.*`) and every adapter (`lora.*`);
+    with `tower`, the vision tower too (`tower.*`)."""
     out = {PROJECTOR + k: v for k, v in model.model.multi_modal_projector.state_dict().items()}
     out.update({LORA + k: v for k, v in adapters.state_dict().items()})
+    if tower:
+        out.update({TOWER + k: v for k, v in model.model.vision_tower.state_dict().items()})
     return {k: v.detach().to(torch.float16).contiguous() for k, v in out.items()}
 
 
 def apply_delta(model, tensors: dict[str, torch.Tensor], scale: float) -> None:
-    """Load the projector and merge every adapter into its linear, `W += scale * B A` in
-    float32 (in place, on a plain LLaVA without adapters)."""
-    projector = {k[len(PROJECTOR) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR)}
-    own = model.model.multi_modal_projector.state_dict()
-    model.model.multi_modal_projector.load_state_dict(
-        {k: v.to(own[k].dtype) for k, v in projector.items()}, strict=True
-    )
+    """Load the projector (and the vision tower, where the delta carries one) and merge every
+    adapter into its linear, `W += scale * B A` in float32 (in place, on a plain LLaVA without
+    adapters)."""
+    parts = [(PROJECTOR, model.model.multi_modal_projector)]
+    if any(k.startswith(TOWER) for k in tensors):
+        parts.append((TOWER, model.model.vision_tower))
+    for prefix, module in parts:
+        own = module.state_dict()
+        module.load_state_dict(
+            {k[len(prefix) :]: v.to(own[k[len(prefix) :]].dtype)
+             for k, v in tensors.items() if k.startswith(prefix)},
+            strict=True,
+        )  # fmt: skip
     layers = _layers(model)
     pairs = sorted({k[len(LORA) :].rsplit(".", 1)[0] for k in tensors if k.startswith(LORA)})
     with torch.no_grad():
@@ -98,7 +110,7 @@ def apply_delta(model, tensors: dict[str, torch.Tensor], scale: float) -> None:
             linear = getattr(_owner(layers[int(i)], t), t)
             w = linear.weight
             w.copy_((w.float() + scale * (B @ A)).to(w.dtype))  # (out, in)
-    unknown = [k for k in tensors if not k.startswith((PROJECTOR, LORA))]
+    unknown = [k for k in tensors if not k.startswith((PROJECTOR, LORA, TOWER))]
     if unknown:
         raise ValueError(f"unknown delta tensors, e.g. {unknown[0]!r}")
 

@@ -124,6 +124,7 @@ def word_targets(
     blank_id: int | None = None,
     region_scale: float = 1.0,
     region_words: bool = False,
+    band_scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the projector should output: words (B, P, W) from `patch_words` (W <= N_PATCH_WORDS:
     token ids only; W = N_PATCH_SLOTS: the region too; 0 = none) -> (targets (B, P, d): the
@@ -133,7 +134,8 @@ def word_targets(
     and with the smol recipe's band words four more, " far" " left" " above" " centre")
     `region_scale` times those words' summed embeddings (a word in both, such as " left",
     counts twice); or, where a patch has no words and `blank_id` is given, that token's
-    embedding row (else zeros); named (B, P) bool: the patch has words)."""
+    embedding row (else zeros); named (B, P) bool: the patch has words). `band_scale` (None:
+    `region_scale`) scales the band words, the slots after the region's two."""
     E = embed.weight.detach()
     ids = words[..., :N_PATCH_WORDS]  # (B, P, w)
     has = ids > 0
@@ -142,7 +144,9 @@ def word_targets(
     named = has.any(-1)  # (B, P)
     if words.shape[-1] > N_PATCH_WORDS and region_words:
         rid = words[..., N_PATCH_WORDS:]  # (B, P, 2 or 2 + 4) token ids, 0 = none
-        target = target + region_scale * (E[rid] * (rid > 0)[..., None]).sum(2)
+        scale = torch.full((rid.shape[-1],), float(region_scale), device=E.device, dtype=E.dtype)
+        scale[2:] = region_scale if band_scale is None else band_scale  # (2 or 6,)
+        target = target + (E[rid] * (rid > 0)[..., None] * scale[:, None]).sum(2)
     elif words.shape[-1] > N_PATCH_WORDS:
         table = region_codes(E.shape[-1]).to(E.device, E.dtype)  # (1 + N_REGION_CODES, d)
         codes = table[words[..., N_PATCH_WORDS:]].sum(2)  # (B, P, d)
@@ -161,13 +165,14 @@ def align_loss(
     blank_weight: float = 0.0,
     region_scale: float = 1.0,
     region_words: bool = False,
+    band_scale: float | None = None,
 ) -> torch.Tensor:
     """projected (B, P, d) projector output; words (B, P, W) as `word_targets` reads them.
     Mean squared distance to `word_targets` (detached) over patches with words,
     relative to the targets' mean squared norm; plus, if `blank_id` is given, `blank_weight`
     times the same distance of every other patch to the (detached) embedding of `blank_id`, so
     that patches holding no object's centre all read alike and are easy to ignore."""
-    target, named = word_targets(words, embed, blank_id, region_scale, region_words)
+    target, named = word_targets(words, embed, blank_id, region_scale, region_words, band_scale)
     sq = (projected.float() - target.float()).pow(2).sum(-1)  # (B, P)
     norm = target.float().pow(2).sum(-1)  # (B, P)
     loss = projected.sum() * 0.0

@@ -69,6 +69,7 @@ from specvlm.world.train_target.lora import (
     LORA,
     PROJECTOR,
     TARGETS,
+    TOWER,
     add_lora,
     delta_tensors,
     round_to_fp16,
@@ -112,6 +113,15 @@ class SmolTrainConfig:
     # " left", " above" + " centre", ...: `qa_image.AXIS_BANDS`), at `region_scale`: the
     # comparisons of places ("furthest to the left", "to the right of") read fifths, not thirds
     band_words: bool = False
+    band_scale: float | None = None  # the band words' share (None: `region_scale`)
+    # (v14) train the vision tower too, at this peak learning rate (following each stage's
+    # schedule): the frozen tower gives an object's band (fifth) to ~80% only, its thirds to 99%
+    # (`scripts/smol_band_probe.py`); the delta then carries the tower
+    train_tower: bool = False
+    tower_lr: float = 1e-4
+    # with `--init`: this many stage-1 steps (the alignment loss alone, projector and a trained
+    # tower) from the delta's weights before stage 2, e.g. to teach new alignment targets
+    refresh_steps: int = 0
     # > 0: on the text-only rows, add this times KL(SmolLM2 || the model) over their answer
     # tokens, SmolLM2 being the same model with its adapters off: the whole distribution of
     # the base kept, not only its greedy answer (v2-v10 kept only the latter, and lost some of
@@ -233,20 +243,25 @@ def load_base(gguf: str | Path | None = None, cache: str | Path | None = None, s
 def smol_forward(
     model, input_ids: torch.Tensor, pixel_values: torch.Tensor, pointer_layer: int | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """`llava_forward` for a frozen vision tower and batches mixing image and text-only rows:
-    (B, T) ids, (B, 3, H, W) pixels -> logits (B, T, V), features and projector output of the
-    rows that have an image ((b, P, Dv), (b, P, d); None if no row has one)."""
+    """`llava_forward` for batches mixing image and text-only rows, the vision tower run with
+    gradients only where it trains (`requires_grad`): (B, T) ids, (B, 3, H, W) pixels -> logits
+    (B, T, V), features and projector output of the rows that have an image ((b, P, Dv),
+    (b, P, d); None if no row has one)."""
     image = input_ids == model.config.image_token_id  # (B, T)
     has = image.any(dim=1)  # (B,) rows with an image
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, d)
     feats = projected = None
     if bool(has.any()):
-        with torch.no_grad():  # frozen tower: no activations kept
-            feats = vision_features(model, pixel_values[has])  # (b, P, Dv)
+        with torch.set_grad_enabled(_tower_trains(model) and torch.is_grad_enabled()):
+            feats = vision_features(model, pixel_values[has])  # (b, P, Dv); frozen: no graph
         projected = model.model.multi_modal_projector(feats)  # (b, P, d)
         # row-major fill: the b image rows' P slots take the b projected images in order
         embeds = embeds.masked_scatter(image[..., None], projected.to(embeds.dtype))
     return model(inputs_embeds=embeds, use_cache=False).logits, feats, projected
+
+
+def _tower_trains(model) -> bool:
+    return any(p.requires_grad for p in model.model.vision_tower.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +521,13 @@ def cached_smol_data(
 
 
 def _stage_run(cfg: SmolTrainConfig, model, trained: torch.nn.ModuleDict, path: Path) -> Run:
-    opt = make_optimizer(cfg, trained)
+    """A stage's Run over `trained`; a trained tower (`trained["tower"]`) gets an optimizer
+    group of its own whose learning rate is `cfg.tower_lr` at the schedule's peak."""
+    others = torch.nn.ModuleDict({k: m for k, m in trained.items() if k != "tower"})
+    opt = make_optimizer(cfg, others)
+    if "tower" in trained:
+        opt.add_param_group({"params": list(trained["tower"].parameters()), "weight_decay": 0.0,
+                             "lr_scale": cfg.tower_lr / cfg.lr})  # fmt: skip
     run = Run(cfg, model, None, trained, opt, path)  # no patch heads in this recipe
     run.state = {
         "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
@@ -515,38 +536,43 @@ def _stage_run(cfg: SmolTrainConfig, model, trained: torch.nn.ModuleDict, path: 
     return run
 
 
-def align_projector(run: Run, data: dict, log_every: int, progress: bool) -> None:
-    """Stage 1: `cfg.align_steps` steps of the projector alone on `align_loss`, over random
-    batches of the data's images (seeded by the step: a resumed run draws the same ones). The
-    tower is frozen, so its features are computed once; the LM never runs."""
+def align_projector(run: Run, data: dict, steps: int, log_every: int, progress: bool) -> None:
+    """Stage 1: `steps` steps of the projector (and a trained tower) alone on `align_loss`, over
+    random batches of the data's images (seeded by the step: a resumed run draws the same ones).
+    A frozen tower's features are computed once; the LM never runs."""
     cfg, model, state = run.cfg, run.model, run.state
     projector = model.model.multi_modal_projector
     embed = model.get_input_embeddings()
     blank = model.config.image_token_id
-    with torch.no_grad():
-        feats = torch.cat([
-            vision_features(model, normalize(data["images"][k : k + 256]))
-            for k in range(0, len(data["images"]), 256)
-        ])  # (N, P, Dv)  # fmt: skip
+    tower = _tower_trains(model)
+    if tower:
+        images = data["images"]
+    else:
+        with torch.no_grad():
+            feats = torch.cat([
+                vision_features(model, normalize(data["images"][k : k + 256]))
+                for k in range(0, len(data["images"]), 256)
+            ])  # (N, P, Dv)  # fmt: skip
     t0 = time.perf_counter() - state["elapsed"]
-    bar = tqdm(total=cfg.align_steps, initial=state["step"], desc="align", disable=not progress)
-    while state["step"] < cfg.align_steps:
+    bar = tqdm(total=steps, initial=state["step"], desc="align", disable=not progress)
+    while state["step"] < steps:
         step = state["step"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(feats), (cfg.align_batch,), generator=g)
-        _set_lr(run.opt, lr_at(cfg, step, step / cfg.align_steps))
+        idx = torch.randint(len(data["images"]), (cfg.align_batch,), generator=g)
+        _set_lr(run.opt, lr_at(cfg, step, step / steps))
+        f = vision_features(model, normalize(images[idx])) if tower else feats[idx]  # (b, P, Dv)
         loss = align_loss(
-            projector(feats[idx]), data["patch_words"][idx].long(), embed, blank,
-            cfg.align_blank_weight, cfg.region_scale, cfg.region_words,
+            projector(f), data["patch_words"][idx].long(), embed, blank,
+            cfg.align_blank_weight, cfg.region_scale, cfg.region_words, cfg.band_scale,
         )  # fmt: skip
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.clip_norm)
+        torch.nn.utils.clip_grad_norm_(run.trained.parameters(), cfg.clip_norm)
         run.opt.step()
         state["step"], state["elapsed"] = step + 1, time.perf_counter() - t0
         state["losses"].append(loss.item())
         bar.update(1)
-        if state["step"] % log_every == 0 or state["step"] == cfg.align_steps:
+        if state["step"] % log_every == 0 or state["step"] == steps:
             print(f"align step {state['step']} loss {loss.item():.4f}", file=sys.stderr, flush=True)
     bar.close()
 
@@ -571,8 +597,10 @@ def train_smol_target(
     summary. `steps` / `minutes` (at least one) are stage 2's budget (stage 1 is
     `cfg.align_steps` steps, a minute or two). `stop_at` ends this call at that stage-2 step (an interruption
     that `resume=True` continues from). `init` (a delta folder, e.g. the shipped
-    `assets/world-smol`) starts stage 2 from that delta's projector and adapters, with a fresh
-    optimizer and schedule, and skips stage 1: a later session continues a shipped run.
+    `assets/world-smol`) starts from that delta's projector, adapters (and tower, if it has one),
+    with a fresh optimizer and schedule, and runs `cfg.refresh_steps` stage-1 steps (default
+    none) before stage 2: a later session continues a shipped run. `cfg.train_tower` trains the
+    vision tower in both stages (at `cfg.tower_lr`); the delta then carries it.
     Returns the trained model (adapters in place) as "trained_model" too, for tests."""
     if isinstance(config, str) and config not in SMOL_CONFIGS:
         raise InputError(f"unknown --config {config!r}; accepted: {', '.join(SMOL_CONFIGS)}")
@@ -616,6 +644,9 @@ def train_smol_target(
     model.requires_grad_(False)
     projector = model.model.multi_modal_projector
     projector.requires_grad_(True)
+    tower = model.model.vision_tower
+    tower.requires_grad_(cfg.train_tower)
+    stage = {"projector": projector} | ({"tower": tower} if cfg.train_tower else {})
     model.train()
     budget2 = Budget(steps, minutes)
     common = {"ckpt_every": None, "log_every": log_every, "progress": progress}
@@ -623,33 +654,38 @@ def train_smol_target(
 
     # Stage 1: the projector alone, on the alignment loss
     cfg1 = replace(cfg, lr=cfg.projector_lr, warmup_steps=cfg.projector_warmup_steps)
-    run1 = _stage_run(cfg1, model, torch.nn.ModuleDict({"projector": projector}), s1)
+    run1 = _stage_run(cfg1, model, torch.nn.ModuleDict(stage), s1)
     if resume:
         _load_checkpoint(run1)
         if run1.state["init"] is not None and not s2.is_file():  # stopped before stage 2 began
             delta = read_init_delta(Path(run1.state["init"]), cfg, base)
-    elif delta is not None:
+    elif delta is not None:  # the delta's projector and tower, saved at once: a resume keeps them
+        load_delta(delta["tensors"], projector, None, tower)
         run1.state["init"] = delta["folder"]
         run1.save()
-    if run1.state["init"] is None and run1.state["step"] < cfg.align_steps:
-        print(f"smol stage 1: the projector on the alignment loss, {cfg.align_steps} steps of "
+    steps1 = cfg.align_steps if run1.state["init"] is None else cfg.refresh_steps
+    if run1.state["step"] < steps1:
+        what = "the projector" + (" and the vision tower" if cfg.train_tower else "")
+        print(f"smol stage 1: {what} on the alignment loss, {steps1} steps of "
               f"{cfg.align_batch} images", file=sys.stderr, flush=True)  # fmt: skip
-        align_projector(run1, data, log_every * 10, progress)
+        align_projector(run1, data, steps1, log_every * 10, progress)
         run1.save()
     # Stage 2: adapters on every decoder linear, and the projector
     adapters = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed, cfg.lora_targets)
-    trained = torch.nn.ModuleDict({"projector": projector, "lora": adapters})
+    trained = torch.nn.ModuleDict(stage | {"lora": adapters})
     run2 = _stage_run(cfg, model, trained, s2)
     if resume and s2.is_file():
         _load_checkpoint(run2)
-    elif delta is not None:  # the delta's weights, written at once: a resume starts from them
-        load_delta(delta["tensors"], projector, adapters)
+    elif delta is not None:  # the delta's adapters, written at once: a resume starts from them
+        load_delta(delta["tensors"], None, adapters)  # projector, tower: stage 1's
         run2.state["init"] = delta["trained"]
         run2.save()
     n_lora = sum(p.numel() for p in adapters.parameters())
+    n_tower = sum(p.numel() for p in tower.parameters()) if cfg.train_tower else 0
     print(
-        f"smol stage 2: LoRA r={cfg.lora_rank} ({n_lora / 1e6:.2f} M) + projector, "
-        f"{_says(budget2)}",
+        f"smol stage 2: LoRA r={cfg.lora_rank} ({n_lora / 1e6:.2f} M) + projector"
+        + (f" + vision tower ({n_tower / 1e6:.2f} M, lr {cfg.tower_lr:g})" if n_tower else "")
+        + f", {_says(budget2)}",
         file=sys.stderr,
         flush=True,
     )
@@ -672,11 +708,15 @@ def train_smol_target(
     }
     if done:
         round_to_fp16(trained)  # the model in memory is now exactly the delta
-        result["model"] = str(save_delta(out / "delta", model, adapters, cfg, base, result))
+        carried = delta is not None and any(k.startswith(TOWER) for k in delta["tensors"])
+        if resume and not carried and run1.state["init"] is not None:
+            carried = _has_tower(Path(run1.state["init"]))
+        result["model"] = str(save_delta(out / "delta", model, adapters, cfg, base, result,
+                                         tower=cfg.train_tower or carried))  # fmt: skip
     return result
 
 
-ALIGN_SETTINGS = ("region_words", "band_words", "region_scale", "align_weight")
+ALIGN_SETTINGS = ("region_words", "band_words", "band_scale", "region_scale", "align_weight")
 BEFORE_IT_EXISTED = {"band_words": False}  # what a recipe without the setting was trained with
 
 
@@ -714,12 +754,28 @@ def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
     return {"folder": str(folder.resolve()), "tensors": tensors, "trained": lineage}
 
 
-def load_delta(tensors: dict, projector: torch.nn.Module, adapters: torch.nn.ModuleList) -> None:
-    """Put a delta's projector and adapter weights into the (unmerged) training modules."""
-    projector.load_state_dict(
-        {k[len(PROJECTOR) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR)}
-    )
-    adapters.load_state_dict({k[len(LORA) :]: v for k, v in tensors.items() if k.startswith(LORA)})
+def load_delta(
+    tensors: dict,
+    projector: torch.nn.Module | None,
+    adapters: torch.nn.ModuleList | None,
+    tower: torch.nn.Module | None = None,
+) -> None:
+    """Put a delta's weights into the (unmerged) training modules given (None: not that part);
+    the tower only where the delta carries one (else it stays the base's)."""
+    parts = ((PROJECTOR, projector), (LORA, adapters), (TOWER, tower))
+    for prefix, module in parts:
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if module is not None and (own or prefix != TOWER):
+            module.load_state_dict(own)
+
+
+def _has_tower(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    from specvlm.smol import DELTA_WEIGHTS
+
+    with safe_open(str(folder / DELTA_WEIGHTS), "pt") as f:
+        return any(k.startswith(TOWER) for k in f.keys())  # noqa: SIM118 (a safe_open)
 
 
 def _tail_mean(losses: list[float]) -> float:
@@ -736,16 +792,17 @@ def _says(budget: Budget) -> str:
 
 def save_delta(
     folder: Path, model, adapters: torch.nn.ModuleList, cfg: SmolTrainConfig, base: Path,
-    result: dict,
+    result: dict, tower: bool = False,
 ) -> Path:  # fmt: skip
-    """Write `folder/model.safetensors` (the fp16 delta) and `folder/delta.json`, atomically."""
+    """Write `folder/model.safetensors` (the fp16 delta; with `tower`, the vision tower too) and
+    `folder/delta.json`, atomically."""
     from safetensors.torch import save_file
 
     from specvlm.smol import DELTA_CONFIG, DELTA_WEIGHTS, read_record
 
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file(delta_tensors(model, adapters), str(tmp / DELTA_WEIGHTS))
+    save_file(delta_tensors(model, adapters, tower), str(tmp / DELTA_WEIGHTS))
     config = {
         "format": DELTA_FORMAT,
         "kind": "world-smol-delta",
