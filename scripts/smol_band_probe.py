@@ -79,6 +79,12 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     _, model, tok = load_base()
+    tensors = load_file(f"{args.delta}/model.safetensors")
+    tower = {
+        k.removeprefix("tower."): v.float() for k, v in tensors.items() if k.startswith("tower.")
+    }
+    if tower:  # a delta trained with --train-tower: its tower's features, not the base's
+        model.model.vision_tower.load_state_dict(tower)
     f_tr, w_tr, o_tr = scenes(model, tok, "train", args.train)
     f_te, w_te, o_te = scenes(model, tok, "test", args.test)
     print(f"{len(o_tr)} train objects, {len(o_te)} test objects")
@@ -97,7 +103,6 @@ def main() -> None:
 
     # 2. the projector's output, read as band words
     projector = model.model.multi_modal_projector
-    tensors = load_file(f"{args.delta}/model.safetensors")
     projector.load_state_dict({k.removeprefix("projector."): v.float()
                                for k, v in tensors.items() if k.startswith("projector.")})  # fmt: skip
     embed = model.get_input_embeddings()

@@ -560,6 +560,23 @@ def test_a_trained_tower_is_carried_by_the_delta(trained, tiny):
     train_smol_target(frozen, "smol-tiny", steps=2, init=out / "delta", **args)
     kept = load_file(str(frozen / "delta" / smol.DELTA_WEIGHTS))
     assert all(torch.equal(kept[TOWER + k], v) for k, v in tower.items())
+    # the frozen tower is not checkpointed: a resume takes it from the --init delta again
+    for stop in (1, 2):  # stopped in stage 1 (refresh) / in stage 2
+        part = tiny["root"] / f"tower-frozen-{stop}"
+        extra = {"refresh_steps": 2} if stop == 1 else {}
+        train_smol_target(part, "smol-tiny", steps=2, init=out / "delta", stop_at=1, **extra,
+                          **args)  # fmt: skip
+        if stop == 1:  # from scratch in stage 1 (stop_at counts stage-2 steps): cut it back
+            ckpt = torch.load(part / "stage1.pt", weights_only=False)
+            assert ckpt["init_tower"] is True
+            (part / "stage2.pt").unlink()
+        r2 = train_smol_target(part, "smol-tiny", steps=2, resume=True, **extra, **args)
+        again = load_file(str(part / "delta" / smol.DELTA_WEIGHTS))
+        assert all(torch.equal(again[TOWER + k], v) for k, v in tower.items()), stop
+        assert r2["steps"] == 2
+    assert (tiny["root"] / "tower-frozen-2" / "delta" / smol.DELTA_WEIGHTS).read_bytes() == (
+        frozen / "delta" / smol.DELTA_WEIGHTS
+    ).read_bytes()
 
 
 def test_the_alignment_loss_reads_the_image_rows_of_a_mixed_batch():

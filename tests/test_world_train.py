@@ -621,6 +621,7 @@ def test_tiny_run_learns_to_point(run):
             ["--config", "video", "--init", "x", "--refresh-steps", "5"],
             "--refresh-steps applies to --config smol",
         ),
+        (["--config", "smol", "--resume", "--refresh-steps", "5"], "--resume: no checkpoint"),
         (["--config", "smol", "--motion-weight", "1"], "--motion-weight applies to --config vid"),
         (["--config", "video", "--motion-weight", "-1"], "--motion-weight must be 0 or more"),
         (["--config", "video", "--motion-span", "clip"], "--motion-span needs --motion-weight"),

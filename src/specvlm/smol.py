@@ -398,7 +398,7 @@ def world_smol_folder(
 
 
 # ---- 3. the trained world-smol target: the base + a trained delta ------------------------------
-DELTA_WEIGHTS = "model.safetensors"  # fp16: projector.* and lora.{layer}.{target}.A / .B
+DELTA_WEIGHTS = "model.safetensors"  # fp16: projector.*, lora.{layer}.{target}.A / .B (, tower.*)
 DELTA_CONFIG = "delta.json"  # rank, alpha, the base's source, how it was trained
 
 
@@ -414,7 +414,7 @@ def read_delta_config(delta: Path) -> dict[str, Any]:
 
 def assemble_trained_world_smol(out: Path, base: Path, delta: Path) -> None:
     """Write the trained target into `out`: the base LLaVA folder with the delta's projector
-    and its adapters merged into the decoder linears (`W += alpha / r * B A`, float32).
+    (and vision tower, where it carries one) and its adapters merged into the decoder linears (`W += alpha / r * B A`, float32).
     A plain LlavaForConditionalGeneration; deterministic given the base and the delta."""
     from safetensors.torch import load_file
     from transformers import AutoProcessor, LlavaForConditionalGeneration

@@ -117,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "events: the LLaVA to start from (default: the shipped 2-layer one); --config cross: "
         "the event drafter that reads the prompt (default: the shipped one); --config smol: "
         "a trained world-smol delta folder (OUT/delta, or the shipped assets/world-smol) to "
-        "continue from (skips stage 1; fresh optimizer and schedule); --config smol-assistant: "
+        "continue from (stage 1 only as --refresh-steps; fresh optimizer and schedule); "
+        "--config smol-assistant: "
         "the world-smol target (its delta folder) whose first layers become the assistant",
     )
     train.add_argument(
@@ -395,8 +396,10 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--band-scale needs --band-words")
     if args.band_scale is not None and not args.band_scale > 0:
         raise InputError(f"--band-scale must be positive, got {args.band_scale}")
-    if args.refresh_steps is not None and (args.config != "smol" or args.init is None):
-        raise InputError("--refresh-steps applies to --config smol with --init only")
+    if args.refresh_steps is not None and (
+        args.config != "smol" or (args.init is None and not args.resume)
+    ):
+        raise InputError("--refresh-steps applies to --config smol with --init (or --resume) only")
     if args.refresh_steps is not None and args.refresh_steps < 0:
         raise InputError(f"--refresh-steps must be 0 or more, got {args.refresh_steps}")
     if args.motion_weight is not None and args.config != "video":

@@ -7,7 +7,8 @@
 
 A wrapped linear computes `W x + s * B (A x)` with A (r, in), B (out, r) and s = alpha / r; B
 starts at zero, so a fresh adapter leaves the model unchanged. `apply_delta` merges them,
-`W <- W + s * B A` in float32, and loads the projector: the result is a plain
+`W <- W + s * B A` in float32, and loads the projector (and a trained vision tower, `tower.*`,
+where the delta carries one): the result is a plain
 `LlavaForConditionalGeneration` (no adapter code needed to load it).
 """
 

@@ -6,7 +6,8 @@
     train_smol_target("runs/x", config="smol", steps=400)                    # from Python
 
 The model is `specvlm.smol.world_smol_folder()`: SmolLM2 (+ `<image>`), the shipped world
-target's vision tower and a fresh projector. The vision tower and SmolLM2's weights stay frozen.
+target's vision tower and a fresh projector. SmolLM2's weights stay frozen; so does the vision
+tower, unless `train_tower` (v14) trains it too, in both stages, at `tower_lr`.
 
 Stage 1 (`align_steps` steps of `align_batch` images, lr `projector_lr`; a minute or two, not
 part of the budget): the projector alone, on the alignment loss only (`losses.align_loss`, as
@@ -16,7 +17,7 @@ tokens by its first) plus its region in SmolLM2's words (" top", " left"; `regio
 used two fixed codes, which the frozen LM never learned to read) and, with `band_words` (v10),
 its band along each axis in the band answers' words (" far" + " left", " above" + " centre"),
 and at every other patch towards the
-`<image>` embedding. No LM forward is needed: the frozen tower's features are computed once.
+`<image>` embedding. No LM forward is needed (a frozen tower's features are computed once).
 Without it the LM barely read the image: a run on the answer loss alone (v1: stage 1 the
 projector on the answer loss, 1,200 steps in 104 minutes) answered 47.6% of closed test
 questions right. Stage 2 (the whole `--steps` / `--minutes` budget, lr `lr`): LoRA adapters of
@@ -34,10 +35,12 @@ its text-only behaviour. Batches, schedule, checkpoints and the log are the worl
 its end, and `resume=True` continues from the latest.
 
 A checkpoint and the final output hold only what is trained. The run ends by writing
-`out/delta/`: `model.safetensors` (fp16: the projector and the adapters, ~11 MB at r = 16)
+`out/delta/`: `model.safetensors` (fp16: the projector and the adapters, ~11 MB at r = 16, and
+the vision tower, ~1.8 MB, where it was trained or the `--init` delta carried one)
 and `delta.json` (rank, alpha, the base it was trained on, the recipe's settings, and `init`:
-the delta a `--init` run continued, with its own history nested). `--init DELTA` skips stage 1
-and starts stage 2 from that delta (fresh optimizer and schedule): how a later session goes on. `specvlm.smol.
+the delta a `--init` run continued, with its own history nested). `--init DELTA` starts from
+that delta (fresh optimizer and schedule) with `refresh_steps` stage-1 steps (default none)
+before stage 2: how a later session goes on. `specvlm.smol.
 trained_world_smol_folder(delta)` assembles the full target from the wheel's base and it,
 merging the adapters into the linears: a plain LlavaForConditionalGeneration.
 """
@@ -532,12 +535,16 @@ def _stage_run(cfg: SmolTrainConfig, model, trained: torch.nn.ModuleDict, path: 
     run.state = {
         "step": 0, "vision_step": 0, "elapsed": 0.0, "tokens": 0, "config": asdict(cfg),
         "losses": [], "pointer_losses": [], "vision": {}, "init": None,
+        "init_tower": False,  # the --init delta carries a vision tower
     }  # fmt: skip
     return run
 
 
-def align_projector(run: Run, data: dict, steps: int, log_every: int, progress: bool) -> None:
-    """Stage 1: `steps` steps of the projector (and a trained tower) alone on `align_loss`, over
+def align_projector(
+    run: Run, data: dict, steps: int, warmup: int, log_every: int, progress: bool
+) -> None:
+    """Stage 1: `steps` steps (`warmup` of them warming up) of the projector (and a trained
+    tower) alone on `align_loss`, over
     random batches of the data's images (seeded by the step: a resumed run draws the same ones).
     A frozen tower's features are computed once; the LM never runs."""
     cfg, model, state = run.cfg, run.model, run.state
@@ -545,6 +552,7 @@ def align_projector(run: Run, data: dict, steps: int, log_every: int, progress: 
     embed = model.get_input_embeddings()
     blank = model.config.image_token_id
     tower = _tower_trains(model)
+    schedule = replace(cfg, warmup_steps=warmup)
     if tower:
         images = data["images"]
     else:
@@ -559,7 +567,7 @@ def align_projector(run: Run, data: dict, steps: int, log_every: int, progress: 
         step = state["step"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(len(data["images"]), (cfg.align_batch,), generator=g)
-        _set_lr(run.opt, lr_at(cfg, step, step / steps))
+        _set_lr(run.opt, lr_at(schedule, step, step / steps))
         f = vision_features(model, normalize(images[idx])) if tower else feats[idx]  # (b, P, Dv)
         loss = align_loss(
             projector(f), data["patch_words"][idx].long(), embed, blank,
@@ -657,18 +665,25 @@ def train_smol_target(
     run1 = _stage_run(cfg1, model, torch.nn.ModuleDict(stage), s1)
     if resume:
         _load_checkpoint(run1)
-        if run1.state["init"] is not None and not s2.is_file():  # stopped before stage 2 began
+        frozen_carried = run1.state["init_tower"] and not cfg.train_tower  # not checkpointed
+        if run1.state["init"] is not None and (not s2.is_file() or frozen_carried):
             delta = read_init_delta(Path(run1.state["init"]), cfg, base)
+        if frozen_carried:
+            load_delta(delta["tensors"], None, None, tower)
     elif delta is not None:  # the delta's projector and tower, saved at once: a resume keeps them
         load_delta(delta["tensors"], projector, None, tower)
         run1.state["init"] = delta["folder"]
+        run1.state["init_tower"] = any(k.startswith(TOWER) for k in delta["tensors"])
         run1.save()
     steps1 = cfg.align_steps if run1.state["init"] is None else cfg.refresh_steps
     if run1.state["step"] < steps1:
         what = "the projector" + (" and the vision tower" if cfg.train_tower else "")
         print(f"smol stage 1: {what} on the alignment loss, {steps1} steps of "
               f"{cfg.align_batch} images", file=sys.stderr, flush=True)  # fmt: skip
-        align_projector(run1, data, steps1, log_every * 10, progress)
+        # a short refresh still reaches the peak rate and decays: it warms up for a tenth at most
+        warmup = cfg1.warmup_steps if run1.state["init"] is None else min(
+            cfg1.warmup_steps, max(1, steps1 // 10))  # fmt: skip
+        align_projector(run1, data, steps1, warmup, log_every * 10, progress)
         run1.save()
     # Stage 2: adapters on every decoder linear, and the projector
     adapters = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed, cfg.lora_targets)
@@ -676,7 +691,7 @@ def train_smol_target(
     run2 = _stage_run(cfg, model, trained, s2)
     if resume and s2.is_file():
         _load_checkpoint(run2)
-    elif delta is not None:  # the delta's adapters, written at once: a resume starts from them
+    elif run1.state["init"] is not None:  # the delta's adapters, saved at once for a resume
         load_delta(delta["tensors"], None, adapters)  # projector, tower: stage 1's
         run2.state["init"] = delta["trained"]
         run2.save()
@@ -708,11 +723,9 @@ def train_smol_target(
     }
     if done:
         round_to_fp16(trained)  # the model in memory is now exactly the delta
-        carried = delta is not None and any(k.startswith(TOWER) for k in delta["tensors"])
-        if resume and not carried and run1.state["init"] is not None:
-            carried = _has_tower(Path(run1.state["init"]))
+        tower_too = cfg.train_tower or run1.state["init_tower"]
         result["model"] = str(save_delta(out / "delta", model, adapters, cfg, base, result,
-                                         tower=cfg.train_tower or carried))  # fmt: skip
+                                         tower=tower_too))  # fmt: skip
     return result
 
 
@@ -741,8 +754,12 @@ def read_init_delta(folder: Path, cfg: SmolTrainConfig, base: Path) -> dict:
     recipe = config.get("recipe", {})  # deltas before 2026-12-03 did not record it
     # a setting added after the delta was trained was off then
     theirs = {k: recipe.get(k, BEFORE_IT_EXISTED.get(k)) for k in ALIGN_SETTINGS} if recipe else {}
+    mine = {k: getattr(cfg, k) for k in ALIGN_SETTINGS}
+    for d in (theirs, mine):  # the band words' scale as used: None is the region's
+        if d and d["band_scale"] is None:
+            d["band_scale"] = d["region_scale"]
     theirs = {k: v for k, v in theirs.items() if v is not None}
-    differ = [k for k in theirs if theirs[k] != getattr(cfg, k)]
+    differ = [k for k in theirs if theirs[k] != mine[k]]
     if differ:
         print(f"--init {folder}: trained with other settings of {', '.join(differ)} "
               f"({ {k: theirs[k] for k in differ} }) than this run", file=sys.stderr)  # fmt: skip
@@ -767,15 +784,6 @@ def load_delta(
         own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if module is not None and (own or prefix != TOWER):
             module.load_state_dict(own)
-
-
-def _has_tower(folder: Path) -> bool:
-    from safetensors import safe_open
-
-    from specvlm.smol import DELTA_WEIGHTS
-
-    with safe_open(str(folder / DELTA_WEIGHTS), "pt") as f:
-        return any(k.startswith(TOWER) for k in f.keys())  # noqa: SIM118 (a safe_open)
 
 
 def _tail_mean(losses: list[float]) -> float:
