@@ -24,11 +24,13 @@ from specvlm.world.train_target.lora import LORA, PROJECTOR, add_lora, apply_del
 from specvlm.world.train_target.smol import (
     SMOL_CONFIGS,
     TEXT_PROMPTS,
+    smol_patch_words,
+    train_smol_target,
+)
+from specvlm.world.train_target.weights import (
     combine_weights,
     letter_weights,
     mc_letter_positions,
-    smol_patch_words,
-    train_smol_target,
     verdict_weights,
 )
 from tests.test_smol import write_tiny_gguf

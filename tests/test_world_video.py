@@ -384,7 +384,46 @@ def test_video_data_names_change_with_the_data_and_old_checkpoints_still_resume(
              replace(cfg, drill_turns=6), replace(cfg, drill_turns=4))}  # fmt: skip
     assert len(names) == 4
 
-    old = {k: v for k, v in asdict(cfg).items() if k not in ("motion_span", "drill_turns")}
+    new = ("motion_span", "drill_turns", "letter_weight", "verdict_weight")
+    old = {k: v for k, v in asdict(cfg).items() if k not in new}
     check_resume_config(old, cfg, tmp_path / "checkpoint.pt")  # the defaults: resumes
     with pytest.raises(InputError, match="drill_turns"):
         check_resume_config(old, replace(cfg, drill_turns=6), tmp_path / "checkpoint.pt")
+
+
+def test_the_video_recipe_weighs_each_multiple_choice_letter_in_the_world_tokenizer(tmp_path):
+    """--letter-weight with --config video: every clip's multiple-choice answer has its option
+    letter found (the world tokenizer's token that holds the letter the answer gives, after
+    its content), weighted there and nowhere else; a run with the weight trains."""
+    from transformers import AutoTokenizer
+
+    from specvlm.world.grammar import option_letter_at
+    from specvlm.world.train_target.video import (
+        VIDEO_CONFIGS,
+        build_video_data,
+        train_video_target,
+    )
+    from specvlm.world.train_target.weights import mc_letter_positions, weigh_answers
+
+    tok = AutoTokenizer.from_pretrained(embedded.embedded_target())
+    cfg = VIDEO_CONFIGS["video-tiny"]
+    data = build_video_data(cfg, tok, progress=False)
+    pos = mc_letter_positions(data, tok).tolist()
+    mc = [k for k, f in enumerate(data["family"]) if f == "multiple_choice"]
+    assert len(mc) == cfg.n_clips and all(pos[k] >= 0 for k in mc)
+    assert all(p == -1 for k, p in enumerate(pos) if k not in mc)
+    for k in mc:
+        answer = np.flatnonzero(data["masks"][k].numpy())
+        letter, _ = option_letter_at(tok.decode(data["ids"][k][answer].tolist()))
+        before = tok.decode(data["ids"][k][answer[0] : pos[k]].tolist())
+        assert before.strip(), before  # content first: words come before the letter
+        assert letter in tok.decode([int(data["ids"][k][pos[k]])])
+    weigh_answers(data, tok, 4.0, 1.0, "video")
+    for k, w in enumerate(data["token_weights"]):
+        if k in mc:
+            assert w[pos[k]] == 4.0 and int((w != 1).sum()) == 1
+        else:
+            assert w is None
+    r = train_video_target(tmp_path / "run", "video-tiny", steps=2, progress=False,
+                           letter_weight=4.0)  # fmt: skip
+    assert r["steps"] == 2 and np.isfinite(r["losses"]).all()

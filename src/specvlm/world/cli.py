@@ -184,15 +184,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--letter-weight",
         type=float,
         default=None,
-        help="--config smol: weight of a multiple-choice answer's option letter in the answer "
-        "loss (default 1)",
+        help="--config smol and video: weight of a multiple-choice answer's option letter in "
+        "the answer loss (default 1)",
     )
     train.add_argument(
         "--verdict-weight",
         type=float,
         default=None,
-        help="--config smol: weight of each answer's verdict (its words after the last ', so ') "
-        "in the answer loss (default 1)",
+        help="--config smol and video: weight of each answer's verdict (its words after the "
+        "last ', so ') in the answer loss (default 1)",
     )
     train.add_argument(
         "--lr",
@@ -419,14 +419,16 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     smol_only = (
         ("--mc-repeats", args.mc_repeats),
         ("--reasoning-repeats", args.reasoning_repeats),
-        ("--letter-weight", args.letter_weight),
-        ("--verdict-weight", args.verdict_weight),
         ("--band-words", args.band_words or None),
         ("--text-kl", args.text_kl),
     )
     for flag, value in smol_only:
         if value is not None and args.config != "smol":
             raise InputError(f"{flag} applies to --config smol only")
+    weighed = (("--letter-weight", args.letter_weight), ("--verdict-weight", args.verdict_weight))
+    for flag, value in weighed:
+        if value is not None and args.config not in ("smol", "video"):
+            raise InputError(f"{flag} applies to --config smol and video only")
     for flag, value in smol_only[:2]:
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")

@@ -45,6 +45,7 @@ from specvlm.world.train_target.losses import MotionHead
 from specvlm.world.train_target.patches import MOTION_SPANS, motion_labels
 from specvlm.world.train_target.recipe import NoAuxLosses, run_recipe, start_recipe
 from specvlm.world.train_target.run import on_two_threads
+from specvlm.world.train_target.weights import weigh_answers
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class VideoTrainConfig(NoAuxLosses):
     # what the motion labels measure a patch's motion from: "step", the sampled frame before;
     # "clip", the first sampled frame its object is in (`patches.MOTION_SPANS`)
     motion_span: str = "step"
+    # multiple choice: the option letter's weight in the answer loss (v6 gave the right content
+    # 52.5% of the time and the right letter 26.2%: the letter is not looked up in the options);
+    # every answer's verdict (its words after the last ", so ") weighted `verdict_weight`
+    letter_weight: float = 1.0
+    verdict_weight: float = 1.0
 
 
 VIDEO_CONFIGS: dict[str, VideoTrainConfig] = {
@@ -346,6 +352,7 @@ def train_video_target(
         )
     tokenizer = AutoTokenizer.from_pretrained(start)
     data = cached_video_data(cfg, tokenizer, out, progress)
+    weigh_answers(data, tokenizer, cfg.letter_weight, cfg.verdict_weight, "video")
     model.requires_grad_(False)
     trained = torch.nn.ModuleDict(
         {"projector": model.model.multi_modal_projector, "lm": model.model.language_model,
