@@ -161,11 +161,14 @@ def test_reasoning_answers_give_their_facts_before_their_verdict():
 def test_where_and_how_many_answers_give_facts_that_decide_them():
     """ANSWERS_VERSION 5: relation answers state both objects' bands along the asked axis (and
     are asked only when those differ), corner answers where every object is, "how many objects"
-    answers name each object, and the edge answer's band is never the middle one."""
+    answers name each object, and the edge answer's band is never the middle one. 7: relation
+    and corner answers then say what the facts give (the true relation; the corner's object or
+    "nothing"), and the verdict closes the answer alone, the same derived words for a question
+    and its opposite polarity."""
     from specvlm.world.grammar import REGION_PHRASES
     from specvlm.world.qa_image import AXIS_BANDS
 
-    seen = set()
+    seen, verdicts = set(), {"relation": set(), "corner": set()}
     for i in range(150):
         for family in ("conversation", "multiturn", "reasoning"):
             rec = make_record("train", i, family)
@@ -180,6 +183,11 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
                 assert meta.get("conclusion"), (q, answer)
                 head, _, last = answer.rpartition(", so ")
                 assert head and check_answer(meta, last), (q, answer, meta)
+                if qt in verdicts:
+                    assert last == f"{meta['answer']}.", answer  # the verdict alone
+                    verdicts[qt].add(meta["answer"])
+                    head, _, derived = head.rpartition(", so ")
+                    assert head and "yes" not in derived and "no " not in derived, answer
                 if qt == "relation":
                     axis = "x" if any(w in q for w in ("left", "right")) else "y"
                     said = [b for b in AXIS_BANDS[axis] if b in head]
@@ -187,19 +195,33 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
                     first, second = sorted(said, key=head.index)
                     rank = AXIS_BANDS[axis].index
                     lower = rank(first) < rank(second)  # the first object is further left / up
-                    true_rel = last.split(", the ", 1)[1]
-                    assert any(w in true_rel for w in (("left", "above", "over", "higher")
+                    n1 = q.removeprefix("Is the ").rstrip("?")
+                    n2 = derived.removeprefix("the ").replace(" is ", " ", 1)
+                    assert derived.startswith("the ") and n1.split()[:2] == n2.split()[:2], answer
+                    assert any(w in derived for w in (("left", "above", "over", "higher")
                                if lower else ("right", "below", "beneath", "lower"))), answer  # fmt: skip
+                    # a "yes" repeats the question's words; a "no" says the opposite
+                    assert (meta["answer"] == "yes") == (n2 == n1), (q, answer)
                 elif qt == "corner":
                     assert head.count(" is ") == n_objects, (q, answer)
                     plain = [phrases[0] for phrases in REGION_PHRASES.values()]
                     for part in head.split(", "):  # each object in its region's plain words
                         assert any(part.endswith(w) for w in plain), (part, answer)
+                    corner = next(c for c in ("top left", "top right", "bottom left",
+                                              "bottom right") if c in q)  # fmt: skip
+                    place = f" is in the {corner} corner"
+                    assert derived.endswith(place), answer
+                    held = derived != f"nothing{place}"
+                    assert not held or derived in head.lower(), answer  # an object the facts put there
+                    assert held == (f"the {corner} corner" in head.split(", so ")[0]), answer
+                    empty_q = q.endswith("empty?")
+                    assert (meta["answer"] == "yes") == (held != empty_q), (q, answer)
                 elif qt == "count":
                     assert head.count(", ") + head.count(" and ") + 1 == n_objects, answer
-                else:
+                elif qt == "edge":
                     assert "in the middle" not in head, answer
     assert seen == {"relation", "corner", "count", "edge"}
+    assert verdicts == {"relation": {"yes", "no"}, "corner": {"yes", "no"}}
 
 
 def test_band_words_are_no_regions_words():

@@ -59,8 +59,10 @@ PLACEHOLDERS: dict[str, str] = {"image": "<image>", "video": "<video>", "events"
 # answers, and the edge and add / remove answers, give their facts first too (bands, every
 # object's place, the objects named); 6: the bands in the axis's own words ("at the far left",
 # "left of centre", "halfway across", ...), none a region's, and corner answers place every
-# object in its region's plain words, each object under one name.
-ANSWERS_VERSION = 6
+# object in its region's plain words, each object under one name; 7: relation and corner
+# answers say what their facts give (the true relation; the corner's object or "nothing is in
+# the ... corner") before the verdict, which closes the answer alone: ", so yes." / ", so no.".
+ANSWERS_VERSION = 7
 
 __all__ = [
     "ANSWERS_VERSION",

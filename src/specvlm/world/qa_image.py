@@ -361,13 +361,19 @@ def q_relation(f: Facts, rng: np.random.Generator) -> QA | None:
     opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
     asked = true_rel if rng.random() < 0.5 else opposite[true_rel]
     n1, n2 = plain_name(rng, p), plain_name(rng, o)
-    q = f"Is the {n1} {pick(rng, REL[asked])} the {n2}?"
+    asked_words = pick(rng, REL[asked])
+    q = f"Is the {n1} {asked_words} the {n2}?"
     facts = (
         f"The {n1} is {AXIS_BANDS[axis][_band(p, axis)]} and the {n2} is "
         f"{AXIS_BANDS[axis][_band(o, axis)]}"
     )
     verdict = "yes" if asked == true_rel else "no"
-    ans = f"{facts}, so {verdict}, the {n1} is {pick(rng, REL[true_rel])} the {n2}."
+    # (v7) what the bands say comes before the verdict, in the question's words when it holds,
+    # so the verdict only compares two phrases (v6 gave the verdict first and world-smol v8-v14
+    # answered "no" to every relation question whose answer is "yes")
+    true_words = pick(rng, REL[true_rel])  # drawn either way: the same random stream as v6
+    said = asked_words if asked == true_rel else true_words
+    ans = f"{facts}, so the {n1} is {said} the {n2}, so {verdict}."
     return QA(q, ans, closed("relation", verdict, "yesno", conclusion=True))
 
 
@@ -380,7 +386,12 @@ def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
         return None
     names = [plain_name(rng, o) for o in f.objs]
     facts = cap(_places(rng, f.objs, names))
-    first = names[f.index(inside[0])] if inside else ""
+    # (v7) which object the corner holds, or that none does, comes before the verdict: the same
+    # words for both questions, whose verdicts then only differ by the question's polarity (v6
+    # gave the verdict first, and world-smol v8-v14 said "no" to corner questions whose answer
+    # is "yes" in both polarities, after facts that said otherwise)
+    place = REGION_PHRASES[corner][0]  # "in the top left corner", as the facts say it
+    found = f"the {names[f.index(inside[0])]} is {place}" if inside else f"nothing is {place}"
     if rng.random() < 0.5:
         q = pick(
             rng,
@@ -389,17 +400,12 @@ def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
                 f"Is any object in the {corner} corner of the image?",
             ),
         )
-        verdict = f"yes, the {first} is there" if inside else f"no, the {corner} corner is empty"
-        return QA(
-            q, f"{facts}, so {verdict}.", closed("corner", "yes" if inside else "no", "yesno",
-                                                 conclusion=True)
-        )  # fmt: skip
-    q = f"Is the {corner} corner of the image empty?"
-    verdict = f"no, the {first} is there" if inside else f"yes, nothing is in the {corner} corner"
-    return QA(
-        q, f"{facts}, so {verdict}.", closed("corner", "no" if inside else "yes", "yesno",
-                                             conclusion=True)
-    )  # fmt: skip
+        verdict = "yes" if inside else "no"
+    else:
+        q = f"Is the {corner} corner of the image empty?"
+        verdict = "no" if inside else "yes"
+    return QA(q, f"{facts}, so {found}, so {verdict}.",
+              closed("corner", verdict, "yesno", conclusion=True))  # fmt: skip
 
 
 CONVERSATION: tuple[Callable[[Facts, np.random.Generator], QA | None], ...] = (
