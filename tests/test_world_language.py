@@ -163,8 +163,8 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
     are asked only when those differ), corner answers where every object is, "how many objects"
     answers name each object, and the edge answer's band is never the middle one. 7: relation
     and corner answers then say what the facts give (the true relation; the corner's object or
-    "nothing"), and the verdict closes the answer alone, the same derived words for a question
-    and its opposite polarity."""
+    "nothing"), and the verdict closes the answer alone; a corner answer's middle is the same for
+    both polarities of its question."""
     from specvlm.world.grammar import REGION_PHRASES
     from specvlm.world.qa_image import AXIS_BANDS
 
@@ -212,7 +212,8 @@ def test_where_and_how_many_answers_give_facts_that_decide_them():
                     place = f" is in the {corner} corner"
                     assert derived.endswith(place), answer
                     held = derived != f"nothing{place}"
-                    assert not held or derived in head.lower(), answer  # an object the facts put there
+                    # a held corner's object is one the facts put there
+                    assert not held or derived in head.lower(), answer
                     assert held == (f"the {corner} corner" in head.split(", so ")[0]), answer
                     empty_q = q.endswith("empty?")
                     assert (meta["answer"] == "yes") == (held != empty_q), (q, answer)

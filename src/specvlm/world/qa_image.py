@@ -369,8 +369,8 @@ def q_relation(f: Facts, rng: np.random.Generator) -> QA | None:
     )
     verdict = "yes" if asked == true_rel else "no"
     # (v7) what the bands say comes before the verdict, in the question's words when it holds,
-    # so the verdict only compares two phrases (v6 gave the verdict first and world-smol v8-v14
-    # answered "no" to every relation question whose answer is "yes")
+    # so the verdict only compares two phrases (v6 gave the verdict first; world-smol v14
+    # answered "no" to all 8 test relation questions whose answer is "yes")
     true_words = pick(rng, REL[true_rel])  # drawn either way: the same random stream as v6
     said = asked_words if asked == true_rel else true_words
     ans = f"{facts}, so the {n1} is {said} the {n2}, so {verdict}."
@@ -388,8 +388,8 @@ def q_corner(f: Facts, rng: np.random.Generator) -> QA | None:
     facts = cap(_places(rng, f.objs, names))
     # (v7) which object the corner holds, or that none does, comes before the verdict: the same
     # words for both questions, whose verdicts then only differ by the question's polarity (v6
-    # gave the verdict first, and world-smol v8-v14 said "no" to corner questions whose answer
-    # is "yes" in both polarities, after facts that said otherwise)
+    # gave the verdict first; world-smol v8-v14 never said "yes" to a test corner question whose
+    # answer is "no", and said "no" to 3-9 of the 15 whose answer is "yes", in both polarities)
     place = REGION_PHRASES[corner][0]  # "in the top left corner", as the facts say it
     found = f"the {names[f.index(inside[0])]} is {place}" if inside else f"nothing is {place}"
     if rng.random() < 0.5:
