@@ -111,6 +111,8 @@ def test_bench_with_default_methods_and_a_compressor_draft(tiny_dir, drafts, tmp
     assert all(r["identical"] for r in records if r["method"] in ("eaglevlm", "specvlm"))
     assert records[0]["config"]["compressor_draft"] == str(drafts["select"])
     assert records[0]["config"]["dtype"] == "float32"  # every record says the dtype it ran in
+    # and how its linears multiply: the tiny target's weights are all below the packing size
+    assert records[0]["config"]["linears"] == {"onednn": 0, "one row dense": 0, "matmul": 23}
     assert "The drafts' costs" in stdout and "| world-multi-2 | specvlm | 32 |" in stdout
     # the compressor draft as --draft: specvlm runs it; eaglevlm has no plain draft and leaves
     argv = ["bench", "--target", str(tiny_dir), "--draft", str(drafts["select"]),

@@ -141,22 +141,32 @@ def test_repetition_penalty_equals_transformers(tiny_dirs, tmp_path):
         assert out.token_ids == expected
 
 
-def test_packed_linears_keep_greedy_output_equal_to_transformers(tiny_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("one_row", ["packed", "dense"])
+def test_packed_linears_keep_greedy_output_equal_to_transformers(
+    tiny_dirs, tmp_path, monkeypatch, one_row
+):
     """Every Linear on oneDNN's packed weights (the engine's choice for large float32 weights
-    on the CPU; the threshold lowered so that the tiny target's qualify): plain and speculative
-    output still equal `transformers`' own greedy output."""
+    on the CPU; the threshold lowered so that the tiny target's qualify), a single row on
+    oneDNN too or on the dense weight (the probe's two choices): plain and speculative output
+    still equal `transformers`' own greedy output."""
     import specvlm.layers as layers
 
     if not layers.packed_linear_available():
         pytest.skip("this PyTorch has no oneDNN linear")
     monkeypatch.delenv(layers.CPU_LINEAR_ENV, raising=False)
     monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(layers, "one_row_kernel", lambda weight: one_row)
     name = "llama-gqa-tied-vfl2-48px"
     folder = tiny_dirs[name]
     target = load_target(folder)
     lm = target.model.model.language_model
     assert isinstance(lm.layers[0].self_attn.packed_qkv, layers.PackedLinear)
     assert isinstance(target.model.lm_head.forward, layers.PackedLinear)
+    assert target.model.lm_head.forward.one_row == one_row
+    assert (
+        layers.describe_linears(target.model)["onednn" if one_row == "packed" else "one row dense"]
+        > 0
+    )
     image = noise_image(CONFIGS[name]["seed"])
     prompt = target.prepare(PROMPT, [image])
     expected, min_gap = hf_greedy(folder, prompt)

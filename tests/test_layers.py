@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specvlm import dtype_probe
 from specvlm.kv_cache import KVCache
 from specvlm.layers import (
     CPU_LINEAR_ENV,
@@ -19,6 +20,7 @@ from specvlm.layers import (
     decoder_block,
     fast_linear_layout,
     inference_kernels,
+    one_row_kernel,
     packed_linear_available,
     prepare_for_inference,
     wants_packed_linear,
@@ -143,8 +145,69 @@ def test_cpu_linear_choice_and_its_environment_variable(monkeypatch):
     monkeypatch.setenv(CPU_LINEAR_ENV, "MKL")
     assert inference_kernels("cpu", torch.float32) == {"packed": False, "fast_layout": True}
     monkeypatch.setenv(CPU_LINEAR_ENV, "blas")
-    with pytest.raises(ValueError, match="'onednn' and 'mkl'"):
+    with pytest.raises(ValueError, match="'auto', 'onednn', 'mkl'"):
         wants_packed_linear("cpu", torch.float32)
+    monkeypatch.setenv(CPU_LINEAR_ENV, "onednn")  # every row count on oneDNN, probe not asked
+    monkeypatch.setattr(dtype_probe, "one_row_kernel", lambda *shape: pytest.fail("asked"))
+    assert one_row_kernel(torch.empty(576, 576)) == "packed"
+    assert inference_kernels("cpu", torch.float32) == {"packed": packed, "fast_layout": True}
+    monkeypatch.setenv(CPU_LINEAR_ENV, "auto")
+    monkeypatch.setattr(dtype_probe, "one_row_kernel", lambda o, i: "dense" if o > i else "packed")
+    assert one_row_kernel(torch.empty(960, 576)) == "dense"
+    assert one_row_kernel(torch.empty(576, 1536)) == "packed"
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
+def test_packed_linear_one_row_on_the_dense_weight():
+    """one_row="dense": a single row is F.linear's on the dense weight, bit for bit (what plain
+    decoding computes with SPECVLM_CPU_LINEAR=mkl); two rows or more are oneDNN's, the same
+    bits as the all-packed PackedLinear's."""
+    torch.manual_seed(0)
+    w = torch.randn(1536, 576).t().contiguous().t()  # the engine's fast layout
+    b = torch.randn(1536)
+    dense, packed = PackedLinear(w, b, "dense"), PackedLinear(w, b)
+    x = torch.randn(6, 576)
+    with torch.inference_mode():
+        for i in range(6):
+            assert torch.equal(dense(x[i : i + 1]), F.linear(x[i : i + 1], w, b))
+            assert torch.equal(dense(x[None, i]), F.linear(x[None, i], w, b))
+        for m in (2, 3, 6):
+            assert torch.equal(dense(x[:m]), packed(x[:m]))
+    with pytest.raises(ValueError, match="accepted values"):
+        PackedLinear(w, b, "mkl")
+
+
+def test_one_row_probe_times_each_shape_once_per_machine(tmp_path, monkeypatch):
+    """Each weight shape is timed once (both kernels), the choice kept in the cache: a second
+    ask, or a new process reading the file, measures nothing; "dense" only where it takes at
+    most ONE_ROW_MARGIN of oneDNN's time; an unreadable file is measured again."""
+    monkeypatch.setattr(dtype_probe, "_one_row_memo", {})
+    real = dtype_probe.measure_one_row
+    timed = []
+
+    def fake(o, i):
+        timed.append((o, i))
+        return {"packed": 1.0, "dense": 0.85 if o == 960 else 0.95}
+
+    monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
+    assert dtype_probe.one_row_kernel(960, 576, tmp_path) == "dense"
+    assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
+    assert dtype_probe.one_row_kernel(960, 576, tmp_path) == "dense"
+    assert timed == [(960, 576), (576, 576)]
+    record = dtype_probe.one_row_record(tmp_path)
+    assert set(record["shapes"]) == {"960x576", "576x576"}
+    assert record["threads"] == torch.get_num_threads()
+    dtype_probe._one_row_memo.clear()  # a new process: read from the file
+    assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
+    assert len(timed) == 2
+    dtype_probe.one_row_path(tmp_path).write_text("{not json")
+    dtype_probe._one_row_memo.clear()
+    assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
+    assert len(timed) == 3
+    if not packed_linear_available():
+        return
+    times = real(64, 32, repeats=2)  # the real timing, tiny
+    assert set(times) == {"packed", "dense"} and all(t > 0 for t in times.values())
 
 
 def _run_block(block, shape, x, positions, mask):

@@ -334,6 +334,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from specvlm.bench import methods as bm
     from specvlm.bench import runner
     from specvlm.bench.suites import load_suite
+    from specvlm.layers import describe_linears
 
     if args.n is not None and args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -417,6 +418,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     config = {
         "dtype": str(engine.target.info.dtype).removeprefix("torch."),
+        "linears": describe_linears(engine.target.model),  # which kernels multiply
         "tree": vars(engine.tree),
         "max_new_tokens": args.max_new_tokens,
         "target": str(engine.target_dir),

@@ -1,4 +1,5 @@
-"""Which dtype decodes faster on this CPU, bfloat16 or float32: measured once, remembered.
+"""Which dtype decodes faster on this CPU, bfloat16 or float32, and which kernel multiplies one
+row: measured once, remembered.
 
     from specvlm.dtype_probe import cpu_decoding_dtype
     cpu_decoding_dtype()             # torch.float32 or torch.bfloat16 (cached per machine)
@@ -25,6 +26,16 @@ the float32 kernel (`SPECVLM_CPU_LINEAR`), and of `PROBE_VERSION`; the choice is
 times when read, so the probe (a few seconds, ~1 GB of memory for a moment) runs once per
 machine. Delete the file to measure again. The thread count is the one when the probe runs: an
 engine loaded before `torch.set_num_threads` changes it keeps its dtype.
+
+The second probe here, `one_row_kernel(out, in)`, says how a `PackedLinear` of that weight shape
+computes a single row (a plain decoding step): by oneDNN's packed copy, as in a tree, or by
+PyTorch's matmul on the transposed dense weight, where that takes at most `ONE_ROW_MARGIN` of
+oneDNN's time (on a 2-core Emerald Rapids Xeon about half, for every decoder shape of
+SmolLM2-135M; on a 2-core Zen 3 EPYC the two were close, oneDNN ahead for the larger shapes).
+Each shape is timed once per machine, a few milliseconds (the weight repeated, so in cache),
+and kept in `$SPECVLM_CACHE/linear-probe/<key>.json`, so a model loads with the same kernels
+every time on one machine. On a loaded machine the times are scheduling noise and close
+together, and the margin then keeps oneDNN.
 """
 
 from __future__ import annotations
@@ -43,14 +54,18 @@ from pathlib import Path
 import torch
 
 from specvlm.layers import PackedLinear, wants_packed_linear
+from specvlm.layers import one_row_kernel as engine_one_row_kernel
 
 PROBE_VERSION = 1  # bump when what is timed changes: older records are then measured again
 MARGIN = 0.9  # bfloat16 must take at most this share of float32's time
+ONE_ROW_VERSION = 1  # the one-row kernel probe's PROBE_VERSION
+ONE_ROW_MARGIN = 0.9  # one row on PyTorch's matmul must take at most this share of oneDNN's
 WIDTH, MLP = 1024, 2816
 ROWS = (1, 16)  # a plain step, a tree of 16 tokens
 MAX_LAYERS = 10
 REPEATS = 8
 _lock = threading.Lock()
+_one_row_lock = threading.Lock()
 
 
 def cpu_model() -> str:
@@ -80,11 +95,21 @@ def last_level_cache_bytes() -> int:
 def probe_path(cache: str | Path | None = None) -> Path:
     from specvlm.smol import cache_root
 
-    kernel = "packed" if wants_packed_linear("cpu", torch.float32) else "matmul"
-    what = f"v{PROBE_VERSION}|{cpu_model()}|{platform.machine()}|torch {torch.__version__}"
-    what += f"|{torch.get_num_threads()} threads|float32 {kernel}"
+    kernel = "matmul"
+    if wants_packed_linear("cpu", torch.float32):
+        one_row = [engine_one_row_kernel(torch.empty(o, i, device="meta")) for o, i in SHAPES]
+        kernel = f"packed, one row {','.join(one_row)}"
+    what = f"v{PROBE_VERSION}|{_machine()}|float32 {kernel}"
     name = hashlib.sha256(what.encode()).hexdigest()[:16]
     return cache_root(cache) / "dtype-probe" / f"{name}.json"
+
+
+def _machine() -> str:
+    """What a probe's times depend on besides what it times: CPU, torch, threads."""
+    return (
+        f"{cpu_model()}|{platform.machine()}|torch {torch.__version__}"
+        f"|{torch.get_num_threads()} threads"
+    )
 
 
 # (out, in) of a layer's four matmuls: fused q/k/v, o, fused gate/up, down
@@ -107,8 +132,9 @@ def _layers(dtype: torch.dtype, n: int) -> list[list]:
         fns = []
         for o, i in SHAPES:
             w = (torch.rand(o, i, generator=g) * 2 - 1).mul_(i**-0.5).to(dtype)  # (out, in)
-            if packed:
-                fns.append(PackedLinear(w, None))
+            if packed:  # the dense weight (read for one row where that is faster): fast layout
+                w = w.t().contiguous().t()
+                fns.append(PackedLinear(w, None, engine_one_row_kernel(w)))
             else:
                 if dtype == torch.float32:  # the engine's fast layout: W^T contiguous
                     w = w.t().contiguous().t()
@@ -161,25 +187,31 @@ def choose(record: dict) -> str:
     return "bfloat16" if total["bfloat16"] <= MARGIN * total["float32"] else "float32"
 
 
-@functools.cache
-def _record(path: Path) -> dict:
+def _load_or_measure(path: Path, measure_fn, check, what: str) -> dict:
+    """The record at `path` if it reads and `check` accepts it, else a new measurement, written
+    there atomically (a read-only cache keeps it for this process only)."""
     if path.is_file():
         try:
             record = json.loads(path.read_text())
-            choose(record)
+            check(record)
             return record
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and overwrite it
-    print("specvlm: timing float32 and bfloat16 on this CPU once (dtype='auto')", file=sys.stderr)
-    record = measure()
+    print(f"specvlm: timing {what} on this CPU once", file=sys.stderr)
+    record = measure_fn()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache: the times hold for this process only
+        pass
     return record
+
+
+@functools.cache
+def _record(path: Path) -> dict:
+    return _load_or_measure(path, lambda: measure(), choose, "float32 and bfloat16 (dtype='auto')")
 
 
 def cpu_decoding_record(cache: str | Path | None = None) -> dict:
@@ -196,3 +228,93 @@ def cpu_decoding_dtype(cache: str | Path | None = None) -> torch.dtype:
     (measured once per machine, then read from the cache), else float32."""
     dtype = cpu_decoding_record(cache)["dtype"]
     return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# one row: oneDNN's packed weight or PyTorch's matmul on the transposed layout, per weight shape
+# ---------------------------------------------------------------------------------------------
+
+ONE_ROW_REPEATS = 40
+
+
+def one_row_path(cache: str | Path | None = None) -> Path:
+    from specvlm.smol import cache_root
+
+    name = hashlib.sha256(f"one-row v{ONE_ROW_VERSION}|{_machine()}".encode()).hexdigest()[:16]
+    return cache_root(cache) / "linear-probe" / f"{name}.json"
+
+
+def measure_one_row(out_features: int, in_features: int, repeats: int = ONE_ROW_REPEATS) -> dict:
+    """Seconds for one row times a float32 (out, in) weight by oneDNN's packed copy ("packed",
+    as `PackedLinear` computes it) and by `F.linear` on the transposed dense weight ("dense"):
+    the fastest of `repeats` products after three warm-up ones, the kernels taking turns."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(out_features, in_features, generator=g).sub_(0.5).mul_(in_features**-0.5)
+    lin = PackedLinear(w.t().contiguous().t(), None)  # dense (out, in), strides (1, out)
+    x = torch.randn(1, in_features, generator=g)
+    kernels = {
+        "packed": lin,
+        "dense": functools.partial(torch.nn.functional.linear, weight=lin.dense),
+    }
+    best = dict.fromkeys(kernels, float("inf"))
+    with torch.inference_mode():
+        for k in range(repeats + 3):
+            for name, f in kernels.items():
+                t0 = time.perf_counter()
+                f(x)
+                if k >= 3:
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def choose_one_row(times: dict) -> str:
+    """ "dense" where PyTorch's matmul takes at most ONE_ROW_MARGIN of oneDNN's time for one row,
+    else "packed" (which also keeps each row's result the same bits alone and in a tree)."""
+    return "dense" if times["dense"] <= ONE_ROW_MARGIN * times["packed"] else "packed"
+
+
+def one_row_record(cache: str | Path | None = None) -> dict:
+    """The one-row probe's record so far: {"shapes": {"OUTxIN": {"packed": s, "dense": s}}, ...}
+    ({} when nothing has been measured on this machine yet)."""
+    path = one_row_path(cache)
+    try:
+        record = json.loads(path.read_text())
+        for times in record["shapes"].values():
+            choose_one_row(times)
+        return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def one_row_kernel(out_features: int, in_features: int, cache: str | Path | None = None) -> str:
+    """ "dense" if PyTorch's matmul computes one row times an (out, in) float32 weight at least
+    10% faster than oneDNN's packed copy on this CPU, else "packed". Each shape is timed once per
+    machine (a few milliseconds) and kept in `one_row_path`, so a model loads with the same
+    kernels every time on one machine."""
+    key = f"{out_features}x{in_features}"
+    with _one_row_lock:
+        path = one_row_path(cache)
+        if (path, key) not in _one_row_memo:
+            record = one_row_record(cache)
+            times = record.get("shapes", {}).get(key)
+            if times is None:
+                times = measure_one_row(out_features, in_features)
+                record = {
+                    "cpu": cpu_model(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "version": ONE_ROW_VERSION,
+                    "shapes": record.get("shapes", {}) | {key: times},
+                }
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(record, indent=1) + "\n")
+                    os.replace(tmp, path)
+                except OSError:
+                    pass  # a read-only cache: the times hold for this process only
+            _one_row_memo[path, key] = choose_one_row(times)
+        return _one_row_memo[path, key]
+
+
+_one_row_memo: dict[tuple[Path, str], str] = {}

@@ -201,10 +201,22 @@ class PackedLinear:
     The oneDNN op has no backward and ignores autocast, so where a gradient may be wanted, under
     autocast, or for input that is not float32, the call is `F.linear` on the dense weight (what
     the module did before). Inference only: a weight changed afterwards leaves the copy stale.
+
+    `one_row="dense"`: a single row (a plain decoding step) is computed by `F.linear` on the
+    dense weight instead, where that kernel is faster (`one_row_kernel`): on a 2-core Emerald
+    Rapids Xeon MKL's one-row products on the transposed layout took half oneDNN's time
+    (docs/benchmarks.md, "One row on MKL"). Rows are then no longer computed bit for bit alike
+    alone and in a tree: exactness rests on float32 rounding never flipping a greedy choice, as
+    it already does for attention inside a tree.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, one_row: str = "packed"
+    ) -> None:
+        if one_row not in ONE_ROW_KERNELS:
+            raise ValueError(f"one_row={one_row!r}: accepted values are {ONE_ROW_KERNELS}")
         self.dense, self.bias = weight, bias  # (out, in), (out,) or None: the fallback's
+        self.one_row = one_row
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
         self.packed_bias = None if bias is None else bias.detach()
@@ -224,7 +236,10 @@ class PackedLinear:
         grad = torch.is_grad_enabled() and (x.requires_grad or self.dense.requires_grad)
         if grad or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
             return F.linear(x, self.dense, self.bias)
-        if self.pad_single and x.numel() == x.shape[-1]:  # one row: as the first of two
+        single = x.numel() == x.shape[-1]
+        if single and self.one_row == "dense":
+            return F.linear(x, self.dense, self.bias)
+        if single and self.pad_single:  # one row: as the first of two
             row = x.reshape(1, -1)
             return self._product(torch.cat([row, row]))[:1].reshape(*x.shape[:-1], -1)
         return self._product(x)
@@ -244,6 +259,8 @@ def packed_linear_available() -> bool:
 
 
 CPU_LINEAR_ENV = "SPECVLM_CPU_LINEAR"
+CPU_LINEAR_CHOICES = ("auto", "onednn", "mkl")
+ONE_ROW_KERNELS = ("packed", "dense")
 # Weights smaller than this (out * in) stay on PyTorch's matmul: oneDNN's call costs ~0.03 ms
 # more, which a small product does not win back (a 576 x 576 weight: 0.073 vs 0.044 ms for one
 # row; the tiny world pair, every weight <= 1,280 x 192, decoded plainly 21% slower packed),
@@ -252,30 +269,80 @@ CPU_LINEAR_ENV = "SPECVLM_CPU_LINEAR"
 PACK_MIN_ELEMENTS = 1 << 18
 
 
+def cpu_linear_choice() -> str:
+    """SPECVLM_CPU_LINEAR, checked: "auto" (the default: oneDNN's packed weights for products of
+    two rows or more, a single row by whichever kernel a probe finds faster on this machine),
+    "onednn" (packed for every row count: each row's result the same bits alone or in a tree)
+    or "mkl" (PyTorch's matmul on the transposed layout for everything; for A/B runs)."""
+    choice = os.environ.get(CPU_LINEAR_ENV, "auto").strip().lower() or "auto"
+    if choice not in CPU_LINEAR_CHOICES:
+        accepted = ", ".join(repr(c) for c in CPU_LINEAR_CHOICES)
+        raise InputError(f"{CPU_LINEAR_ENV}={choice!r}: accepted values are {accepted}")
+    return choice
+
+
 def wants_packed_linear(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether frozen Linears run as `PackedLinear`: on the CPU in float32 where PyTorch has
-    oneDNN, unless the environment variable SPECVLM_CPU_LINEAR is "mkl" (PyTorch's own matmul,
-    in `fast_linear_layout`; for A/B runs). bfloat16 keeps PyTorch's matmul (not measured
+    oneDNN, unless SPECVLM_CPU_LINEAR is "mkl". bfloat16 keeps PyTorch's matmul (not measured
     packed: no box here with native bf16 has run it)."""
-    choice = os.environ.get(CPU_LINEAR_ENV, "onednn").strip().lower()
-    if choice not in ("onednn", "mkl"):
-        raise InputError(f"{CPU_LINEAR_ENV}={choice!r}: accepted values are 'onednn' and 'mkl'")
+    choice = cpu_linear_choice()
     if torch.device(device).type != "cpu" or dtype != torch.float32 or choice == "mkl":
         return False
     return packed_linear_available()
 
 
-def pack_linears(module: nn.Module, skip: set[int] = frozenset()) -> int:
+def one_row_kernel(weight: torch.Tensor) -> str:
+    """How a `PackedLinear` of this (out, in) weight computes a single row: "packed" (oneDNN, as
+    in a tree) or "dense" (`F.linear` on the dense weight). SPECVLM_CPU_LINEAR=onednn says
+    "packed"; "auto" asks `specvlm.dtype_probe.one_row_kernel` (each shape timed once per
+    machine, then cached)."""
+    if cpu_linear_choice() == "onednn":
+        return "packed"
+    from specvlm.dtype_probe import one_row_kernel as probed
+
+    return probed(*weight.shape)
+
+
+def describe_linears(module: nn.Module) -> dict[str, int]:
+    """How `module`'s frozen linears multiply, for benchmark records: how many `PackedLinear`s
+    compute a single row on oneDNN ("onednn") and on the dense weight ("one row dense"), and
+    how many Linears multiply by PyTorch's matmul only ("matmul"; the fused groups' own
+    Linears, which only `transformers`' forward calls, not counted)."""
+    counts = {"onednn": 0, "one row dense": 0, "matmul": 0}
+    grouped: set[int] = set()
+    for m in module.modules():
+        for name, names in (("qkv", _QKV), ("gate_up", _GATE_UP)):
+            lin = getattr(m, f"packed_{name}", None) or getattr(m, f"fused_{name}", None)
+            if lin is not None:
+                grouped.update(id(getattr(m, n)) for n in names)
+                if isinstance(lin, PackedLinear):
+                    counts["onednn" if lin.one_row == "packed" else "one row dense"] += 1
+                else:
+                    counts["matmul"] += 1
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and id(m) not in grouped:
+            lin = vars(m).get("forward")
+            if isinstance(lin, PackedLinear):
+                counts["onednn" if lin.one_row == "packed" else "one row dense"] += 1
+            else:
+                counts["matmul"] += 1
+    return counts
+
+
+def pack_linears(
+    module: nn.Module, skip: set[int] = frozenset(), one_row: str | None = None
+) -> int:
     """Run every float32 CPU Linear of `module` with at least PACK_MIN_ELEMENTS weights (but
     those whose id() is in `skip`) as a `PackedLinear`: its `forward` replaced on the instance;
-    tied LM heads included (their embedding table keeps its own rows). Returns how many.
-    Inference only."""
+    tied LM heads included (their embedding table keeps its own rows). `one_row`: the
+    `PackedLinear` argument for all of them (None: `one_row_kernel` of each weight). Returns
+    how many. Inference only."""
     changed = 0
     for m in module.modules():
         if not isinstance(m, nn.Linear) or id(m) in skip:
             continue
         if _packs(m.weight):
-            m.forward = PackedLinear(m.weight, m.bias)
+            m.forward = PackedLinear(m.weight, m.bias, one_row or one_row_kernel(m.weight))
             changed += 1
     return changed
 
@@ -312,6 +379,7 @@ def prepare_for_inference(
     fast_layout: bool,
     plain_rms: tuple[type, ...] = (),
     packed: bool = False,
+    one_row: str | None = None,
 ) -> None:
     """Ready frozen modules for `decoder_block` with fewer, larger ops; values never change,
     but for `packed` (4.), whose products differ from PyTorch's by float32 rounding.
@@ -327,7 +395,9 @@ def prepare_for_inference(
     4. `packed` (CPU float32, `wants_packed_linear`): the fused matmuls and every other Linear
        of at least PACK_MIN_ELEMENTS weights run as `PackedLinear` (oneDNN), the dense weights
        kept beside them (the fused groups' own Linears, which only `transformers`' forward
-       calls, stay as they are). `fast_layout` still applies to the dense weights.
+       calls, stay as they are). `fast_layout` still applies to the dense weights. A single
+       row goes to the kernel `one_row` names (None: `one_row_kernel` of each weight: per
+       shape, whichever is faster on this machine).
     Inference only: a module trained afterwards would leave the fused copies stale.
     """
     for m in list(module.modules()):
@@ -349,9 +419,10 @@ def prepare_for_inference(
             for name, names in (("qkv", _QKV), ("gate_up", _GATE_UP)):
                 fused = getattr(m, f"fused_{name}", None)
                 if fused is not None and _packs(fused[0]):
-                    setattr(m, f"packed_{name}", PackedLinear(*fused))
+                    kernel = one_row or one_row_kernel(fused[0])
+                    setattr(m, f"packed_{name}", PackedLinear(*fused, kernel))
                     in_groups.update(id(getattr(m, n)) for n in names)
-        pack_linears(module, skip=in_groups)
+        pack_linears(module, skip=in_groups, one_row=one_row)
 
 
 def _linears(m: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:
