@@ -170,7 +170,7 @@ def test_auto_dtype_follows_the_cpu(tiny_dir, monkeypatch, tmp_path):
     probes = []
 
     def fake_measure(share):
-        def measure():
+        def measure(cache=None):
             probes.append(share)
             return _probe_record(share)
 
@@ -202,16 +202,23 @@ def test_dtype_probe_times_both_dtypes_and_keeps_the_times(tmp_path, monkeypatch
 
     import torch
 
-    from specvlm import dtype_probe
+    from specvlm import dtype_probe, layers
 
     assert dtype_probe.choose(_probe_record(0.89)) == "bfloat16"
     assert dtype_probe.choose(_probe_record(0.91)) == "float32"
     monkeypatch.setattr(dtype_probe, "SHAPES", ((96, 64), (64, 64), (256, 64), (64, 128)))
     measured = []
     real = dtype_probe.measure
-    monkeypatch.setattr(dtype_probe, "measure", lambda: measured.append(1) or real(repeats=2))
+    monkeypatch.setattr(
+        dtype_probe, "measure", lambda cache: measured.append(1) or real(repeats=2, cache=cache)
+    )
+    monkeypatch.setattr(dtype_probe, "_one_row_memo", {})
+    monkeypatch.setenv("SPECVLM_CPU_LINEAR", "auto")
     record = dtype_probe.cpu_decoding_record(tmp_path)
     assert measured == [1]
+    if layers.packed_linear_available():  # float32 timed with the one-row kernels chosen here
+        shapes = dtype_probe.one_row_record(tmp_path)["shapes"]
+        assert set(shapes) == {f"{o}x{i}" for o, i in dtype_probe.SHAPES}
     times = record["seconds_per_layer"]
     assert set(times) == {"float32", "bfloat16"}
     assert all(set(t) == {"1", "16"} and min(t.values()) > 0 for t in times.values())

@@ -4,6 +4,8 @@ bit, as the modules they replace)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from specvlm.layers import (
     DefaultRope,
     PackedLinear,
     decoder_block,
+    describe_linears,
     fast_linear_layout,
     inference_kernels,
     one_row_kernel,
@@ -148,11 +151,15 @@ def test_cpu_linear_choice_and_its_environment_variable(monkeypatch):
     with pytest.raises(ValueError, match="'auto', 'onednn', 'mkl'"):
         wants_packed_linear("cpu", torch.float32)
     monkeypatch.setenv(CPU_LINEAR_ENV, "onednn")  # every row count on oneDNN, probe not asked
-    monkeypatch.setattr(dtype_probe, "one_row_kernel", lambda *shape: pytest.fail("asked"))
+    monkeypatch.setattr(dtype_probe, "one_row_kernel", lambda *a, **k: pytest.fail("asked"))
     assert one_row_kernel(torch.empty(576, 576)) == "packed"
     assert inference_kernels("cpu", torch.float32) == {"packed": packed, "fast_layout": True}
     monkeypatch.setenv(CPU_LINEAR_ENV, "auto")
-    monkeypatch.setattr(dtype_probe, "one_row_kernel", lambda o, i: "dense" if o > i else "packed")
+    monkeypatch.setattr(
+        dtype_probe,
+        "one_row_kernel",
+        lambda o, i, cache, transposed: "dense" if o > i else "packed",
+    )
     assert one_row_kernel(torch.empty(960, 576)) == "dense"
     assert one_row_kernel(torch.empty(576, 1536)) == "packed"
 
@@ -170,11 +177,41 @@ def test_packed_linear_one_row_on_the_dense_weight():
     with torch.inference_mode():
         for i in range(6):
             assert torch.equal(dense(x[i : i + 1]), F.linear(x[i : i + 1], w, b))
-            assert torch.equal(dense(x[None, i]), F.linear(x[None, i], w, b))
+            assert torch.equal(dense(x[i]), F.linear(x[i], w, b))  # (in,)
+            assert torch.equal(dense(x[None, None, i]), F.linear(x[None, None, i], w, b))
         for m in (2, 3, 6):
             assert torch.equal(dense(x[:m]), packed(x[:m]))
     with pytest.raises(ValueError, match="accepted values"):
         PackedLinear(w, b, "mkl")
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch has no oneDNN linear")
+def test_prepare_for_inference_gives_every_packed_linear_the_one_row_kernel(monkeypatch):
+    """prepare_for_inference(packed=True, one_row=...) hands its one-row kernel to every
+    PackedLinear (fused and single); without it each weight asks `one_row_kernel`, which
+    sees the tied head's row layout apart from the transposed ones; a prepared block's one
+    row is the unpacked block's bit for bit on the dense kernel."""
+    import specvlm.layers as layers
+
+    monkeypatch.setattr(layers, "PACK_MIN_ELEMENTS", 0)
+    shape, block, x, positions = _random_block()
+    _, plain, _, _ = _random_block()  # the same weights
+    prepare_for_inference(block, fast_layout=True, packed=True, one_row="dense")
+    prepare_for_inference(plain, fast_layout=True)
+    assert describe_linears(block) == {"onednn": 0, "one row dense": 4, "matmul": 0}
+    assert describe_linears(plain) == {"onednn": 0, "one row dense": 0, "matmul": 4}
+    with torch.inference_mode():
+        one, _ = _run_block(block, shape, x[:1], positions[:1], None)
+        ref, _ = _run_block(plain, shape, x[:1], positions[:1], None)
+    assert torch.equal(one, ref)
+    asked = []
+    monkeypatch.setattr(
+        layers, "one_row_kernel", lambda w: asked.append(w.stride(0) == 1) or "packed"
+    )
+    m = Tied()
+    prepare_for_inference(m, fast_layout=True, packed=True)
+    assert sorted(asked) == [False, True]  # the tied head (rows), proj (transposed)
+    assert describe_linears(m) == {"onednn": 2, "one row dense": 0, "matmul": 0}
 
 
 def test_one_row_probe_times_each_shape_once_per_machine(tmp_path, monkeypatch):
@@ -185,25 +222,44 @@ def test_one_row_probe_times_each_shape_once_per_machine(tmp_path, monkeypatch):
     real = dtype_probe.measure_one_row
     timed = []
 
-    def fake(o, i):
-        timed.append((o, i))
+    def fake(o, i, transposed=True):
+        timed.append((o, i) if transposed else (o, i, "rows"))
         return {"packed": 1.0, "dense": 0.85 if o == 960 else 0.95}
 
     monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
     assert dtype_probe.one_row_kernel(960, 576, tmp_path) == "dense"
     assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
     assert dtype_probe.one_row_kernel(960, 576, tmp_path) == "dense"
-    assert timed == [(960, 576), (576, 576)]
+    assert dtype_probe.one_row_kernel(960, 576, tmp_path, transposed=False) == "dense"
+    assert timed == [(960, 576), (576, 576), (960, 576, "rows")]  # a tied head's layout apart
     record = dtype_probe.one_row_record(tmp_path)
-    assert set(record["shapes"]) == {"960x576", "576x576"}
+    assert set(record["shapes"]) == {"960x576", "576x576", "960x576 rows"}
     assert record["threads"] == torch.get_num_threads()
     dtype_probe._one_row_memo.clear()  # a new process: read from the file
     assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
-    assert len(timed) == 2
-    dtype_probe.one_row_path(tmp_path).write_text("{not json")
-    dtype_probe._one_row_memo.clear()
-    assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
     assert len(timed) == 3
+    # another process writes while this one measures: what it wrote is kept, and its times
+    # win for the shape both measured, so that both processes choose alike
+    path = dtype_probe.one_row_path(tmp_path)
+
+    def measured_while_another_writes(o, i, transposed=True):
+        other = json.loads(path.read_text())
+        other["shapes"] |= {
+            "64x64": {"packed": 1.0, "dense": 0.5},
+            f"{o}x{i}": {"packed": 1.0, "dense": 0.5},
+        }
+        path.write_text(json.dumps(other))
+        return {"packed": 1.0, "dense": 2.0}
+
+    monkeypatch.setattr(dtype_probe, "measure_one_row", measured_while_another_writes)
+    assert dtype_probe.one_row_kernel(128, 64, tmp_path) == "dense"  # the file's, not "packed"
+    assert set(json.loads(path.read_text())["shapes"]) >= {"960x576", "64x64", "128x64"}
+    monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
+    path.write_text("{not json")
+    dtype_probe._one_row_memo.clear()
+    monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
+    assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
+    assert len(timed) == 4
     if not packed_linear_available():
         return
     times = real(64, 32, repeats=2)  # the real timing, tiny

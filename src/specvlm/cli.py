@@ -419,6 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = {
         "dtype": str(engine.target.info.dtype).removeprefix("torch."),
         "linears": describe_linears(engine.target.model),  # which kernels multiply
+        **({"draft_linears": describe_linears(engine.draft)} if engine.draft is not None else {}),
         "tree": vars(engine.tree),
         "max_new_tokens": args.max_new_tokens,
         "target": str(engine.target_dir),

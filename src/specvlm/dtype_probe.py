@@ -17,12 +17,14 @@ each), as many distinct layers as make 1.5 times the CPU's last-level cache (at 
 `MAX_LAYERS`), so that the weights are read from memory, as a real target's are. The two
 dtypes take turns, pass by pass, and each keeps its fastest pass (other work on a shared
 machine only ever adds time). bfloat16 is chosen only where it takes at most `MARGIN` of
-float32's time: float32 is also the dtype whose speculative output is the plain path's bit for
-bit.
+float32's time: float32's speculative output is the plain path's bit for bit in the linears
+(with `SPECVLM_CPU_LINEAR=onednn`; on the default one-row policy up to rounding, as in
+attention) and has been identical in every benchmark, where bfloat16's differs on near-ties.
 
 The times are kept in `$SPECVLM_CACHE/dtype-probe/<key>.json` (default under ~/.cache/specvlm),
 the key a hash of the CPU's model name, its architecture, torch's version, the thread count and
-the float32 kernel (`SPECVLM_CPU_LINEAR`), and of `PROBE_VERSION`; the choice is made from the
+the float32 kernel setting (`SPECVLM_CPU_LINEAR`; the one-row choices it leads to are the
+second probe's, below), and of `PROBE_VERSION`; the choice is made from the
 times when read, so the probe (a few seconds, ~1 GB of memory for a moment) runs once per
 machine. Delete the file to measure again. The thread count is the one when the probe runs: an
 engine loaded before `torch.set_num_threads` changes it keeps its dtype.
@@ -32,10 +34,12 @@ computes a single row (a plain decoding step): by oneDNN's packed copy, as in a 
 PyTorch's matmul on the transposed dense weight, where that takes at most `ONE_ROW_MARGIN` of
 oneDNN's time (on a 2-core Emerald Rapids Xeon about half, for every decoder shape of
 SmolLM2-135M; on a 2-core Zen 3 EPYC the two were close, oneDNN ahead for the larger shapes).
-Each shape is timed once per machine, a few milliseconds (the weight repeated, so in cache),
-and kept in `$SPECVLM_CACHE/linear-probe/<key>.json`, so a model loads with the same kernels
-every time on one machine. On a loaded machine the times are scheduling noise and close
-together, and the margin then keeps oneDNN.
+Each shape (and layout: a tied LM head keeps its rows) is timed once per machine, milliseconds
+for a decoder layer's weights (the weight repeated, so in cache where it fits), and kept in
+`$SPECVLM_CACHE/linear-probe/<key>.json`, so a model loads with the same kernels every time on
+one machine (delete the file to measure again). On a loaded machine the times are scheduling
+noise (a 2-core box training at the same time: ~4 ms for every product, oneDNN's slightly
+less), and the margin then keeps oneDNN.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from specvlm.layers import PackedLinear, wants_packed_linear
+from specvlm.layers import PackedLinear, cpu_linear_choice, wants_packed_linear
 from specvlm.layers import one_row_kernel as engine_one_row_kernel
 
 PROBE_VERSION = 1  # bump when what is timed changes: older records are then measured again
@@ -97,8 +101,7 @@ def probe_path(cache: str | Path | None = None) -> Path:
 
     kernel = "matmul"
     if wants_packed_linear("cpu", torch.float32):
-        one_row = [engine_one_row_kernel(torch.empty(o, i, device="meta")) for o, i in SHAPES]
-        kernel = f"packed, one row {','.join(one_row)}"
+        kernel = f"packed, one row {cpu_linear_choice()}"  # auto: per shape, `one_row_kernel`
     what = f"v{PROBE_VERSION}|{_machine()}|float32 {kernel}"
     name = hashlib.sha256(what.encode()).hexdigest()[:16]
     return cache_root(cache) / "dtype-probe" / f"{name}.json"
@@ -122,7 +125,7 @@ def n_layers() -> int:
     return max(2, min(MAX_LAYERS, math.ceil(1.5 * last_level_cache_bytes() / layer)))
 
 
-def _layers(dtype: torch.dtype, n: int) -> list[list]:
+def _layers(dtype: torch.dtype, n: int, cache: str | Path | None = None) -> list[list]:
     """n layers' four matmuls (fused q/k/v, o, fused gate/up, down) as callables on (M, in)
     inputs, with the kernels the engine picks for `dtype`."""
     g = torch.Generator().manual_seed(0)
@@ -134,7 +137,7 @@ def _layers(dtype: torch.dtype, n: int) -> list[list]:
             w = (torch.rand(o, i, generator=g) * 2 - 1).mul_(i**-0.5).to(dtype)  # (out, in)
             if packed:  # the dense weight (read for one row where that is faster): fast layout
                 w = w.t().contiguous().t()
-                fns.append(PackedLinear(w, None, engine_one_row_kernel(w)))
+                fns.append(PackedLinear(w, None, engine_one_row_kernel(w, cache)))
             else:
                 if dtype == torch.float32:  # the engine's fast layout: W^T contiguous
                     w = w.t().contiguous().t()
@@ -152,12 +155,12 @@ def _pass(layers: list[list], inputs: dict[int, torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(repeats: int = REPEATS) -> dict:
+def measure(repeats: int = REPEATS, cache: str | Path | None = None) -> dict:
     """Seconds per layer, per dtype and row count: the fastest of `repeats` passes after one
     warm-up pass, the dtypes taking turns."""
     n = n_layers()
     dtypes = (torch.float32, torch.bfloat16)
-    layers = {d: _layers(d, n) for d in dtypes}
+    layers = {d: _layers(d, n, cache) for d in dtypes}
     g = torch.Generator().manual_seed(1)
     best: dict[tuple, float] = {}
     with torch.inference_mode():
@@ -210,15 +213,17 @@ def _load_or_measure(path: Path, measure_fn, check, what: str) -> dict:
 
 
 @functools.cache
-def _record(path: Path) -> dict:
-    return _load_or_measure(path, lambda: measure(), choose, "float32 and bfloat16 (dtype='auto')")
+def _record(path: Path, cache: str | Path | None = None) -> dict:
+    return _load_or_measure(
+        path, lambda: measure(cache=cache), choose, "float32 and bfloat16 (dtype='auto')"
+    )
 
 
 def cpu_decoding_record(cache: str | Path | None = None) -> dict:
     """The probe's record (seconds per layer, per dtype and row count), with "dtype": the
     choice its times make and "bf16_share": bfloat16's time over float32's."""
     with _lock:  # one measurement per process, whichever thread asks first
-        record = dict(_record(probe_path(cache)))
+        record = dict(_record(probe_path(cache), cache))
     total = {d: sum(t.values()) for d, t in record["seconds_per_layer"].items()}
     return record | {"dtype": choose(record), "bf16_share": total["bfloat16"] / total["float32"]}
 
@@ -244,18 +249,27 @@ def one_row_path(cache: str | Path | None = None) -> Path:
     return cache_root(cache) / "linear-probe" / f"{name}.json"
 
 
-def measure_one_row(out_features: int, in_features: int, repeats: int = ONE_ROW_REPEATS) -> dict:
+def measure_one_row(
+    out_features: int,
+    in_features: int,
+    repeats: int = ONE_ROW_REPEATS,
+    transposed: bool = True,
+) -> dict:
     """Seconds for one row times a float32 (out, in) weight by oneDNN's packed copy ("packed",
-    as `PackedLinear` computes it) and by `F.linear` on the transposed dense weight ("dense"):
-    the fastest of `repeats` products after three warm-up ones, the kernels taking turns."""
+    as `PackedLinear` computes it) and by `F.linear` on the dense weight ("dense"; stored
+    transposed, the engine's fast layout, or row by row as a tied LM head keeps it): the
+    fastest of `repeats` products after three warm-up ones, the kernels taking turns. The
+    weight is the same each time, so it is read from cache where it fits: a plain step reads
+    each layer's weights once, from memory for a large model, which narrows the gap between
+    the kernels (the margin keeps oneDNN where they are close)."""
     g = torch.Generator().manual_seed(0)
     w = torch.rand(out_features, in_features, generator=g).sub_(0.5).mul_(in_features**-0.5)
-    lin = PackedLinear(w.t().contiguous().t(), None)  # dense (out, in), strides (1, out)
+    if transposed:
+        w = w.t().contiguous().t()  # (out, in), strides (1, out)
+    lin = PackedLinear(w, None)
     x = torch.randn(1, in_features, generator=g)
-    kernels = {
-        "packed": lin,
-        "dense": functools.partial(torch.nn.functional.linear, weight=lin.dense),
-    }
+    dense = functools.partial(torch.nn.functional.linear, weight=lin.dense)
+    kernels = {"packed": lin, "dense": dense}
     best = dict.fromkeys(kernels, float("inf"))
     with torch.inference_mode():
         for k in range(repeats + 3):
@@ -286,25 +300,34 @@ def one_row_record(cache: str | Path | None = None) -> dict:
         return {}
 
 
-def one_row_kernel(out_features: int, in_features: int, cache: str | Path | None = None) -> str:
-    """ "dense" if PyTorch's matmul computes one row times an (out, in) float32 weight at least
-    10% faster than oneDNN's packed copy on this CPU, else "packed". Each shape is timed once per
-    machine (a few milliseconds) and kept in `one_row_path`, so a model loads with the same
-    kernels every time on one machine."""
-    key = f"{out_features}x{in_features}"
+def one_row_kernel(
+    out_features: int,
+    in_features: int,
+    cache: str | Path | None = None,
+    transposed: bool = True,
+) -> str:
+    """ "dense" if PyTorch's matmul computes one row times an (out, in) float32 weight (in the
+    transposed layout or, `transposed=False`, row by row) at least 10% faster than oneDNN's
+    packed copy on this CPU, else "packed". Each shape and layout is timed once per machine
+    (milliseconds; a 49,152 x 576 LM head ~0.5 s and ~0.3 GB for a moment) and kept in
+    `one_row_path`, so a model loads with the same kernels every time on one machine."""
+    key = f"{out_features}x{in_features}{'' if transposed else ' rows'}"
     with _one_row_lock:
         path = one_row_path(cache)
         if (path, key) not in _one_row_memo:
-            record = one_row_record(cache)
-            times = record.get("shapes", {}).get(key)
+            times = one_row_record(cache).get("shapes", {}).get(key)
             if times is None:
-                times = measure_one_row(out_features, in_features)
+                times = measure_one_row(out_features, in_features, transposed=transposed)
+                # what another process wrote meanwhile is kept, and its times win for a shape
+                # both measured, so that every process chooses alike
+                shapes = one_row_record(cache).get("shapes", {})
+                times = shapes.setdefault(key, times)
                 record = {
                     "cpu": cpu_model(),
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "version": ONE_ROW_VERSION,
-                    "shapes": record.get("shapes", {}) | {key: times},
+                    "shapes": shapes,
                 }
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)

@@ -291,16 +291,18 @@ def wants_packed_linear(device: torch.device | str, dtype: torch.dtype) -> bool:
     return packed_linear_available()
 
 
-def one_row_kernel(weight: torch.Tensor) -> str:
+def one_row_kernel(weight: torch.Tensor, cache: str | os.PathLike | None = None) -> str:
     """How a `PackedLinear` of this (out, in) weight computes a single row: "packed" (oneDNN, as
-    in a tree) or "dense" (`F.linear` on the dense weight). SPECVLM_CPU_LINEAR=onednn says
-    "packed"; "auto" asks `specvlm.dtype_probe.one_row_kernel` (each shape timed once per
-    machine, then cached)."""
+    in a tree) or "dense" (`F.linear` on the dense weight, in the layout it has: transposed, or
+    a tied head's row layout). SPECVLM_CPU_LINEAR=onednn says "packed"; "auto" asks
+    `specvlm.dtype_probe.one_row_kernel` (each shape and layout timed once per machine, then
+    cached in `cache`, default $SPECVLM_CACHE)."""
     if cpu_linear_choice() == "onednn":
         return "packed"
     from specvlm.dtype_probe import one_row_kernel as probed
 
-    return probed(*weight.shape)
+    transposed = weight.dim() == 2 and weight.stride(0) == 1 and weight.shape[1] > 1
+    return probed(*weight.shape, cache, transposed=transposed)
 
 
 def describe_linears(module: nn.Module) -> dict[str, int]:
