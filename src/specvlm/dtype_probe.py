@@ -202,6 +202,13 @@ def _load_or_measure(path: Path, measure_fn, check, what: str) -> dict:
             pass  # unreadable: measure again and overwrite it
     print(f"specvlm: timing {what} on this CPU once", file=sys.stderr)
     record = measure_fn()
+    _write(path, record)
+    return record
+
+
+def _write(path: Path, record: dict) -> None:
+    """`record` as JSON at `path`, atomically; a read-only cache is left as it is (the times
+    then hold for this process only)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -209,7 +216,6 @@ def _load_or_measure(path: Path, measure_fn, check, what: str) -> dict:
         os.replace(tmp, path)
     except OSError:
         pass
-    return record
 
 
 @functools.cache
@@ -329,13 +335,7 @@ def one_row_kernel(
                     "version": ONE_ROW_VERSION,
                     "shapes": shapes,
                 }
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(record, indent=1) + "\n")
-                    os.replace(tmp, path)
-                except OSError:
-                    pass  # a read-only cache: the times hold for this process only
+                _write(path, record)
             _one_row_memo[path, key] = choose_one_row(times)
         return _one_row_memo[path, key]
 
