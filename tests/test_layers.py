@@ -257,7 +257,6 @@ def test_one_row_probe_times_each_shape_once_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
     path.write_text("{not json")
     dtype_probe._one_row_memo.clear()
-    monkeypatch.setattr(dtype_probe, "measure_one_row", fake)
     assert dtype_probe.one_row_kernel(576, 576, tmp_path) == "packed"
     assert len(timed) == 4
     if not packed_linear_available():

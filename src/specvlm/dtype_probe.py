@@ -107,6 +107,11 @@ def probe_path(cache: str | Path | None = None) -> Path:
     return cache_root(cache) / "dtype-probe" / f"{name}.json"
 
 
+def _about() -> dict:
+    """The machine a probe's record was measured on (its CPU, torch, threads), for the reader."""
+    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def _machine() -> str:
     """What a probe's times depend on besides what it times: CPU, torch, threads."""
     return (
@@ -177,9 +182,7 @@ def measure(repeats: int = REPEATS, cache: str | Path | None = None) -> dict:
             str(d).removeprefix("torch."): {str(r): best[d, r] for r in ROWS} for d in dtypes
         },
         "layers": n,
-        "cpu": cpu_model(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **_about(),
         "version": PROBE_VERSION,
     }
 
@@ -188,22 +191,6 @@ def choose(record: dict) -> str:
     """ "bfloat16" where its times (summed over the row counts) are at most MARGIN of float32's."""
     total = {d: sum(t.values()) for d, t in record["seconds_per_layer"].items()}
     return "bfloat16" if total["bfloat16"] <= MARGIN * total["float32"] else "float32"
-
-
-def _load_or_measure(path: Path, measure_fn, check, what: str) -> dict:
-    """The record at `path` if it reads and `check` accepts it, else a new measurement, written
-    there atomically (a read-only cache keeps it for this process only)."""
-    if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-            check(record)
-            return record
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: measure again and overwrite it
-    print(f"specvlm: timing {what} on this CPU once", file=sys.stderr)
-    record = measure_fn()
-    _write(path, record)
-    return record
 
 
 def _write(path: Path, record: dict) -> None:
@@ -220,9 +207,17 @@ def _write(path: Path, record: dict) -> None:
 
 @functools.cache
 def _record(path: Path, cache: str | Path | None = None) -> dict:
-    return _load_or_measure(
-        path, lambda: measure(cache=cache), choose, "float32 and bfloat16 (dtype='auto')"
-    )
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            choose(record)
+            return record
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again and overwrite it
+    print("specvlm: timing float32 and bfloat16 on this CPU once (dtype='auto')", file=sys.stderr)
+    record = measure(cache=cache)
+    _write(path, record)
+    return record
 
 
 def cpu_decoding_record(cache: str | Path | None = None) -> dict:
@@ -328,14 +323,7 @@ def one_row_kernel(
                 # both measured, so that every process chooses alike
                 shapes = one_row_record(cache).get("shapes", {})
                 times = shapes.setdefault(key, times)
-                record = {
-                    "cpu": cpu_model(),
-                    "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "version": ONE_ROW_VERSION,
-                    "shapes": shapes,
-                }
-                _write(path, record)
+                _write(path, {**_about(), "version": ONE_ROW_VERSION, "shapes": shapes})
             _one_row_memo[path, key] = choose_one_row(times)
         return _one_row_memo[path, key]
 

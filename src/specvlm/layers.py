@@ -311,23 +311,23 @@ def describe_linears(module: nn.Module) -> dict[str, int]:
     how many Linears multiply by PyTorch's matmul only ("matmul"; the fused groups' own
     Linears, which only `transformers`' forward calls, not counted)."""
     counts = {"onednn": 0, "one row dense": 0, "matmul": 0}
+
+    def count(lin: object) -> None:
+        if not isinstance(lin, PackedLinear):
+            counts["matmul"] += 1
+        else:
+            counts["onednn" if lin.one_row == "packed" else "one row dense"] += 1
+
     grouped: set[int] = set()
     for m in module.modules():
         for name, names in (("qkv", _QKV), ("gate_up", _GATE_UP)):
             lin = getattr(m, f"packed_{name}", None) or getattr(m, f"fused_{name}", None)
             if lin is not None:
                 grouped.update(id(getattr(m, n)) for n in names)
-                if isinstance(lin, PackedLinear):
-                    counts["onednn" if lin.one_row == "packed" else "one row dense"] += 1
-                else:
-                    counts["matmul"] += 1
+                count(lin)
     for m in module.modules():
         if isinstance(m, nn.Linear) and id(m) not in grouped:
-            lin = vars(m).get("forward")
-            if isinstance(lin, PackedLinear):
-                counts["onednn" if lin.one_row == "packed" else "one row dense"] += 1
-            else:
-                counts["matmul"] += 1
+            count(vars(m).get("forward"))
     return counts
 
 
