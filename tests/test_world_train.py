@@ -552,6 +552,8 @@ def test_record_repeats_by_family():
     ]  # fmt: skip
     cfg = replace(SMOL_CONFIGS["smol"], mc_repeats=3, reasoning_repeats=2)
     assert tt.record_repeats(fams, cfg).tolist() == [1, 3, 1, 1, 1, 2]
+    cfg = replace(cfg, multiturn_repeats=4)
+    assert tt.record_repeats(fams, cfg).tolist() == [1, 3, 1, 4, 1, 2]
 
 
 def test_pointer_loss_is_the_cross_entropy_at_the_pointed_keys():
@@ -597,6 +599,14 @@ def test_tiny_run_learns_to_point(run):
         (
             ["--config", "smol", "--reasoning-repeats", "0"],
             "--reasoning-repeats must be at least 1",
+        ),
+        (
+            ["--config", "video", "--multiturn-repeats", "2"],
+            "--multiturn-repeats applies to --config smol",
+        ),
+        (
+            ["--config", "smol", "--multiturn-repeats", "0"],
+            "--multiturn-repeats must be at least 1",
         ),
         (["--config", "smol", "--letter-weight", "0"], "--letter-weight must be positive"),
         (["--config", "smol-assistant", "--letter-weight", "2"], "--letter-weight applies to"),

@@ -12,7 +12,7 @@
                                [--clips N] [--seed S] [--reads events|frame|text]
                                [--init-head EAGLE_HEAD] [--scenes N] [--layers N]
                                [--mc-repeats N] [--letter-weight W] [--reasoning-repeats N]
-                               [--band-words] [--band-scale S] [--text-kl W]
+                               [--multiturn-repeats N] [--band-words] [--band-scale S] [--text-kl W]
                                [--verdict-weight W] [--train-tower] [--tower-lr LR]
                                [--refresh-steps N]
     specvlm world eval-target --target runs/world-target/model [--split test|hard] [--n 200]
@@ -145,6 +145,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="--config smol: reasoning records this many times per epoch (default 1)",
+    )
+    train.add_argument(
+        "--multiturn-repeats",
+        type=int,
+        default=None,
+        help="--config smol: multiturn records this many times per epoch (default 1)",
     )
     train.add_argument(
         "--band-words",
@@ -419,6 +425,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     smol_only = (
         ("--mc-repeats", args.mc_repeats),
         ("--reasoning-repeats", args.reasoning_repeats),
+        ("--multiturn-repeats", args.multiturn_repeats),
         ("--band-words", args.band_words or None),
         ("--text-kl", args.text_kl),
     )
@@ -429,7 +436,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     for flag, value in weighed:
         if value is not None and args.config not in ("smol", "video"):
             raise InputError(f"{flag} applies to --config smol and video only")
-    for flag, value in smol_only[:2]:
+    for flag, value in smol_only[:3]:
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
     if args.text_kl is not None and not args.text_kl >= 0:
@@ -460,6 +467,8 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         extra["mc_repeats"] = args.mc_repeats
     if args.reasoning_repeats is not None:
         extra["reasoning_repeats"] = args.reasoning_repeats
+    if args.multiturn_repeats is not None:
+        extra["multiturn_repeats"] = args.multiturn_repeats
     if args.letter_weight is not None:
         extra["letter_weight"] = args.letter_weight
     if args.verdict_weight is not None:

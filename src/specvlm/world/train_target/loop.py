@@ -247,12 +247,12 @@ def _record_step(state: dict, losses: dict, n_tok: int, elapsed: float) -> None:
 
 
 def record_repeats(families: list[str], cfg) -> np.ndarray:
-    """(N,) how many times each record comes per epoch: conversation and multiturn records
-    `cfg.qa_repeats`, multiple-choice ones `cfg.mc_repeats` and reasoning ones
-    `cfg.reasoning_repeats` (1 in recipes without them)."""
+    """(N,) how many times each record comes per epoch: conversation records `cfg.qa_repeats`,
+    multiturn ones `cfg.qa_repeats` times `cfg.multiturn_repeats`, multiple-choice ones
+    `cfg.mc_repeats` and reasoning ones `cfg.reasoning_repeats` (1 in recipes without them)."""
     per_family = {
         "conversation": cfg.qa_repeats,
-        "multiturn": cfg.qa_repeats,
+        "multiturn": cfg.qa_repeats * getattr(cfg, "multiturn_repeats", 1),
         "multiple_choice": getattr(cfg, "mc_repeats", 1),
         "reasoning": getattr(cfg, "reasoning_repeats", 1),
     }

@@ -26,8 +26,8 @@ the projector, on the answer loss plus `align_weight` times the alignment loss, 
 record of the first `n_scenes` train scenes (all five
 families, plus one `drill_turns`-question drill per scene; multiple-choice records `mc_repeats`
 times, their option letter's loss weighted `letter_weight`; reasoning records
-`reasoning_repeats` times; every answer's verdict, after its last ", so ", weighted
-`verdict_weight`), mixed with `text_share` text-only
+`reasoning_repeats` times, multiturn ones `multiturn_repeats` times; every answer's verdict,
+after its last ", so ", weighted `verdict_weight`), mixed with `text_share` text-only
 rows: `text_prompts` general prompts (`TEXT_PROMPTS`) answered by SmolLM2 itself, greedily,
 in at most `text_tokens` tokens, once at data-build time; training on its own answers keeps
 its text-only behaviour. Batches, schedule, checkpoints and the log are the world recipe's
@@ -144,6 +144,9 @@ class SmolTrainConfig:
     mc_repeats: int = 1
     letter_weight: float = 1.0
     reasoning_repeats: int = 1  # reasoning records this many times per epoch (v7)
+    # multiturn records this many times per epoch (v16): their second and third turns were
+    # the families still under 85% in v15
+    multiturn_repeats: int = 1
     # every answer's verdict (its tokens after the last ", so ": "the pink star is closest to
     # ...") weighted this much in the answer loss: v9 stated the right facts and then drew the
     # wrong conclusion in 5 of its 14 wrong reasoning answers
