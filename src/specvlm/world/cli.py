@@ -422,13 +422,12 @@ def cmd_train_target(args: argparse.Namespace) -> int:
         raise InputError("--reads applies to --config events only")
     if args.scenes is not None and args.config not in ("smol", "smol-assistant"):
         raise InputError("--scenes applies to --config smol and smol-assistant only")
-    smol_only = (
+    repeats = (
         ("--mc-repeats", args.mc_repeats),
         ("--reasoning-repeats", args.reasoning_repeats),
         ("--multiturn-repeats", args.multiturn_repeats),
-        ("--band-words", args.band_words or None),
-        ("--text-kl", args.text_kl),
     )
+    smol_only = (*repeats, ("--band-words", args.band_words or None), ("--text-kl", args.text_kl))
     for flag, value in smol_only:
         if value is not None and args.config != "smol":
             raise InputError(f"{flag} applies to --config smol only")
@@ -436,7 +435,7 @@ def cmd_train_target(args: argparse.Namespace) -> int:
     for flag, value in weighed:
         if value is not None and args.config not in ("smol", "video"):
             raise InputError(f"{flag} applies to --config smol and video only")
-    for flag, value in smol_only[:3]:
+    for flag, value in repeats:
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
     if args.text_kl is not None and not args.text_kl >= 0:
